@@ -1,0 +1,440 @@
+"""The ``edge-al`` command: the composition root.
+
+Light verbs (ingest, score, select, annotate, models, status, ...) need only the line-side
+dependencies; training verbs (train, export, retrain, demo) reach the ``export`` package
+lazily and say which extra to install when it is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__, acquisition
+from .config import Settings, load_settings
+from .errors import EdgeALError
+from .registry import Registry
+from .store import Store
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
+
+
+class Context:
+    """What every verb gets: settings, store, registry, and how to print."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.settings: Settings = load_settings(args.home, args.models)
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        self.store = Store(self.settings.db_path)
+        self.registry = Registry(self.settings.registry_dir)
+        self.json: bool = bool(args.json)
+
+    def progress(self) -> Callable[..., Any] | None:
+        if self.json or self.args.quiet:
+            return None
+        from tqdm import tqdm
+
+        def make(**kw: Any) -> Any:
+            return tqdm(dynamic_ncols=True, file=sys.stderr, **kw)
+
+        return make
+
+    def emit(self, doc: Any, human: Callable[[], None]) -> None:
+        if self.json:
+            json.dump(doc, sys.stdout, indent=2, default=str)
+            sys.stdout.write("\n")
+        else:
+            human()
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+# -- verbs ------------------------------------------------------------------------------------
+def cmd_ingest(ctx: Context) -> int:
+    from .pool import ingest
+
+    progress = ctx.progress()
+
+    def wrap(it: Any) -> Any:
+        return progress(iterable=it, unit="file", desc="ingest") if progress else it
+
+    report = ingest(ctx.store, ctx.settings, ctx.args.paths, labels_from_dirs=ctx.args.labels_from_dirs, progress=wrap if progress else None)
+
+    def human() -> None:
+        print(f"added {len(report.added)}, duplicates {len(report.duplicates)}, skipped {len(report.skipped)}, labeled {report.labeled}")
+        for path, reason in report.skipped:
+            print(f"  skipped {path}: {reason}")
+
+    ctx.emit(report.as_dict(), human)
+    return EXIT_PARTIAL if report.skipped else EXIT_OK
+
+
+def _train_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "arch": args.arch,
+        "weights": args.weights,
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "balance": args.balance,
+    }
+
+
+def cmd_train(ctx: Context) -> int:
+    from .lifecycle import workflow
+
+    path = workflow().train_from_store(ctx.settings, ctx.store, progress=not ctx.json and not ctx.args.quiet, **_train_options(ctx.args))
+    ctx.emit({"checkpoint": str(path)}, lambda: print(f"checkpoint: {path}\nnext: edge-al export {path}"))
+    return EXIT_OK
+
+
+def _latest_checkpoint(settings: Settings) -> Path | None:
+    cands = sorted(settings.checkpoints_dir.glob("*.pt"), key=lambda p: p.stat().st_mtime)
+    return cands[-1] if cands else None
+
+
+def cmd_export(ctx: Context) -> int:
+    from .lifecycle import workflow
+
+    ckpt = Path(ctx.args.checkpoint) if ctx.args.checkpoint else _latest_checkpoint(ctx.settings)
+    if ckpt is None:
+        raise EdgeALError("No checkpoint to export: run `edge-al train` first or name one.")
+    mv, report = workflow().export_from_store(ctx.settings, ctx.store, ckpt, max_drop=ctx.args.max_drop, progress=not ctx.json and not ctx.args.quiet)
+    if ctx.args.promote or ctx.registry.active_version() is None:
+        ctx.registry.promote(mv.version)
+    active = ctx.registry.active_version()
+
+    def human() -> None:
+        print(f"published {mv.version} ({mv.meta.get('precision')}){' [FALLBACK]' if report.get('fallback') else ''}; active: {active}")
+        for name, gate in (report.get("gates") or {}).items():
+            print(f"  gate {name}: {gate}")
+
+    ctx.emit({"version": mv.version, "active": active, "report": report}, human)
+    return EXIT_OK
+
+
+def cmd_models(ctx: Context) -> int:
+    active = ctx.registry.active_version()
+    rows = [
+        {
+            "version": mv.version,
+            "active": mv.version == active,
+            "precision": mv.meta.get("precision"),
+            "arch": mv.meta.get("arch"),
+            "num_train_labels": mv.meta.get("num_train_labels"),
+            "metrics": mv.meta.get("metrics", {}),
+            "fallback": bool(mv.meta.get("fallback", False)),
+            "created_at": mv.meta.get("created_at"),
+        }
+        for mv in ctx.registry.versions()
+    ]
+
+    def human() -> None:
+        if not rows:
+            print("no model versions yet: run `edge-al train` and `edge-al export`")
+        for r in rows:
+            m = r["metrics"] or {}
+            acc = m.get("balanced_accuracy", m.get("val_balanced_accuracy"))
+            print(f"{'*' if r['active'] else ' '} {r['version']}  {r['arch']}  {r['precision']}  labels={r['num_train_labels']}  bal_acc={acc}")
+
+    ctx.emit({"active": active, "versions": rows}, human)
+    return EXIT_OK
+
+
+def cmd_promote(ctx: Context) -> int:
+    mv = ctx.registry.promote(ctx.args.version)
+    ctx.emit({"active": mv.version}, lambda: print(f"active: {mv.version} (rescore with `edge-al score`)"))
+    return EXIT_OK
+
+
+def cmd_rollback(ctx: Context) -> int:
+    mv = ctx.registry.rollback()
+    ctx.emit({"active": mv.version}, lambda: print(f"active: {mv.version}"))
+    return EXIT_OK
+
+
+def cmd_score(ctx: Context) -> int:
+    from .scoring import score_pool
+
+    report = score_pool(ctx.settings, ctx.store, ctx.registry, device=ctx.args.device, batch=ctx.args.batch, progress=ctx.progress(), limit=ctx.args.limit)
+
+    def human() -> None:
+        e = report.engine
+        print(
+            f"scored {report.scored} with {report.version} ({report.already} already scored) in {report.seconds:.1f} s, "
+            f"{report.images_per_s:.0f} img/s on {e.get('device')} [{e.get('inference_precision')}, batch {e.get('batch')}, streams {e.get('streams')}]"
+        )
+        for sid, reason in report.failed:
+            print(f"  failed sample {sid}: {reason}")
+
+    ctx.emit(report.as_dict(), human)
+    return EXIT_PARTIAL if report.failed else EXIT_OK
+
+
+def cmd_select(ctx: Context) -> int:
+    from .selection import select_next
+
+    cands = select_next(ctx.settings, ctx.store, ctx.registry, ctx.args.n, ctx.args.strategy, seed=ctx.args.seed)
+    rows = [c.as_dict() for c in cands]
+    if ctx.args.csv:
+        comp_keys = sorted({k for r in rows for k in r["components"]})
+        with open(ctx.args.csv, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["rank", "sample_id", "path", "predicted", "confidence", "score", *comp_keys])
+            for r in rows:
+                w.writerow([r["rank"], r["sample_id"], r["path"], r["predicted"], r["confidence"], r["score"], *[r["components"].get(k, "") for k in comp_keys]])
+
+    def human() -> None:
+        if not rows:
+            print("nothing to select: every scored sample is annotated (ingest more, or run `edge-al score`)")
+            return
+        comp_keys = sorted({k for r in rows for k in r["components"]})
+        print(f"{'rank':>4} {'id':>7} {'predicted':<14} {'conf':>6} {'score':>7} " + " ".join(f"{k[:9]:>9}" for k in comp_keys) + "  path")
+        for r in rows:
+            comps = " ".join(f"{r['components'].get(k, float('nan')):>9.4f}" for k in comp_keys)
+            print(f"{r['rank']:>4} {r['sample_id']:>7} {r['predicted'][:14]:<14} {r['confidence']:>6.3f} {r['score']:>7.4f} {comps}  {r['path']}")
+
+    ctx.emit({"strategy": ctx.args.strategy, "version": ctx.registry.active_version(), "selected": rows}, human)
+    return EXIT_OK
+
+
+def cmd_annotate(ctx: Context) -> int:
+    from .annotations import apply_annotations, read_annotation_file
+
+    rows = read_annotation_file(ctx.args.file)
+    result = apply_annotations(ctx.store, ctx.registry, rows, default_annotator=ctx.args.annotator, create_labels=ctx.args.create_labels)
+
+    def human() -> None:
+        print(f"written {result.written}, unchanged {result.unchanged}, invalid {len(result.errors)}")
+        for e in result.errors:
+            print(f"  row {e['row']} ({e['ref']}): {e['reason']}")
+
+    ctx.emit(result.as_dict(), human)
+    return EXIT_OK if result.ok else EXIT_PARTIAL
+
+
+def cmd_retrain(ctx: Context) -> int:
+    from .lifecycle import retrain
+
+    res = retrain(
+        ctx.settings,
+        ctx.store,
+        ctx.registry,
+        train_options={k: v for k, v in _train_options(ctx.args).items() if v is not None},
+        export_options={"max_drop": ctx.args.max_drop},
+        tolerance=ctx.args.tolerance,
+        device=ctx.args.device,
+        batch=ctx.args.batch,
+        progress=ctx.progress(),
+    )
+
+    def human() -> None:
+        print(f"{res.version}: {'promoted' if res.promoted else 'not promoted'} ({res.reason})")
+        if res.score:
+            print(f"rescored {res.score.scored} samples with {res.score.version}")
+
+    ctx.emit(res.as_dict(), human)
+    return EXIT_OK
+
+
+def status_doc(store: Store, registry: Registry) -> dict[str, Any]:
+    current = store.current_annotations()
+    per_class = Counter(a.label for a in current.values() if a.label is not None)
+    rejected = sum(1 for a in current.values() if a.action == "reject")
+    total = store.count_samples()
+    mv = registry.active()
+    predicted: Counter[str] = Counter()
+    if mv is not None:
+        rows = store.query(
+            "SELECT label_index, COUNT(*) AS n FROM predictions p WHERE model_version = ? "
+            "AND sample_id NOT IN (SELECT sample_id FROM annotations) GROUP BY label_index",
+            (mv.version,),
+        )
+        for r in rows:
+            idx = int(r["label_index"])
+            predicted[mv.labels[idx] if idx < len(mv.labels) else str(idx)] = int(r["n"])
+    return {
+        "pool_size": total,
+        "labeled": sum(per_class.values()),
+        "rejected": rejected,
+        "unlabeled": total - len(current),
+        "labels": store.labels(),
+        "labeled_per_class": dict(per_class),
+        "unlabeled_predicted_per_class": dict(predicted),
+        "active_model": None
+        if mv is None
+        else {"version": mv.version, "precision": mv.meta.get("precision"), "metrics": mv.meta.get("metrics", {}), "num_train_labels": mv.meta.get("num_train_labels")},
+        "scored_by_active": int(len(store.scored_ids(mv.version))) if mv else 0,
+    }
+
+
+def cmd_status(ctx: Context) -> int:
+    doc = status_doc(ctx.store, ctx.registry)
+
+    def human() -> None:
+        print(f"workspace: {ctx.settings.home}")
+        print(f"pool: {doc['pool_size']} samples, {doc['labeled']} labeled, {doc['rejected']} rejected, {doc['unlabeled']} unlabeled")
+        for name in doc["labels"]:
+            print(f"  {name:<20} labeled {doc['labeled_per_class'].get(name, 0):>6}   unlabeled predicted {doc['unlabeled_predicted_per_class'].get(name, 0):>7}")
+        am = doc["active_model"]
+        if am is None:
+            print("active model: none")
+        else:
+            print(f"active model: {am['version']} ({am['precision']}), trained on {am['num_train_labels']} labels, metrics {am['metrics']}")
+            print(f"scored by active model: {doc['scored_by_active']}/{doc['pool_size']}")
+
+    ctx.emit(doc, human)
+    return EXIT_OK
+
+
+def cmd_demo(ctx: Context) -> int:
+    from .demo import run_demo
+
+    return run_demo(ctx)
+
+
+# -- parser -----------------------------------------------------------------------------------
+def _add_train_args(p: argparse.ArgumentParser, retrain: bool = False) -> None:
+    d = None if retrain else "mobilenet_v3_small"
+    p.add_argument("--arch", default=d, choices=["mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "resnet34"], help="torchvision architecture (default mobilenet_v3_small)")
+    p.add_argument("--weights", default=None if retrain else "none", help="imagenet | PATH to a state dict or checkpoint | none")
+    p.add_argument("--image-size", type=_positive_int, default=None if retrain else 128, help="square model input size in pixels (default 128)")
+    p.add_argument("--epochs", type=_positive_int, default=None if retrain else 15)
+    p.add_argument("--batch-size", type=_positive_int, default=None if retrain else 32)
+    p.add_argument("--balance", choices=["sampler", "loss", "none"], default=None if retrain else "sampler", help="class balancing for imbalanced sets")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-al", description="Edge active learning on OpenVINO: ingest, train, export, score, select, annotate, retrain, serve.")
+    parser.add_argument("--version", action="version", version=f"edge-al {__version__}")
+    parser.add_argument("--home", default=None, help="workspace directory (env EDGE_AL_HOME, default ./edge-al-home)")
+    parser.add_argument("--models", default=None, help="model registry directory (env EDGE_AL_MODELS, default HOME/models)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of human output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = sub.add_parser("ingest", help="register images (files, directories, or text files of paths)")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--labels-from-dirs", action="store_true", help="import each image's parent folder name as its annotation")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("train", help="train a classifier on the annotated samples (needs edge-al[train])")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="checkpoint -> ONNX -> IR -> INT8 with gates -> published version")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint to export (default: the latest trained)")
+    p.add_argument("--max-drop", type=float, default=0.01, help="largest accuracy loss INT8 may have (default 0.01)")
+    p.add_argument("--promote", action="store_true", help="make the new version active (the first version always is)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("models", help="list model versions")
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("promote", help="activate a model version")
+    p.add_argument("version")
+    p.set_defaults(func=cmd_promote)
+    p = sub.add_parser("rollback", help="go back to the previously active version")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("score", help="score every unscored sample with the active model")
+    p.add_argument("--device", default="CPU", help="CPU, GPU, GPU.N or AUTO (built from the devices present)")
+    p.add_argument("--batch", type=_positive_int, default=8)
+    p.add_argument("--limit", type=_positive_int, default=None, help="score at most this many samples now")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("select", help="print the ranked next-to-annotate list")
+    p.add_argument("-n", type=_positive_int, default=20)
+    p.add_argument("--strategy", choices=list(acquisition.STRATEGIES), default=acquisition.DEFAULT_STRATEGY)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--csv", help="also write the list to this CSV file")
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("annotate", help="import decisions from CSV or JSON (sample_id|path, label, action, annotator)")
+    p.add_argument("file")
+    p.add_argument("--annotator", default="", help="annotator for rows that name none")
+    p.add_argument("--create-labels", action="store_true", help="add unknown labels instead of rejecting the row")
+    p.set_defaults(func=cmd_annotate)
+
+    p = sub.add_parser("retrain", help="train -> export -> gates -> promote if not worse -> score")
+    _add_train_args(p, retrain=True)
+    p.add_argument("--max-drop", type=float, default=0.01)
+    p.add_argument("--tolerance", type=float, default=0.02, help="promote when balanced accuracy >= active - tolerance")
+    p.add_argument("--device", default="CPU")
+    p.add_argument("--batch", type=_positive_int, default=8)
+    p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("status", help="pool, labels per class, active model")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("demo", help="the main job on a demo pool built from sklearn's digits")
+    p.add_argument("--per-class", type=_positive_int, default=5, help="seed labels per class")
+    p.add_argument("--epochs", type=_positive_int, default=8)
+    p.add_argument("--image-size", type=_positive_int, default=32)
+    p.add_argument("-n", type=_positive_int, default=10)
+    p.set_defaults(func=cmd_demo)
+
+    for extra in _extra_verbs():
+        extra(sub)
+    return parser
+
+
+def _extra_verbs() -> list[Callable[[Any], None]]:
+    """Verbs registered by optional modules (serve, worker, keys, simulate, bench)."""
+    out: list[Callable[[Any], None]] = []
+    for mod in ("edge_al.api.cli", "edge_al.sim_cli"):
+        try:
+            m = __import__(mod, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name and mod.startswith(exc.name):
+                continue
+            raise
+        out.append(m.register)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        ctx = Context(args)
+        rc: int = args.func(ctx)
+        return rc
+    except EdgeALError as exc:
+        if getattr(args, "json", False):
+            json.dump({"error": type(exc).__name__, "detail": str(exc)}, sys.stdout)
+            sys.stdout.write("\n")
+        print(f"edge-al: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("edge-al: interrupted; progress so far is saved", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    t0 = time.time()
+    sys.exit(main())

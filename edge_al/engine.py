@@ -1,0 +1,263 @@
+"""The one seam around OpenVINO: the only module in ``edge_al`` that imports it.
+
+One ``ov.Core`` per process. A model is reshaped to a static batch (faster than dynamic on
+CPU; the last batch is padded), compiled with the THROUGHPUT hint, and the streams, infer
+requests and inference precision the runtime chose are read back and reported.
+
+Two ways in:
+- ``Engine.stream(batches)``: the calling thread is the single producer that owns an
+  ``AsyncInferQueue``; results come back in input order. Used by pool scoring.
+- ``Engine.infer(images)``: synchronous, serialised by a lock, for small calls (gates, tests).
+Never share one InferRequest or queue between threads (DESIGN.md field notes).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import openvino as ov
+
+from .errors import InvalidInput
+
+__all__ = ["Engine", "ModelInfo", "get_core", "available_devices", "resolve_device", "read_model_info"]
+
+T = TypeVar("T")
+_core: ov.Core | None = None
+_core_lock = threading.Lock()
+
+
+def get_core() -> ov.Core:
+    """The process's single ``ov.Core`` (created lazily, after any fork)."""
+    global _core
+    with _core_lock:
+        if _core is None:
+            _core = ov.Core()
+        return _core
+
+
+def available_devices() -> list[str]:
+    return list(get_core().available_devices)
+
+
+def resolve_device(requested: str, available: list[str] | None = None) -> str:
+    """Turn CPU / GPU / GPU.1 / AUTO into a device string the runtime accepts here.
+
+    AUTO is built from the devices present (GPUs first, then CPU), since ``AUTO:GPU,CPU``
+    raises on a host without the GPU plugin. A named device that is absent is an error that
+    lists what is present.
+    """
+    avail = available if available is not None else available_devices()
+    req = (requested or "AUTO").strip().upper()
+    if req == "AUTO":
+        ordered = [d for d in avail if d.startswith("GPU")] + [d for d in avail if d == "CPU"]
+        if not ordered:
+            raise InvalidInput(f"No usable OpenVINO device: available devices are {avail or '(none)'}.")
+        return "AUTO:" + ",".join(ordered) if len(ordered) > 1 else ordered[0]
+    if req == "GPU" and any(d.startswith("GPU") for d in avail):
+        return "GPU" if "GPU" in avail else next(d for d in avail if d.startswith("GPU"))
+    if req in avail:
+        return req
+    raise InvalidInput(f"Device {requested!r} is not available here: available devices are {', '.join(avail) or '(none)'}. Use --device CPU or AUTO.")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the IR says about itself (``rt_info["model_info"]``)."""
+
+    labels: list[str]
+    width: int
+    height: int
+    version: str
+    raw: dict[str, Any]
+
+
+def _rt_value(model: ov.Model, key: str) -> Any:
+    if not model.has_rt_info(["model_info", key]):
+        return None
+    text = str(model.get_rt_info(["model_info", key]))
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def read_model_info(model: ov.Model) -> ModelInfo:
+    raw: dict[str, Any] = {}
+    if model.has_rt_info(["model_info"]):
+        info = model.get_rt_info()["model_info"]
+        for key in info.astype(dict) if hasattr(info, "astype") else []:
+            raw[key] = _rt_value(model, key)
+    labels = raw.get("labels") or []
+    if isinstance(labels, str):
+        labels = labels.split()
+    shape = model.input(0).get_partial_shape()
+    h = int(raw.get("input_height") or (shape[1].get_length() if shape[1].is_static else 0))
+    w = int(raw.get("input_width") or (shape[2].get_length() if shape[2].is_static else 0))
+    size = raw.get("input_size")
+    if isinstance(size, list) and len(size) == 2:
+        w, h = int(size[0]), int(size[1])
+    elif isinstance(size, int):
+        w = h = size
+    return ModelInfo([str(x) for x in labels], w, h, str(raw.get("version") or raw.get("model_version") or ""), raw)
+
+
+class Engine:
+    """A compiled classifier: u8 NHWC BGR batches in, (probs [N, C], embedding [N, D]) out."""
+
+    def __init__(
+        self,
+        xml: str | Path,
+        *,
+        device: str = "CPU",
+        batch: int = 8,
+        hint: str = "THROUGHPUT",
+        precision: str | None = None,
+        nireq: int | None = None,
+    ) -> None:
+        if not 1 <= int(batch) <= 1024:
+            raise InvalidInput(f"The 'batch' parameter must be an int in [1, 1024]. Got {batch!r} instead.")
+        core = get_core()
+        self.xml = Path(xml)
+        model = core.read_model(self.xml)
+        self.info = read_model_info(model)
+        self.batch = int(batch)
+        inp = model.input(0)
+        shape = inp.get_partial_shape()
+        if shape.rank.get_length() != 4:
+            raise InvalidInput(f"{xml}: expected a 4-D u8 NHWC input. Got {shape} instead.")
+        h = self.info.height or shape[1].get_length()
+        w = self.info.width or shape[2].get_length()
+        model.reshape({inp.get_any_name(): ov.PartialShape([self.batch, h, w, 3])})
+        self.width, self.height = int(w), int(h)
+        self.device = resolve_device(device)
+        config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
+        if precision:
+            config["INFERENCE_PRECISION_HINT"] = precision
+        self.compiled = core.compile_model(model, self.device, config)
+        self._probs_port = self._output("probs", 0)
+        self._emb_port = self._output("embedding", 1)
+        self.nireq = int(nireq or self._prop("OPTIMAL_NUMBER_OF_INFER_REQUESTS", 2))
+        self.streams = self._prop("NUM_STREAMS", None)
+        prec = self._prop("INFERENCE_PRECISION_HINT", "?")
+        self.precision = prec.to_string() if hasattr(prec, "to_string") else str(prec)
+        self.execution_devices = self._prop("EXECUTION_DEVICES", [self.device])
+        self.embedding_dim = int(self.compiled.output(self._emb_port).get_partial_shape()[1].get_length())
+        self.num_classes = int(self.compiled.output(self._probs_port).get_partial_shape()[1].get_length())
+        self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    def _output(self, name: str, fallback: int) -> int:
+        for i, out in enumerate(self.compiled.outputs):
+            if name in out.get_names():
+                return i
+        return fallback
+
+    def _prop(self, name: str, default: Any) -> Any:
+        try:
+            return self.compiled.get_property(name)
+        except Exception:  # noqa: BLE001 - a plugin without the property
+            return default
+
+    @property
+    def labels(self) -> list[str]:
+        return self.info.labels
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.width, self.height)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "xml": str(self.xml),
+            "device": self.device,
+            "execution_devices": [str(d) for d in self.execution_devices],
+            "batch": self.batch,
+            "streams": str(self.streams),
+            "infer_requests": self.nireq,
+            "inference_precision": self.precision,
+        }
+
+    def _check(self, images: np.ndarray) -> None:
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (self.height, self.width, 3):
+            raise InvalidInput(
+                f"Images must be uint8 [N, {self.height}, {self.width}, 3]. Got {images.dtype} {list(images.shape)} instead."
+            )
+
+    def _padded(self, images: np.ndarray) -> np.ndarray:
+        n = images.shape[0]
+        if n == self.batch:
+            return np.ascontiguousarray(images)
+        out = np.zeros((self.batch, self.height, self.width, 3), dtype=np.uint8)
+        out[:n] = images
+        return out
+
+    def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Synchronous inference of any number of images: (probs f32 [N, C], embedding f32 [N, D])."""
+        self._check(images)
+        probs, embs = [], []
+        with self._lock:
+            for i in range(0, images.shape[0], self.batch):
+                part = images[i : i + self.batch]
+                res = self._request.infer({0: self._padded(part)})
+                probs.append(np.array(res[self._probs_port][: len(part)], dtype=np.float32))
+                embs.append(np.array(res[self._emb_port][: len(part)], dtype=np.float32))
+        if not probs:
+            return np.zeros((0, self.num_classes), np.float32), np.zeros((0, self.embedding_dim), np.float32)
+        return np.concatenate(probs), np.concatenate(embs)
+
+    def stream(self, batches: Iterable[tuple[T, np.ndarray]]) -> Iterator[tuple[T, np.ndarray, np.ndarray]]:
+        """Run batches through an AsyncInferQueue owned by the calling thread; yield in order.
+
+        Each input is ``(tag, images u8 [b <= batch, H, W, 3])``; each output
+        ``(tag, probs f32 [b, C], embedding f32 [b, D])``.
+        """
+        queue = ov.AsyncInferQueue(self.compiled, self.nireq)
+        done: dict[int, tuple[T, np.ndarray, np.ndarray]] = {}
+        errors: list[BaseException] = []
+        cv = threading.Condition()
+        probs_port, emb_port = self._probs_port, self._emb_port
+
+        def callback(request: ov.InferRequest, userdata: tuple[int, T, int, np.ndarray]) -> None:
+            seq, tag, n, _keepalive = userdata
+            try:
+                p = np.array(request.get_output_tensor(probs_port).data[:n], dtype=np.float32)
+                e = np.array(request.get_output_tensor(emb_port).data[:n], dtype=np.float32)
+                with cv:
+                    done[seq] = (tag, p, e)
+                    cv.notify_all()
+            except BaseException as exc:  # noqa: BLE001 - surfaced in the producer thread
+                with cv:
+                    errors.append(exc)
+                    cv.notify_all()
+
+        queue.set_callback(callback)
+        next_out = 0
+        seq = 0
+        for tag, images in batches:
+            self._check(images)
+            arr = self._padded(images)
+            queue.start_async({0: arr}, (seq, tag, images.shape[0], arr))
+            seq += 1
+            while True:
+                with cv:
+                    if errors:
+                        raise errors[0]
+                    item = done.pop(next_out, None)
+                if item is None:
+                    break
+                next_out += 1
+                yield item
+        queue.wait_all()
+        if errors:
+            raise errors[0]
+        while next_out < seq:
+            with cv:
+                item = done.pop(next_out)
+            next_out += 1
+            yield item

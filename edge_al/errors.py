@@ -1,0 +1,70 @@
+"""Domain errors. They know nothing about HTTP; ``edge_al.api.errors`` maps them to status codes.
+
+::
+
+    EdgeALError
+     +-- InvalidInput            bad parameter, field or file content (HTTP 422 / 400)
+     |    +-- ImageError         undecodable, truncated, empty or non-image file (400)
+     |    |    +-- ImageTooLarge  over the pixel or byte limit (413)
+     |    +-- UnknownLabel       a label the project does not have (422)
+     +-- NotFound                unknown sample, model version, job (404)
+     +-- Conflict                state does not allow it (409)
+     +-- NoActiveModel           nothing to score with yet (503)
+     +-- GateFailed              an export gate failed and no fallback was allowed
+     +-- MissingDependency       an optional extra is not installed
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EdgeALError",
+    "InvalidInput",
+    "ImageError",
+    "ImageTooLarge",
+    "UnknownLabel",
+    "NotFound",
+    "Conflict",
+    "NoActiveModel",
+    "GateFailed",
+    "MissingDependency",
+]
+
+
+class EdgeALError(Exception):
+    """Base of every error edge-al raises on purpose."""
+
+
+class InvalidInput(EdgeALError):
+    """A parameter, field or file does not have the expected form."""
+
+
+class ImageError(InvalidInput):
+    """An image that cannot be decoded: empty, truncated, corrupt or not an image."""
+
+
+class ImageTooLarge(ImageError):
+    """An image over the configured byte or pixel limit (decompression-bomb guard)."""
+
+
+class UnknownLabel(InvalidInput):
+    """A label name that is not one of the project's labels."""
+
+
+class NotFound(EdgeALError):
+    """A sample, model version or job that does not exist."""
+
+
+class Conflict(EdgeALError):
+    """The request conflicts with the current state."""
+
+
+class NoActiveModel(EdgeALError):
+    """No model version is active yet: train and export one first."""
+
+
+class GateFailed(EdgeALError):
+    """An export gate failed and no fallback was allowed."""
+
+
+class MissingDependency(EdgeALError):
+    """An optional dependency is missing; the message says which extra to install."""

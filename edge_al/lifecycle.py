@@ -1,0 +1,147 @@
+"""The model lifecycle steps that the CLI and the job worker share: train, export, retrain.
+
+The training side lives in the ``export`` package (torch, onnx, nncf); it is imported here
+lazily, with an install hint when the ``train`` extra is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .config import Settings
+from .errors import MissingDependency
+from .pool import ImageCache
+from .registry import ModelVersion, Registry
+from .scoring import ScoreReport, score_pool
+from .store import Store
+
+__all__ = ["workflow", "RetrainResult", "retrain", "evaluate_version", "balanced_accuracy"]
+
+log = logging.getLogger(__name__)
+
+
+def workflow() -> ModuleType:
+    """``export.workflow``, or a clear hint to install the training extra."""
+    try:
+        return importlib.import_module("export.workflow")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in {"torch", "torchvision", "onnx", "nncf", "onnxscript"}:
+            raise MissingDependency(
+                f"Training and export need {exc.name}: install edge-al[train] (pip install 'edge-al[train]')."
+            ) from None
+        raise
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean per-class recall over the classes present in ``y_true``."""
+    classes = np.unique(y_true)
+    if len(classes) == 0:
+        return float("nan")
+    return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in classes]))
+
+
+def evaluate_version(settings: Settings, store: Store, mv: ModelVersion, sample_ids: list[int], labels: list[str], device: str = "CPU") -> dict[str, float]:
+    """Accuracy and balanced accuracy of a published version on given labeled samples."""
+    from .engine import Engine
+
+    eng = Engine(mv.xml, device=device, batch=8)
+    with ImageCache(settings.cache_dir, eng.size) as cache:
+        images, failed = cache.load_many(store.samples(sample_ids))
+    keep = np.setdiff1d(np.arange(len(sample_ids)), np.array(failed, dtype=np.int64))
+    probs, _ = eng.infer(images[keep])
+    names = eng.labels or mv.labels
+    pred = np.array([names[i] for i in probs.argmax(1)]) if len(keep) else np.array([])
+    truth = np.array([labels[i] for i in keep])
+    all_names = sorted(set(truth.tolist()) | set(pred.tolist()))
+    idx = {n: i for i, n in enumerate(all_names)}
+    t = np.array([idx[x] for x in truth], dtype=np.int64)
+    p = np.array([idx[x] for x in pred], dtype=np.int64)
+    return {
+        "accuracy": float(np.mean(t == p)) if len(t) else float("nan"),
+        "balanced_accuracy": balanced_accuracy(t, p),
+        "n": int(len(t)),
+    }
+
+
+@dataclass
+class RetrainResult:
+    version: str
+    promoted: bool
+    reason: str
+    previous: str | None
+    metrics_new: dict[str, float] = field(default_factory=dict)
+    metrics_previous: dict[str, float] = field(default_factory=dict)
+    score: ScoreReport | None = None
+    export_report: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "promoted": self.promoted,
+            "reason": self.reason,
+            "previous": self.previous,
+            "metrics_new": self.metrics_new,
+            "metrics_previous": self.metrics_previous,
+            "score": self.score.as_dict() if self.score else None,
+        }
+
+
+def retrain(
+    settings: Settings,
+    store: Store,
+    registry: Registry,
+    *,
+    train_options: dict[str, Any] | None = None,
+    export_options: dict[str, Any] | None = None,
+    tolerance: float = 0.02,
+    device: str = "CPU",
+    batch: int = 8,
+    progress: Callable[..., Any] | None = None,
+    rescore: bool = True,
+) -> RetrainResult:
+    """train -> export (gates) -> promote if not worse than the active model on the same
+    validation samples (balanced accuracy, within ``tolerance``) -> rescore the pool."""
+    wf = workflow()
+    opts = dict(train_options or {})
+    active = registry.active()
+    if active is not None and "init" not in opts:
+        ckpt = active.path / "checkpoint.pt"
+        if ckpt.exists() and active.meta.get("arch") == opts.get("arch", active.meta.get("arch")):
+            opts["init"] = ckpt
+            opts.setdefault("arch", active.meta.get("arch"))
+            opts.setdefault("image_size", active.meta.get("image_size"))
+    checkpoint: Path = wf.train_from_store(settings, store, progress=progress is not None, **opts)
+    mv, report = wf.export_from_store(settings, store, checkpoint, progress=progress is not None, **(export_options or {}))
+    val_ids = [int(i) for i in report.get("val_sample_ids", mv.meta.get("val_sample_ids", []))]
+    current = store.current_annotations()
+    val_ids = [i for i in val_ids if i in current and current[i].label is not None]
+    val_labels = [current[i].label or "" for i in val_ids]
+    result = RetrainResult(version=mv.version, promoted=False, reason="", previous=active.version if active else None, export_report=report)
+    if val_ids:
+        result.metrics_new = evaluate_version(settings, store, mv, val_ids, val_labels, device)
+    if active is None:
+        result.promoted, result.reason = True, "first model"
+    elif not val_ids:
+        result.promoted, result.reason = True, "no validation samples to compare on; promoted"
+    else:
+        result.metrics_previous = evaluate_version(settings, store, active, val_ids, val_labels, device)
+        new, old = result.metrics_new["balanced_accuracy"], result.metrics_previous["balanced_accuracy"]
+        if new >= old - tolerance:
+            result.promoted = True
+            result.reason = f"balanced accuracy {new:.3f} vs active {old:.3f} on the same {len(val_ids)} validation samples"
+        else:
+            result.reason = f"kept {active.version}: new balanced accuracy {new:.3f} < active {old:.3f} - {tolerance}"
+    if result.promoted:
+        registry.promote(mv.version)
+        if rescore:
+            result.score = score_pool(settings, store, registry, device=device, batch=batch, progress=progress)
+    log.info("retrain: %s", result.reason)
+    return result

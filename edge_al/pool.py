@@ -1,0 +1,234 @@
+"""The pool: ingest image files into the store, and the cache of resized u8 images.
+
+Ingest registers files by content hash (duplicates are reported, not added twice) and keeps
+a reference to the original path; HTTP uploads are written under ``<home>/blobs``.
+
+The cache keeps one sparse file per input size, ``cache/<W>x<H>.u8``, with the image of sample
+``id`` at row ``id``, and a one-byte-per-row validity file beside it. A row is marked valid
+only after its pixels are written, so a process killed mid-write leaves at worst a row that
+is decoded again.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import Settings
+from .errors import EdgeALError, ImageError
+from .images import decode_resized, probe, sha256_of
+from .store import Sample, Store
+
+__all__ = ["IngestReport", "ingest", "ingest_bytes", "ImageCache", "IMAGE_SUFFIXES", "expand_paths"]
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+_LIST_SUFFIXES = {".txt", ".lst", ".list"}
+
+
+@dataclass
+class IngestReport:
+    added: list[int] = field(default_factory=list)
+    duplicates: list[tuple[str, int]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    labeled: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "added": len(self.added),
+            "duplicates": len(self.duplicates),
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "labeled": self.labeled,
+        }
+
+
+def expand_paths(paths: Iterable[str | Path]) -> Iterator[tuple[Path, str | None]]:
+    """Files as given, directories recursively (image suffixes only), text files as path lists.
+
+    Yields ``(path, problem)``; ``problem`` is a reason when the path itself is unusable.
+    """
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                    yield f.resolve(), None
+        elif p.is_file() and p.suffix.lower() in _LIST_SUFFIXES:
+            base = p.resolve().parent
+            for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    q = Path(line).expanduser()
+                    yield from expand_paths([q if q.is_absolute() else base / q])
+        elif p.is_file():
+            yield p.resolve(), None
+        else:
+            yield p, "no such file or directory"
+
+
+def _check_file(path: Path, settings: Settings) -> tuple[str, int, int]:
+    size = path.stat().st_size
+    if size > settings.max_file_bytes:
+        raise ImageError(f"The file has {size:,} bytes; the limit is {settings.max_file_bytes:,}.")
+    data = path.read_bytes()
+    info = probe(data, max_pixels=settings.max_pixels, max_bytes=settings.max_file_bytes)
+    return sha256_of(data), info.width, info.height
+
+
+def ingest(
+    store: Store,
+    settings: Settings,
+    paths: Sequence[str | Path],
+    *,
+    labels_from_dirs: bool = False,
+    annotator: str = "ingest",
+    progress: Callable[[Iterable[object]], Iterable[object]] | None = None,
+    workers: int = 2,
+) -> IngestReport:
+    """Register image files; bad files are reported with their reason and skipped."""
+    report = IngestReport()
+    items = list(expand_paths(paths))
+    todo = [p for p, problem in items if problem is None]
+    report.skipped += [(str(p), problem) for p, problem in items if problem is not None]
+
+    def check(path: Path) -> tuple[Path, tuple[str, int, int] | str]:
+        try:
+            return path, _check_file(path, settings)
+        except EdgeALError as exc:
+            return path, str(exc)
+        except OSError as exc:
+            return path, f"cannot read the file: {exc.strerror or exc}"
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as ex:
+        results: Iterable[tuple[Path, tuple[str, int, int] | str]] = ex.map(check, todo)
+        if progress is not None:
+            results = progress(results)  # type: ignore[assignment]
+        for path, res in results:
+            if isinstance(res, str):
+                report.skipped.append((str(path), res))
+                continue
+            digest, w, h = res
+            sid, created = store.add_sample(digest, str(path), w, h, "ingest")
+            if created:
+                report.added.append(sid)
+            else:
+                report.duplicates.append((str(path), sid))
+            if labels_from_dirs:
+                label = path.parent.name
+                store.add_label(label)
+                if store.add_annotation(sid, "correct", label, annotator):
+                    report.labeled += 1
+    return report
+
+
+def ingest_bytes(store: Store, settings: Settings, data: bytes, *, filename: str = "upload", source: str = "upload") -> tuple[Sample, bool]:
+    """Validate and register an uploaded image; its bytes are written atomically under blobs/."""
+    info = probe(data, max_pixels=settings.max_pixels, max_bytes=settings.max_file_bytes)
+    digest = sha256_of(data)
+    suffix = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}.get(info.format, ".img")
+    target = settings.blobs_dir / digest[:2] / f"{digest}{suffix}"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    sid, created = store.add_sample(digest, str(target), info.width, info.height, source)
+    return store.sample(sid), created
+
+
+class ImageCache:
+    """Resized u8 BGR images per input size, in a sparse file indexed by sample id."""
+
+    def __init__(self, root: str | Path, size: tuple[int, int]) -> None:
+        self.root = Path(root)
+        self.size = (int(size[0]), int(size[1]))
+        self.root.mkdir(parents=True, exist_ok=True)
+        w, h = self.size
+        self.row_bytes = w * h * 3
+        base = self.root / f"{w}x{h}"
+        self._data_fd = os.open(f"{base}.u8", os.O_RDWR | os.O_CREAT, 0o644)
+        self._valid_fd = os.open(f"{base}.valid", os.O_RDWR | os.O_CREAT, 0o644)
+
+    def close(self) -> None:
+        for fd in (self._data_fd, self._valid_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __enter__(self) -> ImageCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        w, h = self.size
+        return (h, w, 3)
+
+    def has(self, sample_id: int) -> bool:
+        return os.pread(self._valid_fd, 1, int(sample_id)) == b"\x01"
+
+    def valid_mask(self, ids: np.ndarray) -> np.ndarray:
+        """bool [len(ids)]: which ids are cached."""
+        if len(ids) == 0:
+            return np.zeros(0, dtype=bool)
+        n = int(ids.max()) + 1
+        raw = os.pread(self._valid_fd, n, 0)
+        flags = np.zeros(n, dtype=np.uint8)
+        flags[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+        return flags[ids] == 1
+
+    def get(self, sample_id: int) -> np.ndarray | None:
+        if not self.has(sample_id):
+            return None
+        raw = os.pread(self._data_fd, self.row_bytes, int(sample_id) * self.row_bytes)
+        if len(raw) != self.row_bytes:
+            return None
+        return np.frombuffer(raw, dtype=np.uint8).reshape(self.shape)
+
+    def put(self, sample_id: int, img: np.ndarray) -> None:
+        if img.shape != self.shape or img.dtype != np.uint8:
+            raise ValueError(f"Cache rows must be uint8 {self.shape}. Got {img.dtype} {img.shape} instead.")
+        os.pwrite(self._data_fd, np.ascontiguousarray(img).tobytes(), int(sample_id) * self.row_bytes)
+        os.pwrite(self._valid_fd, b"\x01", int(sample_id))
+
+    def load(self, sample: Sample) -> np.ndarray:
+        """The cached image of a sample, decoding and caching it on a miss. Raises ImageError."""
+        img = self.get(sample.id)
+        if img is not None:
+            return img
+        try:
+            data = Path(sample.path).read_bytes()
+        except OSError as exc:
+            raise ImageError(f"Sample {sample.id}: cannot read {sample.path}: {exc.strerror or exc}") from None
+        img = decode_resized(data, self.size, sample.width, sample.height)
+        self.put(sample.id, img)
+        return img
+
+    def load_many(self, samples: Sequence[Sample], executor: ThreadPoolExecutor | None = None) -> tuple[np.ndarray, list[int]]:
+        """``(images u8 [n, H, W, 3], failed positions)``; a failed image is left black."""
+        out = np.zeros((len(samples), *self.shape), dtype=np.uint8)
+        failed: list[int] = []
+
+        def one(i: int) -> None:
+            try:
+                out[i] = self.load(samples[i])
+            except EdgeALError:
+                failed.append(i)
+
+        if executor is None:
+            for i in range(len(samples)):
+                one(i)
+        else:
+            list(executor.map(one, range(len(samples))))
+        return out, sorted(failed)

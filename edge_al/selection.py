@@ -1,0 +1,102 @@
+"""What to annotate next: the active version's predictions and embeddings fed to a strategy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import acquisition
+from .config import Settings
+from .errors import NoActiveModel
+from .registry import Registry
+from .scoring import IdEmbeddings, embedding_file, labeled_reference
+from .store import Store
+
+__all__ = ["Candidate", "select_next"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    rank: int
+    sample_id: int
+    path: str
+    predicted: str
+    confidence: float
+    score: float
+    components: dict[str, float] = field(default_factory=dict)
+    probs: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "sample_id": self.sample_id,
+            "path": self.path,
+            "predicted": self.predicted,
+            "confidence": round(self.confidence, 6),
+            "score": round(self.score, 6),
+            "components": {k: round(v, 6) for k, v in self.components.items()},
+        }
+
+
+def select_next(
+    settings: Settings,
+    store: Store,
+    registry: Registry,
+    n: int,
+    strategy: str = acquisition.DEFAULT_STRATEGY,
+    *,
+    seed: int = 0,
+    exclude_ids: Iterable[int] = (),
+    version: str | None = None,
+) -> list[Candidate]:
+    """Rank the unlabeled, scored pool with ``strategy``; returns up to ``n`` candidates."""
+    mv = registry.get(version) if version else registry.active()
+    if mv is None:
+        raise NoActiveModel("No model version is active: train and export one first.")
+    ids, probs = store.predictions(mv.version)
+    annotated = store.annotated_ids()
+    pool_mask = ~np.isin(ids, annotated)
+    ids, probs = ids[pool_mask], probs[pool_mask]
+    if len(ids) == 0:
+        return []
+    excluded = set(int(i) for i in exclude_ids)
+    exclude = np.isin(ids, np.array(sorted(excluded), dtype=np.int64)) if excluded else None
+    emb_file = embedding_file(settings, mv)
+    try:
+        _, lab_emb, lab_cls = labeled_reference(store, mv, emb_file)
+        sel = acquisition.select(
+            strategy,
+            n,
+            probs,
+            IdEmbeddings(emb_file, ids),
+            lab_emb,
+            lab_cls,
+            num_classes=len(mv.labels),
+            seed=seed,
+            exclude=exclude,
+        )
+    finally:
+        emb_file.close()
+    chosen = ids[sel.indices]
+    samples = {s.id: s for s in store.samples(chosen.tolist())}
+    labels = mv.labels
+    out = []
+    for rank, (pos, sid) in enumerate(zip(sel.indices.tolist(), chosen.tolist(), strict=True)):
+        p = probs[pos]
+        k = int(np.argmax(p))
+        out.append(
+            Candidate(
+                rank=rank + 1,
+                sample_id=int(sid),
+                path=samples[int(sid)].path,
+                predicted=labels[k] if k < len(labels) else str(k),
+                confidence=float(p[k]),
+                score=float(sel.score[rank]),
+                components={name: float(v[rank]) for name, v in sel.components.items()},
+                probs={labels[i] if i < len(labels) else str(i): float(p[i]) for i in range(len(p))},
+            )
+        )
+    return out

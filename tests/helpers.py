@@ -1,0 +1,86 @@
+"""Test builders: tiny real OpenVINO models and generated image pools (no downloads)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
+
+from edge_al.registry import ModelVersion, Registry
+
+
+def build_tiny_ir(labels: list[str], size: int = 32, dim: int = 16, seed: int = 0) -> ov.Model:
+    """A real (tiny) classifier IR with the edge-al contract: u8 NHWC BGR in, probs + embedding out.
+
+    Its embedding is a fixed random projection of the down-sampled image, so similar images get
+    similar embeddings and predictions; no training involved.
+    """
+    rng = np.random.default_rng(seed)
+    x = ops.parameter(ov.PartialShape([-1, size, size, 3]), ov.Type.u8, name="image")
+    x.output(0).get_tensor().set_names({"image"})
+    f = ops.convert(x, ov.Type.f32)
+    f = ops.multiply(f, ops.constant(np.float32(1.0 / 255.0)))
+    flat = ops.reshape(f, ops.constant(np.array([-1, size * size * 3], dtype=np.int64)), special_zero=False)
+    w1 = ops.constant((rng.standard_normal((size * size * 3, dim)) / np.sqrt(size * size * 3)).astype(np.float32))
+    emb = ops.relu(ops.matmul(flat, w1, False, False))
+    emb.output(0).get_tensor().set_names({"embedding"})
+    w2 = ops.constant(rng.standard_normal((dim, len(labels))).astype(np.float32) * 4.0)
+    logits = ops.matmul(emb, w2, False, False)
+    probs = ops.softmax(logits, 1)
+    probs.output(0).get_tensor().set_names({"probs"})
+    model = ov.Model([probs.output(0), emb.output(0)], [x], "tiny")
+    model.set_rt_info(json.dumps(labels), ["model_info", "labels"])
+    model.set_rt_info(str(size), ["model_info", "input_width"])
+    model.set_rt_info(str(size), ["model_info", "input_height"])
+    return model
+
+
+def publish_tiny(registry: Registry, labels: list[str], size: int = 32, dim: int = 16, seed: int = 0, promote: bool = True) -> ModelVersion:
+    version = registry.reserve()
+    staging = registry.staging()
+    model = build_tiny_ir(labels, size, dim, seed)
+    model.set_rt_info(version, ["model_info", "version"])
+    ov.save_model(model, staging / "model.xml", compress_to_fp16=False)
+    ov.save_model(model, staging / "reference.xml", compress_to_fp16=False)
+    meta = {"labels": labels, "image_size": size, "embedding_dim": dim, "precision": "fp32", "arch": "tiny", "metrics": {}, "num_train_labels": 0}
+    mv = registry.publish(staging, meta, version)
+    if promote:
+        registry.promote(mv.version)
+    return mv
+
+
+def write_digit_images(root: Path, n: int | None = None, size: int = 32, by_class: bool = True) -> list[tuple[Path, str]]:
+    """sklearn digits as PNGs (``root/d<k>/...`` when by_class); returns (path, label) pairs."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    count = len(d.images) if n is None else n
+    out = []
+    for i in range(count):
+        lab = f"d{int(d.target[i])}"
+        folder = root / lab if by_class else root
+        folder.mkdir(parents=True, exist_ok=True)
+        img = cv2.resize((d.images[i] * 255 / 16).astype(np.uint8), (size, size), interpolation=cv2.INTER_LINEAR)
+        p = folder / f"img_{i:04d}.png"
+        cv2.imwrite(str(p), img)
+        out.append((p, lab))
+    return out
+
+
+def write_jpegs(root: Path, n: int, size: tuple[int, int] = (320, 240), seed: int = 0) -> list[Path]:
+    """Generated JPEGs of coloured shapes, for scoring pools."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        img = np.full((size[1], size[0], 3), rng.integers(0, 255, 3), dtype=np.uint8)
+        c = (int(rng.integers(0, size[0])), int(rng.integers(0, size[1])))
+        cv2.circle(img, c, int(rng.integers(5, 60)), tuple(int(v) for v in rng.integers(0, 255, 3)), -1)
+        p = root / f"gen_{i:06d}.jpg"
+        cv2.imwrite(str(p), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        out.append(p)
+    return out
