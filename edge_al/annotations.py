@@ -59,7 +59,9 @@ def read_annotation_file(path: str | Path) -> list[dict[str, Any]]:
     reader = csv.DictReader(io.StringIO(text))
     fields = {f.strip().lower() for f in (reader.fieldnames or [])}
     if not fields & {"sample_id", "path"} or "action" not in fields:
-        raise InvalidInput(f"{p}: the CSV header must name sample_id or path, and action (label, annotator optional). Got {sorted(fields)}.")
+        raise InvalidInput(
+            f"{p}: the CSV header must name sample_id or path, and action (label, annotator optional). Got {sorted(fields)}."
+        )
     return [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()} for row in reader]
 
 

@@ -25,7 +25,7 @@ from .errors import EdgeALError
 from .registry import Registry
 from .store import Store
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
 
@@ -78,7 +78,9 @@ def cmd_ingest(ctx: Context) -> int:
     def wrap(it: Any) -> Any:
         return progress(iterable=it, unit="file", desc="ingest") if progress else it
 
-    report = ingest(ctx.store, ctx.settings, ctx.args.paths, labels_from_dirs=ctx.args.labels_from_dirs, progress=wrap if progress else None)
+    report = ingest(
+        ctx.store, ctx.settings, ctx.args.paths, labels_from_dirs=ctx.args.labels_from_dirs, progress=wrap if progress else None
+    )
 
     def human() -> None:
         print(f"added {len(report.added)}, duplicates {len(report.duplicates)}, skipped {len(report.skipped)}, labeled {report.labeled}")
@@ -120,7 +122,9 @@ def cmd_export(ctx: Context) -> int:
     ckpt = Path(ctx.args.checkpoint) if ctx.args.checkpoint else _latest_checkpoint(ctx.settings)
     if ckpt is None:
         raise EdgeALError("No checkpoint to export: run `edge-al train` first or name one.")
-    mv, report = workflow().export_from_store(ctx.settings, ctx.store, ckpt, max_drop=ctx.args.max_drop, progress=not ctx.json and not ctx.args.quiet)
+    mv, report = workflow().export_from_store(
+        ctx.settings, ctx.store, ckpt, max_drop=ctx.args.max_drop, progress=not ctx.json and not ctx.args.quiet
+    )
     if ctx.args.promote or ctx.registry.active_version() is None:
         ctx.registry.promote(mv.version)
     active = ctx.registry.active_version()
@@ -156,7 +160,9 @@ def cmd_models(ctx: Context) -> int:
         for r in rows:
             m = r["metrics"] or {}
             acc = m.get("balanced_accuracy", m.get("val_balanced_accuracy"))
-            print(f"{'*' if r['active'] else ' '} {r['version']}  {r['arch']}  {r['precision']}  labels={r['num_train_labels']}  bal_acc={acc}")
+            print(
+                f"{'*' if r['active'] else ' '} {r['version']}  {r['arch']}  {r['precision']}  labels={r['num_train_labels']}  bal_acc={acc}"
+            )
 
     ctx.emit({"active": active, "versions": rows}, human)
     return EXIT_OK
@@ -177,7 +183,9 @@ def cmd_rollback(ctx: Context) -> int:
 def cmd_score(ctx: Context) -> int:
     from .scoring import score_pool
 
-    report = score_pool(ctx.settings, ctx.store, ctx.registry, device=ctx.args.device, batch=ctx.args.batch, progress=ctx.progress(), limit=ctx.args.limit)
+    report = score_pool(
+        ctx.settings, ctx.store, ctx.registry, device=ctx.args.device, batch=ctx.args.batch, progress=ctx.progress(), limit=ctx.args.limit
+    )
 
     def human() -> None:
         e = report.engine
@@ -203,7 +211,17 @@ def cmd_select(ctx: Context) -> int:
             w = csv.writer(f)
             w.writerow(["rank", "sample_id", "path", "predicted", "confidence", "score", *comp_keys])
             for r in rows:
-                w.writerow([r["rank"], r["sample_id"], r["path"], r["predicted"], r["confidence"], r["score"], *[r["components"].get(k, "") for k in comp_keys]])
+                w.writerow(
+                    [
+                        r["rank"],
+                        r["sample_id"],
+                        r["path"],
+                        r["predicted"],
+                        r["confidence"],
+                        r["score"],
+                        *[r["components"].get(k, "") for k in comp_keys],
+                    ]
+                )
 
     def human() -> None:
         if not rows:
@@ -213,7 +231,9 @@ def cmd_select(ctx: Context) -> int:
         print(f"{'rank':>4} {'id':>7} {'predicted':<14} {'conf':>6} {'score':>7} " + " ".join(f"{k[:9]:>9}" for k in comp_keys) + "  path")
         for r in rows:
             comps = " ".join(f"{r['components'].get(k, float('nan')):>9.4f}" for k in comp_keys)
-            print(f"{r['rank']:>4} {r['sample_id']:>7} {r['predicted'][:14]:<14} {r['confidence']:>6.3f} {r['score']:>7.4f} {comps}  {r['path']}")
+            print(
+                f"{r['rank']:>4} {r['sample_id']:>7} {r['predicted'][:14]:<14} {r['confidence']:>6.3f} {r['score']:>7.4f} {comps}  {r['path']}"
+            )
 
     ctx.emit({"strategy": ctx.args.strategy, "version": ctx.registry.active_version(), "selected": rows}, human)
     return EXIT_OK
@@ -284,8 +304,13 @@ def status_doc(store: Store, registry: Registry) -> dict[str, Any]:
         "unlabeled_predicted_per_class": dict(predicted),
         "active_model": None
         if mv is None
-        else {"version": mv.version, "precision": mv.meta.get("precision"), "metrics": mv.meta.get("metrics", {}), "num_train_labels": mv.meta.get("num_train_labels")},
-        "scored_by_active": int(len(store.scored_ids(mv.version))) if mv else 0,
+        else {
+            "version": mv.version,
+            "precision": mv.meta.get("precision"),
+            "metrics": mv.meta.get("metrics", {}),
+            "num_train_labels": mv.meta.get("num_train_labels"),
+        },
+        "scored_by_active": len(store.scored_ids(mv.version)) if mv else 0,
     }
 
 
@@ -296,7 +321,9 @@ def cmd_status(ctx: Context) -> int:
         print(f"workspace: {ctx.settings.home}")
         print(f"pool: {doc['pool_size']} samples, {doc['labeled']} labeled, {doc['rejected']} rejected, {doc['unlabeled']} unlabeled")
         for name in doc["labels"]:
-            print(f"  {name:<20} labeled {doc['labeled_per_class'].get(name, 0):>6}   unlabeled predicted {doc['unlabeled_predicted_per_class'].get(name, 0):>7}")
+            print(
+                f"  {name:<20} labeled {doc['labeled_per_class'].get(name, 0):>6}   unlabeled predicted {doc['unlabeled_predicted_per_class'].get(name, 0):>7}"
+            )
         am = doc["active_model"]
         if am is None:
             print("active model: none")
@@ -317,17 +344,28 @@ def cmd_demo(ctx: Context) -> int:
 # -- parser -----------------------------------------------------------------------------------
 def _add_train_args(p: argparse.ArgumentParser, retrain: bool = False) -> None:
     d = None if retrain else "mobilenet_v3_small"
-    p.add_argument("--arch", default=d, choices=["mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "resnet34"], help="torchvision architecture (default mobilenet_v3_small)")
+    p.add_argument(
+        "--arch",
+        default=d,
+        choices=["mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "resnet34"],
+        help="torchvision architecture (default mobilenet_v3_small)",
+    )
     p.add_argument("--weights", default=None if retrain else "none", help="imagenet | PATH to a state dict or checkpoint | none")
-    p.add_argument("--image-size", type=_positive_int, default=None if retrain else 128, help="square model input size in pixels (default 128)")
+    p.add_argument(
+        "--image-size", type=_positive_int, default=None if retrain else 128, help="square model input size in pixels (default 128)"
+    )
     p.add_argument("--epochs", type=_positive_int, default=None if retrain else 15)
     p.add_argument("--batch-size", type=_positive_int, default=None if retrain else 32)
-    p.add_argument("--balance", choices=["sampler", "loss", "none"], default=None if retrain else "sampler", help="class balancing for imbalanced sets")
+    p.add_argument(
+        "--balance", choices=["sampler", "loss", "none"], default=None if retrain else "sampler", help="class balancing for imbalanced sets"
+    )
     p.add_argument("--seed", type=int, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-al", description="Edge active learning on OpenVINO: ingest, train, export, score, select, annotate, retrain, serve.")
+    parser = argparse.ArgumentParser(
+        prog="edge-al", description="Edge active learning on OpenVINO: ingest, train, export, score, select, annotate, retrain, serve."
+    )
     parser.add_argument("--version", action="version", version=f"edge-al {__version__}")
     parser.add_argument("--home", default=None, help="workspace directory (env EDGE_AL_HOME, default ./edge-al-home)")
     parser.add_argument("--models", default=None, help="model registry directory (env EDGE_AL_MODELS, default HOME/models)")

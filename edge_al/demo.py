@@ -21,7 +21,7 @@ from .pool import ingest
 if TYPE_CHECKING:
     from .cli import Context
 
-__all__ = ["write_digits_pool", "run_demo"]
+__all__ = ["run_demo", "write_digits_pool"]
 
 
 def write_digits_pool(root: Path, size: int = 32, limit: int | None = None) -> list[tuple[Path, str]]:
@@ -72,10 +72,22 @@ def run_demo(ctx: Context) -> int:
     wf = workflow()
     verbose = not ctx.json and not args.quiet
     if ctx.registry.active() is None:
-        ckpt = wf.train_from_store(ctx.settings, ctx.store, arch="mobilenet_v3_small", weights="none", image_size=args.image_size, epochs=args.epochs, seed=0, progress=verbose)
+        ckpt = wf.train_from_store(
+            ctx.settings,
+            ctx.store,
+            arch="mobilenet_v3_small",
+            weights="none",
+            image_size=args.image_size,
+            epochs=args.epochs,
+            seed=0,
+            progress=verbose,
+        )
         mv, rep = wf.export_from_store(ctx.settings, ctx.store, ckpt, progress=verbose)
         ctx.registry.promote(mv.version)
-        say(f"[4/6] trained and exported {mv.version} ({mv.meta.get('precision')}); gates: " + ", ".join(f"{k}={v.get('passed') if isinstance(v, dict) else v}" for k, v in (rep.get("gates") or {}).items()))
+        say(
+            f"[4/6] trained and exported {mv.version} ({mv.meta.get('precision')}); gates: "
+            + ", ".join(f"{k}={v.get('passed') if isinstance(v, dict) else v}" for k, v in (rep.get("gates") or {}).items())
+        )
     else:
         say(f"[4/6] model {ctx.registry.active_version()} already active (delete {ctx.settings.home} to start over)")
     sc = score_pool(ctx.settings, ctx.store, ctx.registry, progress=ctx.progress())

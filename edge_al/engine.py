@@ -25,7 +25,7 @@ import openvino as ov
 
 from .errors import InvalidInput
 
-__all__ = ["Engine", "ModelInfo", "get_core", "available_devices", "resolve_device", "read_model_info"]
+__all__ = ["Engine", "ModelInfo", "available_devices", "get_core", "read_model_info", "resolve_device"]
 
 T = TypeVar("T")
 _core: ov.Core | None = None
@@ -63,7 +63,9 @@ def resolve_device(requested: str, available: list[str] | None = None) -> str:
         return "GPU" if "GPU" in avail else next(d for d in avail if d.startswith("GPU"))
     if req in avail:
         return req
-    raise InvalidInput(f"Device {requested!r} is not available here: available devices are {', '.join(avail) or '(none)'}. Use --device CPU or AUTO.")
+    raise InvalidInput(
+        f"Device {requested!r} is not available here: available devices are {', '.join(avail) or '(none)'}. Use --device CPU or AUTO."
+    )
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,8 @@ class ModelInfo:
 def _rt_value(model: ov.Model, key: str) -> Any:
     if not model.has_rt_info(["model_info", key]):
         return None
-    text = str(model.get_rt_info(["model_info", key]))
+    value = model.get_rt_info(["model_info", key])
+    text = value.astype(str) if hasattr(value, "astype") else str(value)
     try:
         return json.loads(text)
     except ValueError:
@@ -91,8 +94,9 @@ def read_model_info(model: ov.Model) -> ModelInfo:
     raw: dict[str, Any] = {}
     if model.has_rt_info(["model_info"]):
         info = model.get_rt_info()["model_info"]
-        for key in info.astype(dict) if hasattr(info, "astype") else []:
-            raw[key] = _rt_value(model, key)
+        keys = info.keys() if isinstance(info, dict) else info.astype(dict).keys()
+        for key in keys:
+            raw[str(key)] = _rt_value(model, str(key))
     labels = raw.get("labels") or []
     if isinstance(labels, str):
         labels = labels.split()
@@ -161,7 +165,7 @@ class Engine:
     def _prop(self, name: str, default: Any) -> Any:
         try:
             return self.compiled.get_property(name)
-        except Exception:  # noqa: BLE001 - a plugin without the property
+        except Exception:
             return default
 
     @property
@@ -231,7 +235,7 @@ class Engine:
                 with cv:
                     done[seq] = (tag, p, e)
                     cv.notify_all()
-            except BaseException as exc:  # noqa: BLE001 - surfaced in the producer thread
+            except BaseException as exc:
                 with cv:
                     errors.append(exc)
                     cv.notify_all()

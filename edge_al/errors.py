@@ -17,16 +17,16 @@
 from __future__ import annotations
 
 __all__ = [
+    "Conflict",
     "EdgeALError",
-    "InvalidInput",
+    "GateFailed",
     "ImageError",
     "ImageTooLarge",
-    "UnknownLabel",
-    "NotFound",
-    "Conflict",
-    "NoActiveModel",
-    "GateFailed",
+    "InvalidInput",
     "MissingDependency",
+    "NoActiveModel",
+    "NotFound",
+    "UnknownLabel",
 ]
 
 

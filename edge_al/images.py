@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageError, ImageTooLarge
 
-__all__ = ["ImageInfo", "probe", "decode", "decode_resized", "resize_to", "sha256_of"]
+__all__ = ["ImageInfo", "decode", "decode_resized", "probe", "resize_to", "sha256_of"]
 
 _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 _FORMATS = {"JPEG", "PNG", "BMP", "TIFF", "WEBP"}
@@ -62,7 +62,7 @@ def probe(data: bytes, *, max_pixels: int, max_bytes: int, verify: bool = True) 
                 im.load()
     except (ImageError, ImageTooLarge):
         raise
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"The image is over the decoder's pixel limit: {exc}") from None
     except UnidentifiedImageError:
         raise ImageError("The data is not an image in a supported format (JPEG, PNG, BMP, TIFF, WebP).") from None

@@ -23,7 +23,7 @@ from .registry import ModelVersion, Registry
 from .scoring import ScoreReport, score_pool
 from .store import Store
 
-__all__ = ["workflow", "RetrainResult", "retrain", "evaluate_version", "balanced_accuracy"]
+__all__ = ["RetrainResult", "balanced_accuracy", "evaluate_version", "retrain", "workflow"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,9 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in classes]))
 
 
-def evaluate_version(settings: Settings, store: Store, mv: ModelVersion, sample_ids: list[int], labels: list[str], device: str = "CPU") -> dict[str, float]:
+def evaluate_version(
+    settings: Settings, store: Store, mv: ModelVersion, sample_ids: list[int], labels: list[str], device: str = "CPU"
+) -> dict[str, float]:
     """Accuracy and balanced accuracy of a published version on given labeled samples."""
     from .engine import Engine
 
@@ -67,7 +69,7 @@ def evaluate_version(settings: Settings, store: Store, mv: ModelVersion, sample_
     return {
         "accuracy": float(np.mean(t == p)) if len(t) else float("nan"),
         "balanced_accuracy": balanced_accuracy(t, p),
-        "n": int(len(t)),
+        "n": len(t),
     }
 
 

@@ -25,7 +25,7 @@ from .errors import EdgeALError, ImageError
 from .images import decode_resized, probe, sha256_of
 from .store import Sample, Store
 
-__all__ = ["IngestReport", "ingest", "ingest_bytes", "ImageCache", "IMAGE_SUFFIXES", "expand_paths"]
+__all__ = ["IMAGE_SUFFIXES", "ImageCache", "IngestReport", "expand_paths", "ingest", "ingest_bytes"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 _LIST_SUFFIXES = {".txt", ".lst", ".list"}

@@ -25,7 +25,7 @@ from typing import Any
 
 from .errors import Conflict, InvalidInput, NotFound
 
-__all__ = ["Registry", "ModelVersion", "atomic_write_json"]
+__all__ = ["ModelVersion", "Registry", "atomic_write_json"]
 
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
 

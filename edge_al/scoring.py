@@ -29,7 +29,7 @@ from .pool import ImageCache
 from .registry import ModelVersion, Registry
 from .store import Sample, Store
 
-__all__ = ["EmbeddingFile", "IdEmbeddings", "ScoreReport", "score_pool", "labeled_reference"]
+__all__ = ["EmbeddingFile", "IdEmbeddings", "ScoreReport", "labeled_reference", "score_pool"]
 
 
 class EmbeddingFile:
@@ -183,7 +183,7 @@ def score_pool(
     all_ids = store.sample_ids()
     done_ids = store.scored_ids(mv.version)
     todo_ids = np.setdiff1d(all_ids, done_ids, assume_unique=True)
-    report.already = int(len(done_ids))
+    report.already = len(done_ids)
     if limit is not None:
         todo_ids = todo_ids[:limit]
     samples = store.samples(todo_ids.tolist())
@@ -248,7 +248,7 @@ def labeled_reference(store: Store, mv: ModelVersion, emb_file: EmbeddingFile) -
 
 def update_novelty(settings: Settings, store: Store, mv: ModelVersion, emb_file: EmbeddingFile, chunk: int = 8192) -> None:
     """Recompute FRE and k-NN novelty of every scored sample against the current labeled set."""
-    lab_ids, lab_emb, lab_cls = labeled_reference(store, mv, emb_file)
+    _, lab_emb, lab_cls = labeled_reference(store, mv, emb_file)
     ids, probs = store.predictions(mv.version)
     if len(ids) == 0:
         return

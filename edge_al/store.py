@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import InvalidInput, NotFound, UnknownLabel
 
-__all__ = ["Store", "Sample", "Annotation", "ACTIONS", "Prediction"]
+__all__ = ["ACTIONS", "Annotation", "Prediction", "Sample", "Store"]
 
 ACTIONS = ("accept", "correct", "reject")
 
@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS annotations (
     id INTEGER PRIMARY KEY,
     sample_id INTEGER NOT NULL REFERENCES samples(id),
     label TEXT,
-    action TEXT NOT NULL CHECK (action IN ('accept', 'correct', 'reject')),
+    action TEXT NOT NULL CHECK (action IN ('accept', 'correct', 'reject', 'undo')),
     annotator TEXT NOT NULL DEFAULT '',
     model_version TEXT,
     created_at REAL NOT NULL
@@ -253,7 +253,9 @@ class Store:
                 known = c.execute("SELECT 1 FROM labels WHERE name = ?", (label,)).fetchone()
                 if known is None:
                     if not create_label:
-                        raise UnknownLabel(f"Unknown label {label!r}: known labels are {', '.join(self.labels()) or '(none)'}. Add it first.")
+                        raise UnknownLabel(
+                            f"Unknown label {label!r}: known labels are {', '.join(self.labels()) or '(none)'}. Add it first."
+                        )
                     c.execute("INSERT INTO labels(name, created_at) VALUES (?, ?)", (validate_label_name(label), time.time()))
             last = c.execute(
                 "SELECT label, action FROM annotations WHERE sample_id = ? AND annotator = ? ORDER BY id DESC LIMIT 1",
@@ -268,14 +270,31 @@ class Store:
             c.execute("DELETE FROM leases WHERE sample_id = ?", (sample_id,))
             return True
 
+    def undo_annotation(self, sample_id: int, annotator: str = "") -> bool:
+        """Withdraw the annotator's latest decision on a sample (history keeps both rows).
+
+        Returns False when the annotator has no standing decision there."""
+        with self.tx() as c:
+            last = c.execute(
+                "SELECT action FROM annotations WHERE sample_id = ? AND annotator = ? ORDER BY id DESC LIMIT 1", (sample_id, annotator)
+            ).fetchone()
+            if last is None or last["action"] == "undo":
+                return False
+            c.execute(
+                "INSERT INTO annotations(sample_id, label, action, annotator, created_at) VALUES (?, NULL, 'undo', ?, ?)",
+                (sample_id, annotator, time.time()),
+            )
+            return True
+
     def current_annotations(self) -> dict[int, Annotation]:
-        """The latest decision per sample (any annotator)."""
+        """The latest standing decision per sample (any annotator); an undone sample has none."""
         rows = self.query(
             "SELECT a.* FROM annotations a JOIN (SELECT sample_id, MAX(id) AS mid FROM annotations GROUP BY sample_id) l ON a.id = l.mid"
         )
         return {
             int(r["sample_id"]): Annotation(int(r["sample_id"]), r["label"], r["action"], r["annotator"], float(r["created_at"]))
             for r in rows
+            if r["action"] != "undo"
         }
 
     def annotation_history(self, sample_id: int) -> list[Annotation]:
@@ -321,16 +340,17 @@ class Store:
 
     def scored_ids(self, version: str) -> np.ndarray:
         return np.array(
-            [r[0] for r in self._conn().execute("SELECT sample_id FROM predictions WHERE model_version = ? ORDER BY sample_id", (version,))],
+            [
+                r[0]
+                for r in self._conn().execute("SELECT sample_id FROM predictions WHERE model_version = ? ORDER BY sample_id", (version,))
+            ],
             dtype=np.int64,
         )
 
     def predictions(self, version: str, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(sample_ids int64 [N], probs float32 [N, C])`` for a version, ascending ids."""
         if ids is None:
-            rows = self._conn().execute(
-                "SELECT sample_id, probs FROM predictions WHERE model_version = ? ORDER BY sample_id", (version,)
-            )
+            rows = self._conn().execute("SELECT sample_id, probs FROM predictions WHERE model_version = ? ORDER BY sample_id", (version,))
             pairs = [(int(a), b) for a, b in rows]
         else:
             pairs = []
@@ -356,8 +376,14 @@ class Store:
             return None
         r = rows[0]
         scores = {k: r[k] for k in ("least_confidence", "margin", "entropy", "fre", "knn") if r[k] is not None}
-        return Prediction(int(r["sample_id"]), version, int(r["label_index"]), float(r["confidence"]),
-                          np.frombuffer(r["probs"], dtype=np.float32).copy(), scores)
+        return Prediction(
+            int(r["sample_id"]),
+            version,
+            int(r["label_index"]),
+            float(r["confidence"]),
+            np.frombuffer(r["probs"], dtype=np.float32).copy(),
+            scores,
+        )
 
     def delete_predictions(self, version: str) -> None:
         with self.tx() as c:

@@ -46,7 +46,15 @@ def publish_tiny(registry: Registry, labels: list[str], size: int = 32, dim: int
     model.set_rt_info(version, ["model_info", "version"])
     ov.save_model(model, staging / "model.xml", compress_to_fp16=False)
     ov.save_model(model, staging / "reference.xml", compress_to_fp16=False)
-    meta = {"labels": labels, "image_size": size, "embedding_dim": dim, "precision": "fp32", "arch": "tiny", "metrics": {}, "num_train_labels": 0}
+    meta = {
+        "labels": labels,
+        "image_size": size,
+        "embedding_dim": dim,
+        "precision": "fp32",
+        "arch": "tiny",
+        "metrics": {},
+        "num_train_labels": 0,
+    }
     mv = registry.publish(staging, meta, version)
     if promote:
         registry.promote(mv.version)
