@@ -14,8 +14,9 @@ Never share one InferRequest or queue between threads (DESIGN.md field notes).
 from __future__ import annotations
 
 import json
+import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,19 +26,21 @@ import openvino as ov
 
 from .errors import InvalidInput
 
-__all__ = ["Engine", "ModelInfo", "available_devices", "get_core", "read_model_info", "resolve_device"]
+__all__ = ["AsyncRunner", "Engine", "ModelInfo", "available_devices", "get_core", "read_model_info", "resolve_device"]
 
 T = TypeVar("T")
 _core: ov.Core | None = None
+_core_pid: int | None = None
 _core_lock = threading.Lock()
 
 
 def get_core() -> ov.Core:
-    """The process's single ``ov.Core`` (created lazily, after any fork)."""
-    global _core
+    """The process's single ``ov.Core`` (created lazily, and again in a forked child)."""
+    global _core, _core_pid
     with _core_lock:
-        if _core is None:
+        if _core is None or _core_pid != os.getpid():
             _core = ov.Core()
+            _core_pid = os.getpid()
         return _core
 
 
@@ -215,6 +218,12 @@ class Engine:
             return np.zeros((0, self.num_classes), np.float32), np.zeros((0, self.embedding_dim), np.float32)
         return np.concatenate(probs), np.concatenate(embs)
 
+    def runner(
+        self, callback: Callable[[Any, np.ndarray | None, np.ndarray | None, BaseException | None], None], nireq: int | None = None
+    ) -> AsyncRunner:
+        """An ``AsyncRunner`` over this model, for one producer thread (see ``AsyncRunner``)."""
+        return AsyncRunner(self, callback, nireq)
+
     def stream(self, batches: Iterable[tuple[T, np.ndarray]]) -> Iterator[tuple[T, np.ndarray, np.ndarray]]:
         """Run batches through an AsyncInferQueue owned by the calling thread; yield in order.
 
@@ -265,3 +274,52 @@ class Engine:
                 item = done.pop(next_out)
             next_out += 1
             yield item
+
+
+class AsyncRunner:
+    """An ``AsyncInferQueue`` owned by one producer thread, for a dispatcher that keeps
+    ``nireq`` batches in flight and learns about each one through a callback.
+
+    ``callback(userdata, probs f32 [n, C] | None, embedding f32 [n, D] | None, error | None)``
+    runs on a runtime thread when a batch finishes; it must be quick and must not raise.
+    Only the thread that created the runner may call ``submit``, ``wait_idle`` and ``wait_all``.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        callback: Callable[[Any, np.ndarray | None, np.ndarray | None, BaseException | None], None],
+        nireq: int | None = None,
+    ) -> None:
+        self.engine = engine
+        self.nireq = int(nireq or engine.nireq)
+        self._queue = ov.AsyncInferQueue(engine.compiled, self.nireq)
+        probs_port, emb_port = engine._probs_port, engine._emb_port
+
+        def done(request: ov.InferRequest, userdata: tuple[Any, int, np.ndarray]) -> None:
+            tag, n, _keepalive = userdata  # the input array stays alive until here (DESIGN.md)
+            try:
+                p = np.array(request.get_output_tensor(probs_port).data[:n], dtype=np.float32)
+                e = np.array(request.get_output_tensor(emb_port).data[:n], dtype=np.float32)
+            except BaseException as exc:  # handed to the callback, never raised here
+                callback(tag, None, None, exc)
+                return
+            callback(tag, p, e, None)
+
+        self._queue.set_callback(done)
+
+    def wait_idle(self) -> None:
+        """Block (GIL released) until at least one infer request is free."""
+        self._queue.get_idle_request_id()
+
+    def is_ready(self) -> bool:
+        return bool(self._queue.is_ready())
+
+    def submit(self, images: np.ndarray, tag: Any) -> None:
+        """Start one batch u8 ``[n <= batch, H, W, 3]`` (padded here); blocks while all requests are busy."""
+        self.engine._check(images)
+        arr = self.engine._padded(images)
+        self._queue.start_async({0: arr}, (tag, int(images.shape[0]), arr))
+
+    def wait_all(self) -> None:
+        self._queue.wait_all()

@@ -1,0 +1,165 @@
+"""The one place that turns errors into HTTP: RFC 9457 ``application/problem+json`` bodies.
+
+=============================  ======  ==============================================
+raised                         status  when
+=============================  ======  ==============================================
+``ImageTooLarge``              413     an image over the byte or pixel limit (bombs)
+``ImageError``                 400     empty, truncated, corrupt or non-image upload
+``UnknownLabel``               422     a label the project does not have
+``InvalidInput``               422     a field or parameter of the wrong form
+``NotFound``                   404     unknown sample, model version or job
+``Conflict`` / ``GateFailed``  409     the state does not allow it
+``NoActiveModel``              503     nothing to score with yet (``Retry-After``)
+``MissingDependency``          503     an optional extra is not installed here
+``Problem``                    any     raised by the HTTP layer itself (401, 403, 415, ...)
+werkzeug ``HTTPException``     its     404/405 routing, 413 over ``MAX_CONTENT_LENGTH``
+anything else                  500     logged with its traceback; the body says only "internal"
+=============================  ======  ==============================================
+
+Every body is ``{"type", "title", "status", "detail", "instance"}`` plus extension members
+(``errors`` for per-item problems). No traceback ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from edge_al.errors import (
+    Conflict,
+    EdgeALError,
+    GateFailed,
+    ImageError,
+    ImageTooLarge,
+    InvalidInput,
+    MissingDependency,
+    NoActiveModel,
+    NotFound,
+    UnknownLabel,
+)
+
+__all__ = ["PROBLEM_MIME", "Problem", "problem_response", "register_error_handlers", "status_for"]
+
+log = logging.getLogger(__name__)
+
+PROBLEM_MIME = "application/problem+json"
+TYPE_BASE = "urn:edge-al:problem:"
+
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+}
+
+# Most specific first: the first matching class decides.
+_DOMAIN: list[tuple[type[EdgeALError], int, str]] = [
+    (ImageTooLarge, 413, "image-too-large"),
+    (ImageError, 400, "undecodable-image"),
+    (UnknownLabel, 422, "unknown-label"),
+    (InvalidInput, 422, "invalid-input"),
+    (NotFound, 404, "not-found"),
+    (Conflict, 409, "conflict"),
+    (GateFailed, 409, "gate-failed"),
+    (NoActiveModel, 503, "no-active-model"),
+    (MissingDependency, 503, "missing-dependency"),
+]
+
+
+class Problem(Exception):
+    """An HTTP problem raised by the API layer itself (auth, content type, limits)."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        slug: str | None = None,
+        title: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+        **members: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = int(status)
+        self.detail = detail
+        self.slug = slug or _TITLES.get(self.status, "error").lower().replace(" ", "-")
+        self.title = title or _TITLES.get(self.status, "Error")
+        self.headers = headers or {}
+        self.extra = {**(extra or {}), **members}
+
+
+def status_for(exc: EdgeALError) -> tuple[int, str]:
+    """``(HTTP status, problem slug)`` of a domain error."""
+    for cls, status, slug in _DOMAIN:
+        if isinstance(exc, cls):
+            return status, slug
+    return 400, "bad-request"
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    slug: str | None = None,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + (slug or _TITLES.get(status, "error").lower().replace(" ", "-")),
+        "title": title or _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "instance": request.path if request else "",
+    }
+    body.update(extra)
+    resp = Response(json.dumps(body, default=str), status=status, mimetype=PROBLEM_MIME)
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(Problem)
+    def _problem(exc: Problem) -> Response:
+        return problem_response(exc.status, exc.detail, slug=exc.slug, title=exc.title, headers=exc.headers, **exc.extra)
+
+    @app.errorhandler(EdgeALError)
+    def _domain(exc: EdgeALError) -> Response:
+        status, slug = status_for(exc)
+        headers = {"Retry-After": "5"} if status == 503 else None
+        return problem_response(status, str(exc) or type(exc).__name__, slug=slug, headers=headers)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        detail = exc.description or _TITLES.get(status, "Error")
+        if status == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            detail = f"The request body is over the limit of {limit:,} bytes." if limit else detail
+        elif status == 404:
+            detail = f"There is no resource at {request.path}."
+        elif status == 405:
+            allowed = exc.valid_methods if hasattr(exc, "valid_methods") else None  # type: ignore[attr-defined]
+            detail = f"{request.method} is not allowed on {request.path}" + (f"; allowed: {', '.join(allowed)}." if allowed else ".")
+        headers = {k: v for k, v in exc.get_headers() if k.lower() not in {"content-type", "content-length"}}
+        return problem_response(status, detail, headers=headers)
+
+    @app.errorhandler(Exception)
+    def _internal(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem_response(500, "The service hit an internal error; it is logged on the server. The request was not completed.")

@@ -1,0 +1,111 @@
+"""The pool over HTTP: upload samples, read one, fetch its image (or a thumbnail)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+from flask import Blueprint, jsonify, request
+from flask.wrappers import Response
+
+from edge_al.errors import ImageError, NotFound
+from edge_al.images import decode, probe, reduction_for
+from edge_al.pool import ingest_bytes
+
+from . import service
+from ._util import query_int, read_uploads
+from .auth import require
+
+__all__ = ["bp", "sample_doc"]
+
+bp = Blueprint("samples", __name__)
+
+_MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff", "WEBP": "image/webp"}
+
+
+@bp.post("/v1/samples")
+@require("annotator")
+def upload() -> tuple[Response, int]:
+    svc = service()
+    uploads = read_uploads(svc.settings.max_pixels, svc.settings.max_file_bytes)
+    out = []
+    for up in uploads:
+        sample, created = ingest_bytes(svc.store, svc.settings, up.data, filename=up.filename or "upload", source="upload")
+        out.append({"id": sample.id, "sha256": sample.sha256, "created": created, "filename": up.filename})
+    return jsonify({"samples": out}), 201
+
+
+def sample_doc(sample_id: int) -> dict[str, Any]:
+    svc = service()
+    s = svc.store.sample(sample_id)
+    history = svc.store.annotation_history(sample_id)
+    last = history[-1] if history else None
+    annotation = None
+    if last is not None and last.action != "undo":
+        annotation = {"action": last.action, "label": last.label, "annotator": last.annotator, "created_at": last.created_at}
+    prediction = None
+    mv = svc.registry.active()
+    if mv is not None:
+        pred = svc.store.prediction(sample_id, mv.version)
+        if pred is not None:
+            labels = mv.labels
+            names = [labels[i] if i < len(labels) else str(i) for i in range(len(pred.probs))]
+            prediction = {
+                "model_version": mv.version,
+                "label": names[pred.label_index] if pred.label_index < len(names) else str(pred.label_index),
+                "confidence": pred.confidence,
+                "probs": {n: float(p) for n, p in zip(names, pred.probs.tolist(), strict=True)},
+                "scores": {k: float(v) for k, v in pred.scores.items()},
+            }
+    return {
+        "id": s.id,
+        "sha256": s.sha256,
+        "width": s.width,
+        "height": s.height,
+        "source": s.source,
+        "created_at": s.created_at,
+        "image_url": f"/v1/samples/{s.id}/image",
+        "annotation": annotation,
+        "history": [{"action": a.action, "label": a.label, "annotator": a.annotator, "created_at": a.created_at} for a in history],
+        "prediction": prediction,
+    }
+
+
+@bp.get("/v1/samples/<int:sample_id>")
+@require("annotator")
+def get_sample(sample_id: int) -> Response:
+    return jsonify(sample_doc(sample_id))
+
+
+@bp.get("/v1/samples/<int:sample_id>/image")
+@require("annotator")
+def get_image(sample_id: int) -> Response:
+    svc = service()
+    s = svc.store.sample(sample_id)
+    try:
+        data = Path(s.path).read_bytes()
+    except OSError as exc:
+        raise NotFound(f"The image file of sample {sample_id} is gone ({s.path}: {exc.strerror or exc}).") from None
+    size = query_int("size", 0, 0, 4096)
+    etag = f"{s.sha256}-{size}"
+    if request.if_none_match.contains(etag):
+        resp = Response(status=304)
+        resp.set_etag(etag)
+        return resp
+    if size and max(s.width, s.height) > size:
+        scale = size / max(s.width, s.height)
+        tw, th = max(1, round(s.width * scale)), max(1, round(s.height * scale))
+        reduce = reduction_for(s.width, s.height, (tw, th)) if data[:2] == b"\xff\xd8" else 1
+        img = cv2.resize(decode(data, reduce=reduce), (tw, th), interpolation=cv2.INTER_AREA)
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if not ok:
+            raise ImageError(f"Sample {sample_id}: the thumbnail could not be encoded.")
+        body, mime = buf.tobytes(), "image/jpeg"
+    else:
+        info = probe(data, max_pixels=svc.settings.max_pixels * 4, max_bytes=max(len(data), 1), verify=False)
+        body, mime = data, _MIME.get(info.format, "application/octet-stream")
+    resp = Response(body, mimetype=mime)
+    resp.set_etag(etag)
+    resp.headers["Cache-Control"] = "private, max-age=86400"
+    return resp

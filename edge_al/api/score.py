@@ -1,0 +1,107 @@
+"""POST /v1/score: classify images for the line, optionally feeding them into the pool."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from flask import Blueprint, current_app, jsonify
+from flask.wrappers import Response
+
+from edge_al.errors import NoActiveModel
+from edge_al.pool import ingest_bytes
+from edge_al.scoring import EmbeddingFile
+
+from . import service
+from ._util import clean, query_bool, query_int, read_uploads
+from .auth import require
+from .errors import Problem
+
+__all__ = ["bp"]
+
+bp = Blueprint("score", __name__)
+
+
+@bp.post("/v1/score")
+@require("scorer")
+def score() -> tuple[Response, int]:
+    svc = service()
+    settings = svc.settings
+    top_k = query_int("top_k", 3, 1, 1000)
+    store_it = query_bool("store")
+    uploads = read_uploads(settings.max_pixels, settings.max_file_bytes)
+    holder = svc.holder
+    if holder is None or not holder.ready:
+        raise NoActiveModel("No model is loaded yet: publish and promote a model version (GET /readyz says when one is).")
+    images = [holder.preprocess(u.data, u.info.width, u.info.height) for u in uploads]
+    t0 = time.perf_counter()
+    try:
+        scored = holder.score(images, timeout=float(current_app.config["SCORE_TIMEOUT_S"]))
+    except TimeoutError as exc:
+        raise Problem(503, f"{exc} The service is overloaded: retry shortly.", slug="overloaded", headers={"Retry-After": "1"}) from None
+    svc.metrics.inference.observe(time.perf_counter() - t0)
+    svc.metrics.request_images.observe(len(images))
+    results: list[dict[str, Any]] = []
+    stored: list[tuple[int, Any, dict[str, float | None]]] = []
+    for up, sc in zip(uploads, scored, strict=True):
+        probs = np.asarray(sc.probs, dtype=np.float32)
+        order = np.argsort(-probs, kind="stable")[:top_k]
+        best = int(order[0])
+        labels = list(sc.labels)
+        scores = _acquisition_scores(holder, sc)
+        row: dict[str, Any] = {
+            "filename": up.filename,
+            "label": labels[best] if best < len(labels) else str(best),
+            "confidence": float(probs[best]),
+            "top_k": [{"label": labels[i] if i < len(labels) else str(i), "probability": float(probs[i])} for i in order.tolist()],
+            "scores": scores,
+            "model_version": sc.version,
+        }
+        if store_it:
+            sample, created = ingest_bytes(svc.store, settings, up.data, filename=up.filename or "upload", source="score")
+            row["sample_id"] = sample.id
+            row["created"] = created
+            stored.append((sample.id, sc, scores))
+        svc.metrics.images.labels(sc.version or "").inc()
+        results.append(row)
+    if stored:
+        _record_predictions(stored)
+    return jsonify(clean({"model_version": results[0]["model_version"] if results else None, "results": results})), 200
+
+
+def _acquisition_scores(holder: Any, sc: Any) -> dict[str, float | None]:
+    """Uncertainty, plus FRE/k-NN novelty when the holder has a labeled reference for the version."""
+    method = getattr(holder, "acquisition_scores", None)
+    if method is not None:
+        raw = method(sc)
+    else:
+        from edge_al.dispatch import acquisition_scores
+
+        raw = acquisition_scores(sc)
+    return {k: (None if v is None else float(v)) for k, v in raw.items()}
+
+
+def _record_predictions(stored: list[tuple[int, Any, dict[str, float | None]]]) -> None:
+    """Keep what the model said about stored images, so they join the queue without a rescore:
+    embedding rows first, then prediction rows (the order ``score_pool`` uses)."""
+    svc = service()
+    by_version: dict[str, list[tuple[int, Any, dict[str, float | None]]]] = {}
+    for sid, sc, scores in stored:
+        by_version.setdefault(sc.version, []).append((sid, sc, scores))
+    for version, rows in by_version.items():
+        if not version:
+            continue
+        rows.sort(key=lambda r: r[0])
+        ids = np.array([sid for sid, _, _ in rows], dtype=np.int64)
+        embs = np.stack([np.asarray(sc.embedding, dtype=np.float32) for _, sc, _ in rows])
+        emb_file = EmbeddingFile(svc.settings.embeddings_dir / f"{version}.f16", embs.shape[1])
+        try:
+            emb_file.write(ids, embs)
+        finally:
+            emb_file.close()
+        svc.store.put_predictions(
+            version,
+            [(sid, np.asarray(sc.probs, dtype=np.float32), {k: v for k, v in scores.items() if v is not None})
+             for sid, sc, scores in rows],
+        )  # fmt: skip

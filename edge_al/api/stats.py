@@ -1,0 +1,55 @@
+"""GET /v1/stats: the pool, labels per class, and the learning curve of this deployment."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, jsonify
+from flask.wrappers import Response
+
+from edge_al.cli import status_doc
+
+from . import service
+from ._util import annotations_since_model, clean, model_row
+from .auth import require
+
+__all__ = ["bp"]
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("stats", __name__)
+
+
+@bp.get("/v1/stats")
+@require("annotator")
+def stats() -> Response:
+    svc = service()
+    doc = status_doc(svc.store, svc.registry)
+    active = svc.registry.active_version()
+    rows = [model_row(mv, active) for mv in svc.registry.versions()]
+    job = None
+    if svc.jobs is not None:
+        try:
+            job = svc.jobs.active_retrain()
+        except Exception:  # stats stay readable when the queue is not
+            log.exception("could not read the retrain job")
+    doc.update(
+        {
+            "annotations_since_model": annotations_since_model(svc.store, svc.registry, svc.jobs),
+            "retrain_after": svc.retrain_after,
+            "serving": svc.holder.version if svc.holder else None,
+            "retrain_job": job,
+            "models": [
+                {
+                    "version": r["version"],
+                    "active": r["active"],
+                    "num_train_labels": r["num_train_labels"],
+                    "precision": r["precision"],
+                    "metrics": r["headline"],
+                    "created_at": r["created_at"],
+                }
+                for r in rows
+            ],
+        }
+    )
+    return jsonify(clean(doc))

@@ -1,0 +1,760 @@
+"""Background jobs (retrain, score) on huey, with their records in the edge-al store.
+
+The queue: huey with its SQLite storage at ``<home>/jobs.sqlite3`` (no server needed). For several
+boxes set ``EDGE_AL_HUEY_URL=redis://host:6379/0`` (or ``settings.extra["huey_url"]``): the API
+boxes enqueue into Redis and ``edge-al worker`` on any box consumes (``pip install redis``). The
+job *records* live in the workspace store (table ``jobs``), so every worker must see the same
+workspace (the store, the registry and the image files).
+
+A job record: id, kind, state (queued -> running -> succeeded | failed | cancelled), progress 0..1,
+message, the last 50 log lines, params, result (JSON), labels at submit, created/started/finished
+times, the worker (host:pid) and its heartbeat. Transitions are single-row transactions with a
+state guard, so a duplicate or late task message never runs a job twice.
+
+- ``cancel``: a queued job is cancelled at once (and its task revoked); a running one gets a flag
+  that the task checks between steps (every progress update); a finished one is a ``Conflict``.
+- ``maybe_queue_retrain``: counts the annotations since the active model (and since the last retrain
+  job, so a failed or rejected retrain does not re-queue on every annotation) and queues a retrain
+  when the count reaches the threshold and none is queued or running, in one store transaction.
+- A job left ``running`` by a worker that died (its pid is gone on this host, or no heartbeat for
+  ``stale_s``) is marked failed ("worker died") when a worker starts.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sized
+from typing import Any
+
+from .config import Settings
+from .errors import Conflict, EdgeALError, InvalidInput, MissingDependency, NotFound
+from .registry import ModelVersion, Registry
+from .store import Store
+
+__all__ = [
+    "JOB_KINDS",
+    "JOB_STATES",
+    "JobCancelled",
+    "JobContext",
+    "JobManager",
+    "run_worker",
+    "start_worker_thread",
+]
+
+log = logging.getLogger(__name__)
+
+JOB_KINDS = ("retrain", "score")
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+_FINISHED = ("succeeded", "failed", "cancelled")
+_TASK_NAME = "edge_al.jobs.run"
+_LOG_LINES = 50
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+    progress REAL NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    log_tail TEXT NOT NULL DEFAULT '[]',
+    params TEXT NOT NULL DEFAULT '{}',
+    result TEXT,
+    labels_at_submit INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    task_id TEXT,
+    worker TEXT,
+    heartbeat_at REAL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_kind_state ON jobs(kind, state);
+"""
+
+# allowed params per kind: name -> check(value) -> normalised value
+_PARAM_TYPES: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
+    "score": {"device": (str, "a string"), "batch": (int, "an int in [1, 256]"), "limit": (int, "an int >= 1")},
+    "retrain": {
+        "train_options": (dict, "an object"),
+        "export_options": (dict, "an object"),
+        "tolerance": ((int, float), "a number in [0, 1]"),
+        "device": (str, "a string"),
+        "batch": (int, "an int in [1, 256]"),
+        "rescore": (bool, "a boolean"),
+    },
+}
+
+
+class JobCancelled(EdgeALError):
+    """Raised inside a running job when a cancel was requested (caught by the job runner)."""
+
+
+def _validate(kind: str, params: Any) -> dict[str, Any]:
+    if kind not in JOB_KINDS:
+        raise InvalidInput(f"The 'kind' field must be one of {', '.join(JOB_KINDS)}. Got {kind!r} instead.")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise InvalidInput(f"The 'params' field must be an object. Got {type(params).__name__} instead.")
+    allowed = _PARAM_TYPES[kind]
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if key not in allowed:
+            raise InvalidInput(f"Unknown parameter {key!r} for a {kind} job. Valid parameters: {', '.join(sorted(allowed))}.")
+        typ, what = allowed[key]
+        bad = not isinstance(value, typ) or (typ is not bool and isinstance(value, bool))
+        if not bad and key == "batch":
+            bad = not 1 <= value <= 256
+        elif not bad and key == "limit":
+            bad = value < 1
+        elif not bad and key == "tolerance":
+            bad = not 0 <= float(value) <= 1
+        if bad:
+            raise InvalidInput(f"The {key!r} parameter must be {what}. Got {value!r} instead.")
+        out[key] = value
+    try:
+        json.dumps(out)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"Job parameters must be JSON values: {exc}") from None
+    return out
+
+
+def _model_created_at(mv: ModelVersion) -> float:
+    created = mv.meta.get("created_at")
+    if isinstance(created, (int, float)):
+        return float(created)
+    try:
+        return (mv.path / "meta.json").stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class _Bar:
+    """A tqdm-compatible progress bar that reports into a job (``update``, ``close``, iteration)."""
+
+    def __init__(
+        self, ctx: JobContext, lo: float, hi: float, iterable: Iterable[Any] | None = None, total: float | None = None, **kw: Any
+    ) -> None:
+        self.ctx, self.lo, self.hi = ctx, lo, hi
+        self.iterable = iterable
+        if total is None and isinstance(iterable, Sized):
+            total = len(iterable)
+        self.total = total
+        self.desc = str(kw.get("desc") or "")
+        self.unit = str(kw.get("unit") or "it")
+        self.n = 0.0
+        self._last_log = 0.0
+        self._t0 = time.monotonic()
+        if self.desc:
+            ctx.log(f"{self.desc}: started ({int(total) if total else '?'} {self.unit})")
+
+    def update(self, n: float = 1) -> None:
+        self.n += n
+        frac = min(1.0, self.n / self.total) if self.total else 0.0
+        now = time.monotonic()
+        if now - self._last_log >= 5.0:
+            self._last_log = now
+            self.ctx.log(f"{self.desc or 'progress'}: {int(self.n)}/{int(self.total) if self.total else '?'} {self.unit}")
+        self.ctx.set_progress(self.lo + (self.hi - self.lo) * frac)
+
+    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+        self.desc = str(desc or "")
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.desc:
+            self.ctx.log(f"{self.desc}: {int(self.n)} {self.unit} in {time.monotonic() - self._t0:.1f} s")
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.iterable is None:
+            return
+        for x in self.iterable:
+            yield x
+            self.update(1)
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class JobContext:
+    """What a running job reports through: progress (throttled writes), log lines, cancel checks."""
+
+    def __init__(self, manager: JobManager, job_id: int, flush_s: float = 0.5) -> None:
+        self.manager = manager
+        self.job_id = job_id
+        self.flush_s = flush_s
+        self.lines: deque[str] = deque(maxlen=_LOG_LINES)
+        self.progress_value = 0.0
+        self.cancel_requested = False
+        self._lock = threading.Lock()
+        self._last_flush = 0.0
+        self._dirty = False
+
+    def log(self, text: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        with self._lock:
+            for line in str(text).splitlines() or [""]:
+                self.lines.append(f"{stamp} {line}"[:2000])
+            self._dirty = True
+
+    def set_progress(self, value: float) -> None:
+        """Record progress in [0, 1]; written at most every ``flush_s``; raises ``JobCancelled``
+        when a cancel was requested (so long steps stop at their next update)."""
+        with self._lock:
+            self.progress_value = max(self.progress_value, min(1.0, max(0.0, float(value))))
+            self._dirty = True
+        self.flush()
+        if self.cancel_requested:
+            raise JobCancelled(f"Job {self.job_id} was cancelled.")
+
+    def check_cancel(self) -> None:
+        self.flush(force=True)
+        if self.cancel_requested:
+            raise JobCancelled(f"Job {self.job_id} was cancelled.")
+
+    def flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._last_flush < self.flush_s:
+                return
+            self._last_flush = now
+            lines = list(self.lines)
+            progress = self.progress_value
+        self.cancel_requested = self.manager._report(self.job_id, progress, lines)
+
+    def progress(self, lo: float = 0.0, hi: float = 1.0) -> Callable[..., _Bar]:
+        """A tqdm-like factory whose bars move the job's progress within ``[lo, hi]``."""
+
+        def make(iterable: Iterable[Any] | None = None, **kw: Any) -> _Bar:
+            return _Bar(self, lo, hi, iterable, **kw)
+
+        return make
+
+
+class _JobLogHandler(logging.Handler):
+    """Copies records emitted on one thread into a job's log tail."""
+
+    def __init__(self, ctx: JobContext, thread_id: int) -> None:
+        super().__init__(logging.INFO)
+        self.ctx = ctx
+        self.thread_id = thread_id
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread_id:
+            return
+        try:
+            self.ctx.log(self.format(record))
+        except Exception:  # a log line must never break the job
+            self.handleError(record)
+
+
+Runner = Callable[[Settings, Store, Registry, dict[str, Any], JobContext], dict[str, Any]]
+
+
+def _run_score(settings: Settings, store: Store, registry: Registry, params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    from .scoring import score_pool
+
+    report = score_pool(
+        settings,
+        store,
+        registry,
+        device=params.get("device", "CPU"),
+        batch=int(params.get("batch", 8)),
+        limit=params.get("limit"),
+        progress=ctx.progress(0.0, 1.0),
+    )
+    result = report.as_dict()
+    result["summary"] = f"scored {report.scored} images with {report.version} in {report.seconds:.1f} s ({len(report.failed)} failed)"
+    return result
+
+
+def _run_retrain(settings: Settings, store: Store, registry: Registry, params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    from .lifecycle import retrain
+
+    ctx.log("retrain: training, export and gates (progress moves when the pool is rescored)")
+    ctx.set_progress(0.05)
+    res = retrain(
+        settings,
+        store,
+        registry,
+        train_options=params.get("train_options"),
+        export_options=params.get("export_options"),
+        tolerance=float(params.get("tolerance", 0.02)),
+        device=params.get("device", "CPU"),
+        batch=int(params.get("batch", 8)),
+        progress=ctx.progress(0.7, 1.0),
+        rescore=bool(params.get("rescore", True)),
+    )
+    result = res.as_dict()
+    result["summary"] = f"{'promoted' if res.promoted else 'not promoted'} {res.version}: {res.reason}"
+    return result
+
+
+_RUNNERS: dict[str, Runner] = {"score": _run_score, "retrain": _run_retrain}
+
+
+class JobManager:
+    """Submit, list, cancel and run jobs of one workspace.
+
+    ``runners`` replaces the functions that do the work (kind -> runner), a seam for tests.
+    ``on_model_change`` is called after a job promoted a model (e.g. ``ModelHolder.reload`` when the
+    worker runs inside the server); other processes see the promote through the registry.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        huey_url: str | None = None,
+        runners: dict[str, Runner] | None = None,
+        store: Store | None = None,
+        registry: Registry | None = None,
+        on_model_change: Callable[[], Any] | None = None,
+        stale_s: float = 300.0,
+        heartbeat_s: float = 5.0,
+    ) -> None:
+        self.settings = settings
+        self.store = store if store is not None else Store(settings.db_path)
+        self.registry = registry if registry is not None else Registry(settings.registry_dir)
+        self.runners: dict[str, Runner] = {**_RUNNERS, **(runners or {})}
+        self.on_model_change = on_model_change
+        self.stale_s = float(stale_s)
+        self.heartbeat_s = float(heartbeat_s)
+        self.huey_url = huey_url if huey_url is not None else (settings.extra.get("huey_url") or os.environ.get("EDGE_AL_HUEY_URL") or None)
+        with self.store.tx() as c:
+            for stmt in _SCHEMA.strip().split(";"):
+                if stmt.strip():
+                    c.execute(stmt)
+        self.huey = self._make_huey()
+        self._task = self.huey.task(name=_TASK_NAME)(self._execute)
+
+    def _make_huey(self) -> Any:
+        if self.huey_url:
+            if not self.huey_url.startswith(("redis://", "rediss://", "unix://")):
+                raise InvalidInput(f"EDGE_AL_HUEY_URL must be a redis:// (or rediss://, unix://) URL. Got {self.huey_url!r} instead.")
+            try:
+                import redis  # noqa: F401 - only to fail early with an install hint
+            except ModuleNotFoundError:
+                raise MissingDependency("A Redis job queue needs the redis package: pip install redis.") from None
+            from huey import RedisHuey
+
+            return RedisHuey("edge-al", url=self.huey_url, results=False, utc=True)
+        from huey import SqliteHuey
+
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        return SqliteHuey("edge-al", filename=str(self.settings.home / "jobs.sqlite3"), results=False, utc=True, fsync=True)
+
+    @property
+    def backend(self) -> str:
+        return "redis" if self.huey_url else "sqlite"
+
+    # -- records -------------------------------------------------------------------------------
+    @staticmethod
+    def _as_dict(row: Any) -> dict[str, Any]:
+        return {
+            "id": int(row["id"]),
+            "kind": row["kind"],
+            "state": row["state"],
+            "progress": round(float(row["progress"]), 4),
+            "message": row["message"],
+            "log_tail": json.loads(row["log_tail"] or "[]"),
+            "params": json.loads(row["params"] or "{}"),
+            "result": json.loads(row["result"]) if row["result"] else None,
+            "labels_at_submit": int(row["labels_at_submit"]),
+            "cancel_requested": bool(row["cancel_requested"]),
+            "worker": row["worker"],
+            "created_at": row["created_at"],
+            "started_at": row["started_at"],
+            "finished_at": row["finished_at"],
+        }
+
+    def get(self, job_id: int | str) -> dict[str, Any]:
+        """The job as a dict (see docs/api-contract.md); ``NotFound`` for an unknown id."""
+        try:
+            jid = int(job_id)
+        except (TypeError, ValueError):
+            raise NotFound(f"Job {job_id!r} does not exist: job ids are integers.") from None
+        rows = self.store.query("SELECT * FROM jobs WHERE id = ?", (jid,))
+        if not rows:
+            raise NotFound(f"Job {jid} does not exist.")
+        return self._as_dict(rows[0])
+
+    def list(self, limit: int = 50, state: str | None = None, kind: str | None = None) -> builtins.list[dict[str, Any]]:
+        """The newest jobs first."""
+        if not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidInput(f"The 'limit' parameter must be an int in [1, 1000]. Got {limit!r} instead.")
+        where, args = [], []
+        if state is not None:
+            if state not in JOB_STATES:
+                raise InvalidInput(f"The 'state' parameter must be one of {', '.join(JOB_STATES)}. Got {state!r} instead.")
+            where.append("state = ?")
+            args.append(state)
+        if kind is not None:
+            if kind not in JOB_KINDS:
+                raise InvalidInput(f"The 'kind' parameter must be one of {', '.join(JOB_KINDS)}. Got {kind!r} instead.")
+            where.append("kind = ?")
+            args.append(kind)
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
+        return [self._as_dict(r) for r in self.store.query(sql, (*args, limit))]
+
+    def active_retrain(self) -> dict[str, Any] | None:
+        """The queued or running retrain job, if any."""
+        rows = self.store.query("SELECT * FROM jobs WHERE kind = 'retrain' AND state IN ('queued', 'running') ORDER BY id LIMIT 1")
+        return self._as_dict(rows[0]) if rows else None
+
+    def _labeled_count(self) -> int:
+        return len(self.store.labeled()[0])
+
+    # -- submitting ----------------------------------------------------------------------------
+    def submit(self, kind: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Queue a job; ``InvalidInput`` for a bad kind or parameter, ``Conflict`` for a second retrain."""
+        clean = _validate(kind, params)
+        labels = self._labeled_count()
+        task = self._task.s(0)
+        with self.store.tx() as c:
+            if kind == "retrain":
+                row = c.execute("SELECT id, state FROM jobs WHERE kind = 'retrain' AND state IN ('queued', 'running') LIMIT 1").fetchone()
+                if row is not None:
+                    raise Conflict(f"Retrain job {row['id']} is already {row['state']}: at most one retrain runs at a time.")
+            job_id = self._insert(c, kind, clean, labels, task.id)
+        return self._enqueue(job_id, task)
+
+    def _insert(self, c: Any, kind: str, params: dict[str, Any], labels: int, task_id: str, message: str = "queued") -> int:
+        cur = c.execute(
+            "INSERT INTO jobs(kind, state, params, labels_at_submit, task_id, message, created_at) VALUES (?, 'queued', ?, ?, ?, ?, ?)",
+            (kind, json.dumps(params, sort_keys=True), labels, task_id, message, time.time()),
+        )
+        return int(cur.lastrowid or 0)
+
+    def _enqueue(self, job_id: int, task: Any) -> dict[str, Any]:
+        task.args = (job_id,)
+        try:
+            self.huey.enqueue(task)
+        except Exception as exc:
+            self._finish(job_id, "failed", f"Could not queue the job: {type(exc).__name__}: {exc}", None, [])
+            raise
+        return self.get(job_id)
+
+    def annotations_since(self, since: float) -> int:
+        rows = self.store.query(
+            "SELECT COUNT(*) AS n FROM annotations WHERE action IN ('accept', 'correct', 'reject') AND created_at > ?", (since,)
+        )
+        return int(rows[0]["n"])
+
+    def annotations_since_model(self) -> int:
+        """Annotation rows (accept, correct, reject) written since the active model was created
+        (all of them while no model is active)."""
+        mv = self.registry.active()
+        return self.annotations_since(_model_created_at(mv) if mv is not None else 0.0)
+
+    def maybe_queue_retrain(self, retrain_after: int | None = None, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Queue a retrain when enough annotations arrived; the job, or None.
+
+        Counts annotation rows since the later of the active model's creation and the last retrain
+        job's submission; queues when the count is >= ``retrain_after`` (default
+        ``settings.retrain_after``) and no retrain is queued or running (one transaction).
+        """
+        threshold = int(self.settings.retrain_after if retrain_after is None else retrain_after)
+        if threshold < 1:
+            raise InvalidInput(f"The 'retrain_after' parameter must be an int >= 1. Got {retrain_after!r} instead.")
+        clean = _validate("retrain", params)
+        mv = self.registry.active()
+        model_at = _model_created_at(mv) if mv is not None else 0.0
+        labels = self._labeled_count()
+        task = self._task.s(0)
+        with self.store.tx() as c:
+            if c.execute("SELECT 1 FROM jobs WHERE kind = 'retrain' AND state IN ('queued', 'running') LIMIT 1").fetchone():
+                return None
+            last = c.execute("SELECT MAX(created_at) AS t FROM jobs WHERE kind = 'retrain'").fetchone()
+            since = max(model_at, float(last["t"] or 0.0))
+            n = int(
+                c.execute(
+                    "SELECT COUNT(*) AS n FROM annotations WHERE action IN ('accept', 'correct', 'reject') AND created_at > ?", (since,)
+                ).fetchone()["n"]
+            )
+            if n < threshold:
+                return None
+            job_id = self._insert(c, "retrain", clean, labels, task.id, f"queued: {n} new annotations (threshold {threshold})")
+        return self._enqueue(job_id, task)
+
+    # -- cancelling ----------------------------------------------------------------------------
+    def cancel(self, job_id: int | str) -> dict[str, Any]:
+        """Cancel a queued job now, ask a running one to stop; ``Conflict`` when it has finished."""
+        job = self.get(job_id)
+        jid = job["id"]
+        task_id = None
+        with self.store.tx() as c:
+            row = c.execute("SELECT state, task_id FROM jobs WHERE id = ?", (jid,)).fetchone()
+            state = row["state"]
+            if state == "queued":
+                c.execute(
+                    "UPDATE jobs SET state = 'cancelled', message = 'cancelled before it started', finished_at = ? WHERE id = ?",
+                    (time.time(), jid),
+                )
+                task_id = row["task_id"]
+            elif state == "running":
+                c.execute(
+                    "UPDATE jobs SET cancel_requested = 1, message = 'cancel requested; stopping at the next step' WHERE id = ?", (jid,)
+                )
+            else:
+                raise Conflict(
+                    f"Job {jid} has already {'been ' if state == 'cancelled' else ''}{state}; only queued or running jobs can be cancelled."
+                )
+        if task_id:
+            try:
+                self.huey.revoke_by_id(task_id, revoke_once=True)
+            except Exception:  # the state guard stops it anyway
+                log.warning("could not revoke task %s of job %s", task_id, jid, exc_info=True)
+        return self.get(jid)
+
+    # -- running -------------------------------------------------------------------------------
+    def _report(self, job_id: int, progress: float, lines: builtins.list[str]) -> bool:
+        """Write progress, log tail and heartbeat of a running job; returns its cancel flag."""
+        with self.store.tx() as c:
+            c.execute(
+                "UPDATE jobs SET progress = ?, log_tail = ?, heartbeat_at = ? WHERE id = ? AND state = 'running'",
+                (progress, json.dumps(lines), time.time(), job_id),
+            )
+            row = c.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return bool(row and row["cancel_requested"])
+
+    def _finish(
+        self, job_id: int, state: str, message: str, result: dict[str, Any] | None, lines: builtins.list[str], progress: float | None = None
+    ) -> None:
+        with self.store.tx() as c:
+            c.execute(
+                "UPDATE jobs SET state = ?, message = ?, result = ?, log_tail = ?, finished_at = ?, progress = COALESCE(?, progress)"
+                " WHERE id = ? AND state IN ('queued', 'running')",
+                (
+                    state,
+                    message[:4000],
+                    json.dumps(result, default=str) if result is not None else None,
+                    json.dumps(lines),
+                    time.time(),
+                    progress,
+                    job_id,
+                ),
+            )
+
+    def _claim(self, job_id: int) -> dict[str, Any] | None:
+        now = time.time()
+        with self.store.tx() as c:
+            cur = c.execute(
+                "UPDATE jobs SET state = 'running', started_at = ?, heartbeat_at = ?, worker = ?, message = 'running' WHERE id = ? AND state = 'queued'",
+                (now, now, _worker_id(), job_id),
+            )
+            if cur.rowcount != 1:
+                return None
+        return self.get(job_id)
+
+    def run_job(self, job_id: int) -> dict[str, Any] | None:
+        """Run one queued job on the calling thread (what the huey task does); the finished job,
+        or None when it was not queued (cancelled, unknown, or already taken)."""
+        job = self._claim(int(job_id))
+        if job is None:
+            log.info("job %s is not queued any more; skipped", job_id)
+            return None
+        jid = job["id"]
+        ctx = JobContext(self, jid)
+        handler = _JobLogHandler(ctx, threading.get_ident())
+        loggers = [logging.getLogger(name) for name in ("edge_al", "export")]
+        for lg in loggers:
+            lg.addHandler(handler)
+        stop_beat = threading.Event()
+
+        def beat() -> None:
+            while not stop_beat.wait(self.heartbeat_s):
+                try:
+                    ctx.flush(force=True)
+                except Exception:
+                    log.warning("job %s: heartbeat failed", jid, exc_info=True)
+
+        beater = threading.Thread(target=beat, name=f"edge-al-job-{jid}-heartbeat", daemon=True)
+        beater.start()
+        ctx.log(f"job {jid} ({job['kind']}) started on {_worker_id()}")
+        active_before = self.registry.active_version()
+        state, message, result, progress = "failed", "", None, None
+        try:
+            runner = self.runners[job["kind"]]
+            result = runner(self.settings, self.store, self.registry, job["params"], ctx)
+            state, progress = "succeeded", 1.0
+            message = str(result.get("summary") or "done") if isinstance(result, dict) else "done"
+            if ctx.cancel_requested:
+                message += " (the cancel request came after the last step; the job had finished)"
+        except JobCancelled:
+            state, message = "cancelled", "cancelled while running"
+            ctx.log(message)
+        except EdgeALError as exc:
+            message = str(exc)
+            ctx.log(traceback.format_exc())
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            ctx.log(traceback.format_exc())
+        finally:
+            stop_beat.set()
+            beater.join(timeout=5)
+            for lg in loggers:
+                lg.removeHandler(handler)
+        ctx.log(f"job {jid} {state}: {message}")
+        self._finish(jid, state, message, result, list(ctx.lines), progress)
+        if self.on_model_change is not None and self.registry.active_version() != active_before:
+            try:
+                self.on_model_change()
+            except Exception:
+                log.warning("job %s: the model-change hook failed", jid, exc_info=True)
+        return self.get(jid)
+
+    def _execute(self, job_id: int) -> None:
+        try:
+            self.run_job(job_id)
+        except Exception:  # the job row says what happened; keep the consumer alive
+            log.exception("job %s: runner crashed", job_id)
+
+    # -- recovery ------------------------------------------------------------------------------
+    def recover(self, requeue_after_s: float = 30.0) -> builtins.list[int]:
+        """Fail the jobs whose worker died; re-queue queued jobs whose task message was lost.
+
+        Returns the ids of the jobs marked failed. Called when a worker starts.
+        """
+        now = time.time()
+        host = socket.gethostname()
+        dead: builtins.list[int] = []
+        for row in self.store.query("SELECT id, worker, heartbeat_at FROM jobs WHERE state = 'running'"):
+            worker = row["worker"] or ""
+            whost, _, wpid = worker.rpartition(":")
+            beat = float(row["heartbeat_at"] or 0.0)
+            same_host_dead = whost == host and wpid.isdigit() and int(wpid) != os.getpid() and not _pid_alive(int(wpid))
+            if same_host_dead or now - beat > self.stale_s or not worker:
+                reason = "its process is gone" if same_host_dead else f"no heartbeat for {now - beat:.0f} s"
+                with self.store.tx() as c:
+                    cur = c.execute(
+                        "UPDATE jobs SET state = 'failed', message = ?, finished_at = ? WHERE id = ? AND state = 'running'",
+                        (f"worker died ({worker or 'unknown'}: {reason})", now, row["id"]),
+                    )
+                if cur.rowcount:
+                    dead.append(int(row["id"]))
+                    log.warning("job %s: worker %s died; marked failed", row["id"], worker)
+        queued = self.store.query("SELECT id, task_id FROM jobs WHERE state = 'queued' AND created_at < ?", (now - requeue_after_s,))
+        if queued:
+            try:
+                pending = {t.id for t in self.huey.pending()}
+            except Exception:
+                pending = None
+            for row in queued:
+                if pending is not None and row["task_id"] not in pending:
+                    task = self._task.s(int(row["id"]))
+                    with self.store.tx() as c:
+                        c.execute("UPDATE jobs SET task_id = ? WHERE id = ? AND state = 'queued'", (task.id, row["id"]))
+                    self.huey.enqueue(task)
+                    log.warning("job %s: its task message was lost; queued again", row["id"])
+        return dead
+
+    def create_consumer(self, workers: int = 1, max_delay: float = 0.5) -> Any:
+        """A huey consumer with thread workers; it sets signal handlers only on the main thread."""
+        from huey.consumer import Consumer
+
+        class _Consumer(Consumer):  # type: ignore[misc]
+            def _set_signal_handlers(self) -> None:
+                if threading.current_thread() is threading.main_thread():
+                    super()._set_signal_handlers()
+
+        if not isinstance(workers, int) or not 1 <= workers <= 64:
+            raise InvalidInput(f"The 'workers' parameter must be an int in [1, 64]. Got {workers!r} instead.")
+        return _Consumer(
+            self.huey, workers=workers, worker_type="thread", periodic=False, initial_delay=0.05, max_delay=max_delay, backoff=1.5
+        )
+
+
+def _enable_job_logging() -> None:
+    for name in ("edge_al", "export"):
+        lg = logging.getLogger(name)
+        if lg.getEffectiveLevel() > logging.INFO:
+            lg.setLevel(logging.INFO)
+
+
+def run_worker(settings: Settings, workers: int = 1, manager: JobManager | None = None) -> None:
+    """Run the job worker in the foreground until SIGINT/SIGTERM (``edge-al worker``)."""
+    mgr = manager or JobManager(settings)
+    _enable_job_logging()
+    failed = mgr.recover()
+    if failed:
+        log.warning("marked %d job(s) of dead workers failed: %s", len(failed), failed)
+    log.warning("edge-al worker: %d thread(s), %s queue at %s", workers, mgr.backend, mgr.huey_url or settings.home / "jobs.sqlite3")
+    mgr.create_consumer(workers).run()
+
+
+def start_worker_thread(
+    settings: Settings, workers: int = 1, manager: JobManager | None = None, timeout: float = 30.0
+) -> Callable[[], None]:
+    """Start the job worker on background threads (``serve --with-worker``); returns ``stop()``,
+    which waits up to ``timeout`` s for a running job to finish its current step."""
+    from huey.consumer import ConsumerStopped
+
+    mgr = manager or JobManager(settings)
+    _enable_job_logging()
+    mgr.recover()
+    consumer = mgr.create_consumer(workers)
+    consumer.shutdown_timeout = timeout
+    consumer.start()
+
+    def supervise() -> None:  # restarts dead worker threads, like consumer.run() does
+        ts = time.monotonic()
+        while True:
+            try:
+                ts = consumer.loop(ts)
+            except ConsumerStopped:
+                return
+
+    sup = threading.Thread(target=supervise, name="edge-al-worker-supervisor", daemon=True)
+    sup.start()
+    stopped = threading.Event()
+
+    def stop() -> None:
+        if stopped.is_set():
+            return
+        stopped.set()
+        for job in mgr.list(limit=20, state="running"):
+            if job["worker"] == _worker_id():
+                try:
+                    mgr.cancel(job["id"])
+                except EdgeALError:
+                    pass
+        consumer.stop(graceful=True)
+        sup.join(timeout)
+
+    return stop

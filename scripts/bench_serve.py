@@ -1,0 +1,426 @@
+#!/usr/bin/env python
+"""Speed benchmark of the scoring service: dynamic batching vs batch-1 dispatch, one run.
+
+Prepares a workspace with a real model, starts the real server twice as a subprocess on
+127.0.0.1 (``edge-al serve --no-auth``: once with the batching dispatcher, once with
+``--no-batching``), drives each with 1, 4 and 16 concurrent keep-alive clients that send single
+JPEGs to ``POST /v1/score``, and prints throughput and p50/p99 latency per setting, plus the
+batching / batch-1 throughput ratio at the largest client count (target >= 1.5x, zero errors).
+
+The model: with the ``train`` extra (torch + export/) a mobilenet_v3_small is trained briefly on
+generated images and exported through ``export.workflow`` (INT8 where the gates pass); without it,
+or with ``--model tiny``, the projection model of tests/helpers.py at ``--image-size``. The output
+says which, with the inference precision the runtime chose. ``--stand-in`` serves a minimal Flask
+app around the same ``ModelHolder`` instead of the full API (isolates the dispatcher).
+
+    python scripts/bench_serve.py                    # temporary workspace, both modes, 1/4/16 clients
+    python scripts/bench_serve.py --seconds 10 --clients 1,8,16,32 --model tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+HOST = "127.0.0.1"  # the benchmark never talks to anything else
+
+
+# -- workspace ---------------------------------------------------------------------------------
+def _jpegs(root: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[tuple[Path, str]]:
+    """Generated coloured-shape JPEGs in three classes (circle, square, stripes), ``root/<class>/``."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        cls = ("circle", "square", "stripes")[i % 3]
+        img = np.full((size[1], size[0], 3), rng.integers(0, 120, 3), dtype=np.uint8)
+        color = tuple(int(v) for v in rng.integers(130, 255, 3))
+        cx, cy = int(rng.integers(size[0] // 4, 3 * size[0] // 4)), int(rng.integers(size[1] // 4, 3 * size[1] // 4))
+        r = int(rng.integers(min(size) // 8, min(size) // 3))
+        if cls == "circle":
+            cv2.circle(img, (cx, cy), r, color, -1)
+        elif cls == "square":
+            cv2.rectangle(img, (cx - r, cy - r), (cx + r, cy + r), color, -1)
+        else:
+            for x in range(0, size[0], max(4, r // 2)):
+                cv2.line(img, (x, 0), (x, size[1]), color, 3)
+        folder = root / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        p = folder / f"img_{i:04d}.jpg"
+        cv2.imwrite(str(p), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        out.append((p, cls))
+    return out
+
+
+def prepare(home: Path, model: str, image_size: int, log: list[str]) -> str:
+    """Fill ``home`` with a pool and an active model (unless it has one); returns a description."""
+    from edge_al.config import Settings
+    from edge_al.pool import ingest
+    from edge_al.registry import Registry
+    from edge_al.store import Store
+
+    settings = Settings(home=home)
+    registry = Registry(settings.registry_dir)
+    mv = registry.active()
+    if mv is not None:
+        return f"existing model {mv.version} ({mv.meta.get('arch', '?')}, {mv.meta.get('precision', '?')}) in {home}"
+    store = Store(settings.db_path)
+    files = _jpegs(home / "images", 90, (320, 240))
+    ingest(store, settings, [str(home / "images")], labels_from_dirs=True)
+    want_real = model in ("auto", "mobilenet")
+    if want_real:
+        try:
+            import torch  # noqa: F401
+
+            from export import workflow
+        except Exception as exc:  # torch or export/ missing
+            if model == "mobilenet":
+                raise SystemExit(f"--model mobilenet needs the train extra and export/: {exc}") from None
+            log.append(f"(torch/export not importable: {type(exc).__name__}: {exc}; using the tiny projection model)")
+            want_real = False
+    if want_real:
+        t0 = time.perf_counter()
+        ckpt = workflow.train_from_store(
+            settings, store, arch="mobilenet_v3_small", image_size=image_size, epochs=2, batch_size=16, progress=False
+        )
+        mv, report = workflow.export_from_store(settings, store, ckpt, registry=registry, progress=False)
+        registry.promote(mv.version)
+        gates = report.get("gates", {}) if isinstance(report, dict) else {}
+        return (
+            f"mobilenet_v3_small {image_size}x{image_size} trained 2 epochs on {len(files)} generated images and exported via "
+            f"export.workflow as {mv.version} ({mv.meta.get('precision', '?')}{', fallback' if report.get('fallback') else ''}; "
+            f"{len(gates)} gates) in {time.perf_counter() - t0:.0f} s"
+        )
+    from tests.helpers import publish_tiny
+
+    labels = sorted({c for _, c in files})
+    mv = publish_tiny(registry, labels, size=image_size, dim=512)
+    return f"tiny projection model (tests/helpers.publish_tiny) {image_size}x{image_size}, embedding 512, fp32 IR, as {mv.version}"
+
+
+def _precision(home: Path) -> str:
+    """The device and inference precision the runtime picks for the active model (as the server will)."""
+    from edge_al.config import Settings
+    from edge_al.engine import Engine
+    from edge_al.registry import Registry
+
+    mv = Registry(Settings(home=home).registry_dir).active()
+    if mv is None:
+        return "no model"
+    d = Engine(mv.xml, batch=8).describe()
+    return f"OpenVINO {d['device']} INFERENCE_PRECISION_HINT={d['inference_precision']}, streams {d['streams']}, infer requests {d['infer_requests']}"
+
+
+# -- server ------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, home: Path, port: int, batching: bool, args: argparse.Namespace) -> None:
+        self.port = port
+        if args.stand_in:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-stand-in", "--home", str(home), "--port", str(port)]
+        else:
+            cmd = [sys.executable, "-m", "edge_al", "--home", str(home), "serve", "--host", HOST, "--port", str(port), "--no-auth"]
+            cmd += ["--threads", str(args.threads)]
+        cmd += ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
+        if not batching:
+            cmd.append("--no-batching")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.log_path = home / f"server-{'batching' if batching else 'batch1'}.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 180.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(
+                    f"the server exited with {self.proc.returncode}; see {self.log_path}:\n{self.log_path.read_text()[-3000:]}"
+                )
+            try:
+                conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
+                conn.request("GET", "/readyz")
+                resp = conn.getresponse()
+                body = resp.read()
+                conn.close()
+                if resp.status == 200:
+                    doc: dict[str, Any] = json.loads(body)
+                    return doc
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"the server was not ready within {timeout:.0f} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+# -- clients -----------------------------------------------------------------------------------
+def drive(port: int, bodies: list[bytes], clients: int, seconds: float, max_requests: int) -> dict[str, Any]:
+    """``clients`` threads, each with one keep-alive connection, POST single JPEGs until ``seconds``
+    pass or each has sent ``max_requests``."""
+    lat: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    samples: list[str] = []
+    start = threading.Barrier(clients + 1)
+    stop_at = [0.0]
+
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection(HOST, port, timeout=60)
+        headers = {"Content-Type": "image/jpeg", "Connection": "keep-alive"}
+        start.wait()
+        i = k
+        for _ in range(max_requests):
+            if time.perf_counter() >= stop_at[0]:
+                break
+            body = bodies[i % len(bodies)]
+            i += clients
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", "/v1/score", body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                ok = resp.status == 200
+            except (OSError, http.client.HTTPException) as exc:
+                ok, data = False, str(exc).encode()
+                conn.close()
+                conn = http.client.HTTPConnection(HOST, port, timeout=60)
+            dt = time.perf_counter() - t0
+            if ok:
+                lat[k].append(dt)
+            else:
+                errors[k] += 1
+                if len(samples) < 3:
+                    samples.append(data[:300].decode("utf-8", "replace"))
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
+    for t in threads:
+        t.start()
+    t0 = time.perf_counter()
+    stop_at[0] = t0 + seconds
+    start.wait()
+    for t in threads:
+        t.join(seconds + 120)
+    wall = time.perf_counter() - t0
+    all_lat = np.array([x for per in lat for x in per]) * 1000.0
+    n = len(all_lat)
+    return {
+        "clients": clients,
+        "requests": n,
+        "errors": sum(errors),
+        "req_s": n / wall if wall > 0 else 0.0,
+        "p50_ms": float(np.percentile(all_lat, 50)) if n else float("nan"),
+        "p99_ms": float(np.percentile(all_lat, 99)) if n else float("nan"),
+        "error_samples": samples,
+    }
+
+
+def metrics_snapshot(port: int) -> dict[str, float]:
+    """Batch-size figures from /metrics (names as exported by edge_al.api.metrics, best effort)."""
+    try:
+        conn = http.client.HTTPConnection(HOST, port, timeout=5)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        conn.close()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        name, _, value = line.rpartition(" ")
+        if "dispatch" in name or "batch" in name:
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def _mean_batch(before: dict[str, float], after: dict[str, float]) -> float | None:
+    def find(d: dict[str, float], part: str) -> float | None:
+        for k, v in d.items():
+            if part in k and "{" not in k:
+                return v
+        return None
+
+    b1, b2 = find(before, "batches_total"), find(after, "batches_total")
+    i1, i2 = find(before, "images_total"), find(after, "images_total")
+    if None in (b1, b2, i1, i2) or (b2 or 0) - (b1 or 0) <= 0:
+        return None
+    return ((i2 or 0) - (i1 or 0)) / ((b2 or 0) - (b1 or 0))
+
+
+# -- the stand-in server -----------------------------------------------------------------------
+def serve_stand_in(argv: list[str]) -> int:
+    """A minimal Flask app around ModelHolder on waitress: /readyz, /metrics-ish, POST /v1/score."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--serve-stand-in", action="store_true")
+    p.add_argument("--home", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--no-batching", action="store_true")
+    a = p.parse_args(argv)
+    from flask import Flask, jsonify, request
+    from waitress import serve
+
+    from edge_al.config import Settings
+    from edge_al.dispatch import ModelHolder
+    from edge_al.images import probe
+    from edge_al.registry import Registry
+
+    settings = Settings(home=Path(a.home))
+    holder = ModelHolder(
+        settings, Registry(settings.registry_dir), max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, batching=not a.no_batching
+    )
+    app = Flask("stand-in")
+
+    @app.get("/readyz")
+    def readyz() -> Any:
+        return (jsonify({"status": "ready", "model_version": holder.version}), 200) if holder.ready else ("not ready", 503)
+
+    @app.get("/metrics")
+    def metrics() -> Any:
+        s = holder.stats()
+        return f"stand_in_dispatch_batches_total {s['batches']}\nstand_in_dispatch_images_total {s['images']}\n"
+
+    @app.post("/v1/score")
+    def score() -> Any:
+        data = request.get_data()
+        info = probe(data, max_pixels=settings.max_pixels, max_bytes=settings.max_file_bytes, verify=False)
+        sc = holder.score([holder.preprocess(data, info.width, info.height)])[0]
+        return jsonify(
+            {
+                "model_version": sc.version,
+                "results": [{"label": sc.label, "confidence": sc.confidence, "scores": holder.acquisition_scores(sc)}],
+            }
+        )
+
+    holder.start()
+    serve(app, host=HOST, port=a.port, threads=16, ident="stand-in", _quiet=True)
+    return 0
+
+
+# -- main --------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--serve-stand-in" in argv:
+        return serve_stand_in(argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--home", help="workspace to use (default: a temporary one, removed afterwards)")
+    p.add_argument("--model", choices=("auto", "mobilenet", "tiny"), default="auto")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--clients", default="1,4,16", help="comma-separated client counts (default 1,4,16)")
+    p.add_argument("--seconds", type=float, default=6.0, help="seconds per setting (default 6)")
+    p.add_argument("--max-requests", type=int, default=20000, help="upper bound of requests per client per setting")
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--threads", type=int, default=16, help="server request threads (default 16)")
+    p.add_argument("--stand-in", action="store_true", help="serve a minimal app around ModelHolder instead of `edge-al serve`")
+    p.add_argument("--json", help="also write the results as JSON to this file")
+    args = p.parse_args(argv)
+    clients = [int(c) for c in args.clients.split(",") if c.strip()]
+    if not clients or min(clients) < 1 or max(clients) > 256:
+        p.error("--clients must be integers in [1, 256]")
+    if not 0.5 <= args.seconds <= 600:
+        p.error("--seconds must be in [0.5, 600]")
+
+    tmp = None if args.home else Path(tempfile.mkdtemp(prefix="edge-al-bench-"))
+    home = Path(args.home).resolve() if args.home else tmp
+    assert home is not None
+    home.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    try:
+        t0 = time.perf_counter()
+        desc = prepare(home, args.model, args.image_size, notes)
+        for n in notes:
+            print(n)
+        print(f"model: {desc} (workspace ready in {time.perf_counter() - t0:.0f} s)")
+        bodies = [f.read_bytes() for f in sorted((home / "images").rglob("*.jpg"))[:32]]
+        if not bodies:
+            raise SystemExit(f"no JPEGs under {home / 'images'} to send")
+        precision = _precision(home)
+        print(f"runtime: {precision}")
+        print(f"payload: {len(bodies)} JPEGs, {np.mean([len(b) for b in bodies]) / 1024:.1f} KiB mean, 320x240")
+        rows: list[dict[str, Any]] = []
+        for batching in (True, False):
+            mode = f"batching(max {args.max_batch}, {args.max_wait_ms:g} ms)" if batching else "batch-1"
+            port = free_port()
+            server = Server(home, port, batching, args)
+            try:
+                ready = server.wait_ready()
+                drive(port, bodies, min(4, max(clients)), 1.0, 200)  # warm-up
+                for c in clients:
+                    before = metrics_snapshot(port)
+                    r = drive(port, bodies, c, args.seconds, args.max_requests)
+                    r["mean_batch"] = _mean_batch(before, metrics_snapshot(port))
+                    r["mode"] = "batching" if batching else "batch-1"
+                    r["mode_desc"] = mode
+                    r["model_version"] = ready.get("model_version")
+                    rows.append(r)
+                    mb = f"{r['mean_batch']:.2f}" if r["mean_batch"] else "-"
+                    print(f"  {mode:<28} clients {c:>3}: {r['req_s']:8.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "
+                          f"p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}  mean batch {mb}", flush=True)  # fmt: skip
+                    for s in r["error_samples"]:
+                        print(f"    error: {s}")
+            finally:
+                server.stop()
+        print()
+        print(f"{'clients':>7}  {'mode':<9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'mean batch':>10}")
+        for r in sorted(rows, key=lambda r: (r["clients"], r["mode"] != "batching")):
+            mb = f"{r['mean_batch']:.2f}" if r["mean_batch"] else "-"
+            print(f"{r['clients']:>7}  {r['mode']:<9} {r['req_s']:>9.1f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['errors']:>6} {mb:>10}")
+        top = max(clients)
+        b = next(r for r in rows if r["clients"] == top and r["mode"] == "batching")
+        s = next(r for r in rows if r["clients"] == top and r["mode"] == "batch-1")
+        ratio = b["req_s"] / s["req_s"] if s["req_s"] else float("inf")
+        errors = sum(r["errors"] for r in rows)
+        ok = ratio >= 1.5 and errors == 0
+        print(
+            f"\nbatching / batch-1 throughput at {top} clients: {ratio:.2f}x (target >= 1.5x); errors: {errors} -> {'MET' if ok else 'NOT MET'}"
+        )
+        print(
+            f"host: {os.cpu_count()} CPUs; {precision}; server: {'stand-in (ModelHolder only)' if args.stand_in else 'edge-al serve'}; {desc}"
+        )
+        if args.json:
+            Path(args.json).write_text(json.dumps({"model": desc, "rows": rows, "ratio": ratio, "errors": errors}, indent=2))
+        return 0 if errors == 0 else 1
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
