@@ -1,0 +1,541 @@
+"""PyTorch training of a torchvision classifier that also returns its penultimate embedding.
+
+Input contract (the same as the exported IR's): ``uint8 [N, H, W, 3]`` BGR images, already
+resized to ``image_size`` by ``edge_al.pool.ImageCache``. Inside torch the model sees float
+``[N, 3, H, W]`` RGB normalised with the ImageNet mean/std; :func:`to_tensor` does that step,
+and the export embeds the same step in the IR with ``PrePostProcessor``.
+
+A checkpoint is a plain dict (tensors, strings, numbers, lists), loadable with
+``torch.load(..., weights_only=True)``::
+
+    format, arch, state_dict, label_names, image_size, mean, std, embedding_dim, seed,
+    epochs, balance, train_metrics, val_metrics, weights (where the init came from), extra
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_al.errors import InvalidInput, MissingDependency
+
+try:
+    import torch
+    import torch.nn.functional as F
+    import torchvision
+    from torch import nn
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise MissingDependency(f"Training needs torch and torchvision ({exc}): install edge-al[train].") from exc
+
+__all__ = [
+    "ARCHS",
+    "CHECKPOINT_FORMAT",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "EmbeddingClassifier",
+    "TrainResult",
+    "build_model",
+    "classification_metrics",
+    "imagenet_weights_path",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "predict",
+    "save_checkpoint",
+    "to_tensor",
+    "train",
+]
+
+log = logging.getLogger(__name__)
+
+ARCHS = ("mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "resnet34", "resnet50")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CHECKPOINT_FORMAT = "edge-al-checkpoint/1"
+BALANCE_MODES = ("sampler", "loss", "none")
+
+
+class EmbeddingClassifier(nn.Module):
+    """A torchvision backbone whose final Linear is split off as ``head``.
+
+    ``forward(x float32 [N, 3, H, W] RGB normalised) -> (probs float32 [N, C] softmax,
+    embedding float32 [N, D])``; the embedding is the input of the final Linear layer.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.head.in_features)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.head.out_features)
+
+    def forward_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.backbone(x)
+        return self.head(emb), emb
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, emb = self.forward_logits(x)
+        return torch.softmax(logits, dim=1), emb
+
+
+def _split_head(net: nn.Module, arch: str) -> tuple[nn.Module, nn.Linear]:
+    """Replace the final Linear of a torchvision classifier by Identity; return (backbone, old Linear)."""
+    if arch.startswith("mobilenet"):
+        classifier: Any = net.classifier
+        last = classifier[-1]
+        classifier[-1] = nn.Identity()
+    elif arch.startswith("resnet"):
+        last = net.fc
+        net.fc = nn.Identity()
+    else:  # pragma: no cover - guarded by _check_arch
+        raise InvalidInput(f"Unsupported arch {arch!r}.")
+    assert isinstance(last, nn.Linear)
+    return net, last
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in ARCHS:
+        raise InvalidInput(f"The 'arch' parameter must be one of {', '.join(ARCHS)}. Got {arch!r} instead.")
+
+
+def _weights_enum(arch: str) -> Any:
+    return torchvision.models.get_model_weights(arch).DEFAULT
+
+
+def imagenet_weights_path(arch: str) -> Path:
+    """Where torchvision's DEFAULT ImageNet weights for ``arch`` live in the torch hub cache."""
+    _check_arch(arch)
+    url = _weights_enum(arch).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def build_model(arch: str, num_classes: int, weights: str = "none") -> EmbeddingClassifier:
+    """A fresh :class:`EmbeddingClassifier`.
+
+    ``weights``: ``"none"`` (random init), ``"imagenet"`` (torchvision's DEFAULT weights, read
+    from the torch hub cache; no download is attempted) or a path to a checkpoint / state dict
+    (warm start; a classifier head of another shape is skipped, one with other labels is
+    remapped by :func:`train`).
+    """
+    _check_arch(arch)
+    if num_classes < 2:
+        raise InvalidInput(f"A classifier needs at least 2 classes. Got {num_classes} instead.")
+    net = torchvision.models.get_model(arch, weights=None)
+    if weights == "imagenet":
+        path = imagenet_weights_path(arch)
+        if not path.is_file():
+            raise InvalidInput(
+                f"ImageNet weights for {arch} are not in the torch hub cache: expected the file {path}. "
+                f"There is no download here: copy {os.path.basename(path)} there (or set TORCH_HOME), "
+                "or train with weights='none'."
+            )
+        # load_state_dict_from_url finds the cached file and does not touch the network.
+        state = _weights_enum(arch).get_state_dict(progress=False, check_hash=False)
+        net.load_state_dict(state)
+    backbone, last = _split_head(net, arch)
+    head = nn.Linear(last.in_features, num_classes)
+    if weights == "imagenet":
+        nn.init.normal_(head.weight, 0.0, 0.01)
+        nn.init.zeros_(head.bias)
+    model = EmbeddingClassifier(backbone, head)
+    if weights not in ("none", "imagenet", "", None):
+        _warm_start(model, arch, Path(weights), None)
+    return model
+
+
+def _warm_start(model: EmbeddingClassifier, arch: str, path: Path, label_names: Sequence[str] | None) -> None:
+    if not path.is_file():
+        raise InvalidInput(
+            f"The 'weights' parameter must be 'none', 'imagenet' or a checkpoint file. Got {str(path)!r}, which does not exist."
+        )
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    _load_init(model, arch, obj, label_names, source=str(path))
+
+
+def _load_init(model: EmbeddingClassifier, arch: str, obj: Any, label_names: Sequence[str] | None, source: str) -> None:
+    """Load a checkpoint dict or a state dict; skip/remap a head that does not fit."""
+    old_labels: list[str] | None = None
+    if isinstance(obj, dict) and "state_dict" in obj:
+        if obj.get("arch") not in (None, arch):
+            raise InvalidInput(f"{source} holds a {obj.get('arch')} checkpoint; cannot warm-start a {arch}.")
+        old_labels = list(obj.get("label_names") or []) or None
+        state = obj["state_dict"]
+    elif isinstance(obj, dict):
+        state = obj
+    else:
+        raise InvalidInput(f"{source} is not a checkpoint or a state dict.")
+    if not any(k.startswith("backbone.") for k in state):
+        # A plain torchvision state dict: its final Linear does not fit our head.
+        own = {f"backbone.{k}" for k in model.backbone.state_dict()}
+        state = {f"backbone.{k}": v for k, v in state.items() if f"backbone.{k}" in own}
+    own_state = model.state_dict()
+    head_w, head_b = state.get("head.weight"), state.get("head.bias")
+    body = {k: v for k, v in state.items() if not k.startswith("head.")}
+    mismatched = [k for k, v in body.items() if k in own_state and own_state[k].shape != v.shape]
+    if mismatched:
+        raise InvalidInput(f"{source} does not fit {arch}: shape mismatch at {', '.join(mismatched[:3])}.")
+    missing, _unexpected = model.load_state_dict(body, strict=False)
+    missing_body = [k for k in missing if not k.startswith("head.")]
+    if missing_body:
+        raise InvalidInput(f"{source} does not fit {arch}: missing {', '.join(missing_body[:3])} and more.")
+    if head_w is None or head_b is None or head_w.shape[1] != model.head.in_features:
+        log.info("warm start from %s: classifier head not loaded", source)
+        return
+    if label_names is not None and old_labels is not None and len(old_labels) == head_w.shape[0]:
+        with torch.no_grad():
+            for i, name in enumerate(label_names):
+                if name in old_labels:
+                    j = old_labels.index(name)
+                    model.head.weight[i] = head_w[j]
+                    model.head.bias[i] = head_b[j]
+        log.info("warm start from %s: head remapped by label name", source)
+    elif head_w.shape == model.head.weight.shape:
+        model.head.load_state_dict({"weight": head_w, "bias": head_b})
+    else:
+        log.info("warm start from %s: head of shape %s skipped", source, tuple(head_w.shape))
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> EmbeddingClassifier:
+    """The eval-mode model a checkpoint describes."""
+    model = build_model(checkpoint["arch"], len(checkpoint["label_names"]), "none")
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()
+
+
+# -- tensors -----------------------------------------------------------------------------------
+def to_tensor(images: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """uint8 [N, H, W, 3] BGR -> float32 [N, 3, H, W] RGB, normalised (what the IR does inside)."""
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise InvalidInput(f"Images must be uint8 [N, H, W, 3] BGR. Got {images.dtype} {images.shape} instead.")
+    x = torch.from_numpy(np.ascontiguousarray(images[..., ::-1])).permute(0, 3, 1, 2).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((x - m) / s).contiguous()
+
+
+def _augment(x: torch.Tensor, g: torch.Generator, mean: torch.Tensor, std: torch.Tensor, vflip: bool) -> torch.Tensor:
+    """Random flips, small random-resized crop/shift, brightness/contrast jitter on a normalised batch."""
+    n = x.shape[0]
+    flip_h = torch.rand(n, generator=g) < 0.5
+    x = torch.where(flip_h.view(n, 1, 1, 1), x.flip(3), x)
+    if vflip:
+        flip_v = torch.rand(n, generator=g) < 0.5
+        x = torch.where(flip_v.view(n, 1, 1, 1), x.flip(2), x)
+    # Random-resized crop: zoom in by up to 1/0.8 with a small aspect change, shift up to 10%.
+    scale = torch.empty(n).uniform_(0.8, 1.0, generator=g).sqrt()
+    aspect = torch.empty(n).uniform_(math.log(0.9), math.log(1.1), generator=g).exp().sqrt()
+    tx = torch.empty(n).uniform_(-0.1, 0.1, generator=g)
+    ty = torch.empty(n).uniform_(-0.1, 0.1, generator=g)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = scale * aspect
+    theta[:, 1, 1] = scale / aspect
+    theta[:, 0, 2] = tx
+    theta[:, 1, 2] = ty
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    # Resample and jitter in [0, 1] pixel space (reflection at the borders), then renormalise.
+    raw = x * std + mean
+    raw = F.grid_sample(raw, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    brightness = torch.empty(n, 1, 1, 1).uniform_(0.8, 1.2, generator=g)
+    contrast = torch.empty(n, 1, 1, 1).uniform_(0.8, 1.2, generator=g)
+    mu = raw.mean(dim=(1, 2, 3), keepdim=True)
+    raw = ((raw - mu) * contrast + mu) * brightness
+    return (raw.clamp_(0.0, 1.0) - mean) / std
+
+
+# -- metrics -----------------------------------------------------------------------------------
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """``accuracy`` and ``balanced_accuracy`` (mean recall over the classes present in y_true)."""
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    if len(y_true) == 0:
+        return {"accuracy": float("nan"), "balanced_accuracy": float("nan"), "n": 0}
+    acc = float(np.mean(y_true == y_pred))
+    recalls = [float(np.mean(y_pred[y_true == c] == c)) for c in np.unique(y_true)]
+    return {"accuracy": acc, "balanced_accuracy": float(np.mean(recalls)), "n": len(y_true)}
+
+
+@torch.no_grad()
+def predict(model: EmbeddingClassifier, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """``(probs float32 [N, C], embedding float32 [N, D])`` from uint8 [N, H, W, 3] BGR images."""
+    model.eval()
+    probs, embs = [], []
+    for i in range(0, len(images), batch_size):
+        p, e = model(to_tensor(images[i : i + batch_size]))
+        probs.append(p.numpy())
+        embs.append(e.numpy())
+    if not probs:
+        return np.zeros((0, model.num_classes), np.float32), np.zeros((0, model.embedding_dim), np.float32)
+    return np.concatenate(probs), np.concatenate(embs)
+
+
+# -- training ----------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    """A trained model and its checkpoint dict (see the module docstring)."""
+
+    model: EmbeddingClassifier
+    checkpoint: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        return save_checkpoint(self.checkpoint, path)
+
+
+def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
+    """Write a checkpoint atomically (temp file in the same folder, fsync, ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain values only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInput(f"No checkpoint at {path}: train one first (edge-al train).")
+    ckpt: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise InvalidInput(f"{path} is not an edge-al checkpoint ({CHECKPOINT_FORMAT}).")
+    return ckpt
+
+
+def _validate(images: np.ndarray, labels: np.ndarray, label_names: Sequence[str], image_size: int) -> None:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise InvalidInput(
+            f"The 'images' parameter must be uint8 [N, H, W, 3] BGR. Got {getattr(images, 'dtype', type(images))} "
+            f"{getattr(images, 'shape', '')} instead."
+        )
+    if images.shape[1:3] != (image_size, image_size):
+        raise InvalidInput(f"Images must already be resized to image_size={image_size}. Got {images.shape[1]}x{images.shape[2]} instead.")
+    if labels.shape != (len(images),):
+        raise InvalidInput(f"The 'labels' parameter must be int [{len(images)}]. Got shape {labels.shape} instead.")
+    if len(label_names) < 2 or len(set(label_names)) != len(label_names):
+        raise InvalidInput(f"The 'label_names' parameter must hold at least 2 distinct names. Got {list(label_names)!r}.")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(label_names)):
+        raise InvalidInput(f"Labels must be class indices in [0, {len(label_names) - 1}]. Got [{labels.min()}, {labels.max()}].")
+
+
+def train(
+    images: np.ndarray,
+    labels: np.ndarray,
+    label_names: Sequence[str],
+    *,
+    arch: str = "mobilenet_v3_small",
+    weights: str | Path = "none",
+    image_size: int = 128,
+    epochs: int = 30,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    val_mask: np.ndarray | None = None,
+    balance: str = "sampler",
+    vflip: bool = False,
+    init_state: dict[str, Any] | None = None,
+    num_threads: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``arch`` on uint8 [N, H, W, 3] BGR ``images`` with int64 [N] ``labels``.
+
+    ``val_mask`` bool [N] marks held-out samples (not trained on; metrics in
+    ``checkpoint["val_metrics"]``). ``balance``: ``"sampler"`` (class-balanced
+    WeightedRandomSampler), ``"loss"`` (class-weighted cross-entropy) or ``"none"``.
+    ``init_state``: a checkpoint or state dict to warm-start from (overrides ``weights``).
+    Deterministic for a given ``seed`` on the same machine and thread count. ``num_threads``:
+    torch intra-op threads for this call (None keeps the process setting; on a shared 2-core
+    box, 1 is many times faster than 2 when other processes compete).
+    """
+    from tqdm.auto import tqdm
+
+    labels = np.asarray(labels, dtype=np.int64)
+    _validate(images, labels, label_names, image_size)
+    if balance not in BALANCE_MODES:
+        raise InvalidInput(f"The 'balance' parameter must be one of {', '.join(BALANCE_MODES)}. Got {balance!r} instead.")
+    for name, value, lo in (("epochs", epochs, 1), ("batch_size", batch_size, 2)):
+        if not isinstance(value, int) or value < lo:
+            raise InvalidInput(f"The '{name}' parameter must be an int >= {lo}. Got {value!r} instead.")
+    if val_mask is None:
+        val_mask = np.zeros(len(images), dtype=bool)
+    val_mask = np.asarray(val_mask, dtype=bool)
+    if val_mask.shape != labels.shape:
+        raise InvalidInput(f"The 'val_mask' parameter must be bool [{len(labels)}]. Got shape {val_mask.shape} instead.")
+    train_idx = np.flatnonzero(~val_mask)
+    if len(train_idx) < 2:
+        raise InvalidInput(f"Training needs at least 2 training samples. Got {len(train_idx)}.")
+    num_classes = len(label_names)
+
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(max(1, int(num_threads)))
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    try:
+        base = str(weights) if init_state is None and str(weights) in ("none", "imagenet") else "none"
+        model = build_model(arch, num_classes, base)
+        if init_state is not None:
+            _load_init(model, arch, init_state, label_names, source="init_state")
+        elif str(weights) not in ("none", "imagenet", ""):
+            _warm_start(model, arch, Path(weights), label_names)
+        history = _fit(
+            model, images[train_idx], labels[train_idx], num_classes,
+            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
+            balance=balance, vflip=vflip, progress=progress, tqdm=tqdm,
+        )  # fmt: skip
+    finally:
+        torch.use_deterministic_algorithms(prev_det)
+        torch.set_num_threads(prev_threads)
+
+    model.eval()
+    val_metrics: dict[str, Any] = {"n": 0}
+    if val_mask.any():
+        probs, _ = predict(model, images[val_mask])
+        val_metrics = classification_metrics(labels[val_mask], probs.argmax(1))
+    train_probs, _ = predict(model, images[train_idx])
+    train_metrics: dict[str, Any] = classification_metrics(labels[train_idx], train_probs.argmax(1))
+    train_metrics["final_loss"] = history[-1]["loss"] if history else float("nan")
+    checkpoint: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "arch": arch,
+        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "label_names": list(label_names),
+        "image_size": int(image_size),
+        "input": "uint8 NHWC BGR",
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "embedding_dim": model.embedding_dim,
+        "seed": int(seed),
+        "epochs": int(epochs),
+        "batch_size": int(batch_size),
+        "lr": float(lr),
+        "balance": balance,
+        "weights": "init_state" if init_state is not None else str(weights),
+        "num_train": len(train_idx),
+        "num_val": int(val_mask.sum()),
+        "class_counts": [int(c) for c in np.bincount(labels[train_idx], minlength=num_classes)],
+        "train_metrics": train_metrics,
+        "val_metrics": val_metrics,
+        "created_at": time.time(),
+        "torch_version": str(torch.__version__),
+        "extra": {},
+    }
+    return TrainResult(model, checkpoint, history)
+
+
+def _fit(
+    model: EmbeddingClassifier,
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    balance: str,
+    vflip: bool,
+    progress: bool,
+    tqdm: Any,
+) -> list[dict[str, float]]:
+    n = len(images)
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    g = torch.Generator().manual_seed(seed)
+    if balance == "sampler":
+        w = 1.0 / counts[labels]
+        sampler: Any = torch.utils.data.WeightedRandomSampler(w.tolist(), num_samples=n, replacement=True, generator=g)
+    else:
+        sampler = torch.utils.data.RandomSampler(range(n), generator=g)
+    loss_weight = None
+    if balance == "loss":
+        present = counts > 0
+        cw = np.zeros(num_classes)
+        cw[present] = n / (present.sum() * counts[present])
+        loss_weight = torch.as_tensor(cw, dtype=torch.float32)
+    bs = min(batch_size, n)
+    # drop_last keeps every batch at bs >= 2 samples, so BatchNorm always has batch statistics.
+    steps_per_epoch = max(1, n // bs)
+    x_all = to_tensor(images)
+    y_all = torch.as_tensor(labels)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    total = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=min(0.3, 1.0 / epochs + 0.05))
+    history: list[dict[str, float]] = []
+    bar = tqdm(total=total, desc="train", unit="step", disable=not progress, leave=False)
+    try:
+        for epoch in range(epochs):
+            model.train()
+            order = torch.as_tensor(list(sampler), dtype=torch.long)
+            loss_sum, correct, seen = 0.0, 0, 0
+            for step in range(steps_per_epoch):
+                idx = order[step * bs : (step + 1) * bs]
+                xb = _augment(x_all[idx], g, mean, std, vflip)
+                yb = y_all[idx]
+                logits, _ = model.forward_logits(xb)
+                loss = F.cross_entropy(logits, yb, weight=loss_weight)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                loss_sum += float(loss.detach()) * len(idx)
+                correct += int((logits.argmax(1) == yb).sum())
+                seen += len(idx)
+                bar.update(1)
+            history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": correct / seen})
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.2f}")
+    finally:
+        bar.close()
+    _recalibrate_bn(model, x_all, bs)
+    return history
+
+
+@torch.no_grad()
+def _recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
+    """Re-estimate BatchNorm running statistics as exact averages over the (unaugmented) training set.
+
+    Short runs on small sets leave momentum-averaged running stats far from the final weights'
+    statistics, and eval-mode accuracy collapses; a cumulative pass fixes that.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    n = len(x)
+    for i in range(0, n - n % batch_size if n >= batch_size else n, batch_size):
+        xb = x[i : i + batch_size]
+        if len(xb) >= 2:
+            model(xb)
+    for m, mom in zip(bns, saved, strict=True):
+        m.momentum = mom
+    model.eval()

@@ -1,0 +1,224 @@
+"""Glue between the store and the build side, for ``edge-al train`` / ``export`` / ``retrain``.
+
+- :func:`val_mask_for`      a held-out split by content hash: a sample keeps its side across retrains
+- :func:`train_from_store`  labeled samples -> images from the cache -> :func:`export.train.train` -> checkpoint file
+- :func:`export_from_store` checkpoint -> calibration/validation/sample images from the pool -> registry version
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_al.config import Settings
+from edge_al.errors import InvalidInput
+from edge_al.pool import ImageCache
+from edge_al.registry import ModelVersion, Registry
+from edge_al.store import Store
+
+__all__ = ["export_from_store", "train_from_store", "training_fingerprint", "val_mask_for"]
+
+log = logging.getLogger(__name__)
+
+_SPLIT_SALT = b"edge-al/val-split/1:"
+MIN_LABELED = 4
+
+
+def _unit(sha: str) -> float:
+    """A stable number in [0, 1) from a sample's content hash."""
+    digest = hashlib.sha256(_SPLIT_SALT + sha.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def val_mask_for(sha256s: Sequence[str], labels: Sequence[Any], fraction: float = 0.2) -> np.ndarray:
+    """bool [N]: which samples are held out for validation.
+
+    A sample is held out when a hash of its content hash falls below ``fraction``, so its side
+    does not change when other samples are added or its label is corrected. Per class, two
+    fixes keep the split usable: a class with >= 3 samples and none held out gets its
+    lowest-hash sample held out; a class with all samples held out gets its highest-hash one
+    back into training (every class with >= 2 samples keeps >= 1 training sample; a class
+    with 1 or 2 samples is never held out). Only these tiny-class fixes can move a sample.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise InvalidInput(f"The 'fraction' parameter must be a float in [0, 1). Got {fraction!r} instead.")
+    if len(sha256s) != len(labels):
+        raise InvalidInput(f"sha256s and labels must have the same length. Got {len(sha256s)} and {len(labels)}.")
+    u = np.array([_unit(str(s)) for s in sha256s], dtype=np.float64)
+    mask = u < fraction
+    by_class: dict[Any, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_class.setdefault(lab, []).append(i)
+    for idx in by_class.values():
+        ix = np.array(idx)
+        if len(ix) <= 2:
+            mask[ix] = False
+            continue
+        if fraction > 0 and not mask[ix].any():
+            mask[ix[np.argmin(u[ix])]] = True
+        if mask[ix].all():
+            mask[ix[np.argmax(u[ix])]] = False
+    return mask
+
+
+def training_fingerprint(sha256s: Sequence[str], labels: Sequence[str]) -> str:
+    """sha256 over the sorted (content hash, label) pairs: identifies a training set."""
+    h = hashlib.sha256()
+    for sha, lab in sorted(zip(sha256s, labels, strict=True)):
+        h.update(f"{sha}\t{lab}\n".encode())
+    return h.hexdigest()
+
+
+def _load_images(settings: Settings, store: Store, ids: Sequence[int], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(images u8 [n, S, S, 3], ids int64 [n])`` of the ids whose image loads; failures are logged."""
+    samples = store.samples([int(i) for i in ids])
+    with ImageCache(settings.cache_dir, (size, size)) as cache:
+        images, failed = cache.load_many(samples)
+    if failed:
+        log.warning("skipping %d sample(s) whose image could not be loaded: ids %s", len(failed),
+                    ", ".join(str(samples[i].id) for i in failed[:10]))  # fmt: skip
+    keep = np.ones(len(samples), dtype=bool)
+    keep[failed] = False
+    return images[keep], np.array([s.id for s in samples], dtype=np.int64)[keep]
+
+
+def train_from_store(
+    settings: Settings,
+    store: Store,
+    *,
+    arch: str | None = "mobilenet_v3_small",
+    weights: str | Path | None = "none",
+    image_size: int | None = None,
+    epochs: int | None = 30,
+    seed: int | None = 0,
+    batch_size: int | None = 32,
+    balance: str | None = "sampler",
+    lr: float | None = 1e-3,
+    val_fraction: float = 0.2,
+    out: str | Path | None = None,
+    init: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train on the store's labeled samples; returns the checkpoint path (written atomically).
+
+    Class order: ``store.labels()`` order, restricted to labels with >= 1 labeled sample.
+    ``init``: a previous checkpoint to warm-start from (overrides ``weights``; a head with
+    other labels is remapped by label name). The checkpoint also holds ``val_ids``,
+    ``val_labels`` (class indices), ``train_fingerprint`` and ``num_train_labels``.
+    An option given as None takes its default (the CLI passes unset flags as None).
+    """
+    from .train import train
+
+    arch = arch or "mobilenet_v3_small"
+    weights = weights or "none"
+    epochs = 30 if epochs is None else epochs
+    seed = 0 if seed is None else seed
+    batch_size = 32 if batch_size is None else batch_size
+    balance = balance or "sampler"
+    lr = 1e-3 if lr is None else lr
+    size = int(image_size or settings.default_image_size)
+    ids, names = store.labeled()
+    present = set(names)
+    label_names = [lab for lab in store.labels() if lab in present]
+    if len(label_names) < 2:
+        raise InvalidInput(
+            f"Training needs labeled samples of at least 2 classes. Got {len(ids)} labeled sample(s) of "
+            f"{len(label_names)} class(es) ({', '.join(label_names) or 'none'}): annotate more samples first."
+        )
+    images, loaded = _load_images(settings, store, ids.tolist(), size)
+    name_of = dict(zip(ids.tolist(), names, strict=True))
+    if len(loaded) < MIN_LABELED:
+        raise InvalidInput(f"Training needs at least {MIN_LABELED} labeled samples with readable images. Got {len(loaded)}.")
+    loaded_names = [name_of[int(i)] for i in loaded]
+    label_names = [lab for lab in label_names if lab in set(loaded_names)]
+    if len(label_names) < 2:
+        raise InvalidInput("Training needs readable labeled images of at least 2 classes; the others failed to load.")
+    index = {lab: k for k, lab in enumerate(label_names)}
+    labels = np.array([index[n] for n in loaded_names], dtype=np.int64)
+    shas = {s.id: s.sha256 for s in store.samples(loaded.tolist())}
+    sha_list = [shas[int(i)] for i in loaded]
+    val_mask = val_mask_for(sha_list, labels.tolist(), val_fraction)
+    fingerprint = training_fingerprint(sha_list, loaded_names)
+
+    result = train(
+        images, labels, label_names, arch=arch, weights=str(init) if init else weights, image_size=size,
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_mask=val_mask, balance=balance, progress=progress,
+    )  # fmt: skip
+    ck = result.checkpoint
+    ck["val_ids"] = [int(i) for i in loaded[val_mask]]
+    ck["val_labels"] = [int(v) for v in labels[val_mask]]
+    ck["train_ids"] = [int(i) for i in loaded[~val_mask]]
+    ck["train_fingerprint"] = fingerprint
+    ck["num_train_labels"] = len(loaded)
+    ck["init"] = str(init) if init else None
+    path = Path(out) if out else settings.checkpoints_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{arch}-{fingerprint[:8]}.pt"
+    result.save_checkpoint(path)
+    log.info("checkpoint %s: val %s", path, ck["val_metrics"])
+    return path
+
+
+def export_from_store(
+    settings: Settings,
+    store: Store,
+    checkpoint_path: str | Path,
+    *,
+    max_drop: float = 0.01,
+    min_agreement: float = 0.99,
+    calibration_size: int = 300,
+    sample_size: int = 200,
+    batch: int = 8,
+    seed: int = 0,
+    precision_fallback: str = "fp32",
+    registry: Registry | None = None,
+    progress: bool = True,
+) -> tuple[ModelVersion, dict[str, Any]]:
+    """Export a checkpoint into the registry (not promoted); returns ``(version, gate report)``.
+
+    Calibration (``calibration_size``) and parity/agreement samples (``sample_size``) are drawn,
+    seeded, from the whole pool, labeled or not; validation uses the checkpoint's held-out ids.
+    """
+    from .convert import export_checkpoint
+    from .train import load_checkpoint
+
+    ck = load_checkpoint(checkpoint_path)
+    size = int(ck["image_size"])
+    pool = store.sample_ids()
+    if len(pool) == 0:
+        raise InvalidInput("The pool is empty: ingest images before exporting (calibration needs them).")
+    rng = np.random.default_rng(seed)
+    cal_ids = rng.choice(pool, size=min(calibration_size, len(pool)), replace=False)
+    calibration, _ = _load_images(settings, store, cal_ids.tolist(), size)
+    sample_ids = rng.choice(pool, size=min(sample_size, len(pool)), replace=False)
+    samples, _ = _load_images(settings, store, sample_ids.tolist(), size)
+    val_ids = [int(i) for i in ck.get("val_ids", [])]
+    val_label_of = dict(zip(val_ids, ck.get("val_labels", []), strict=True))
+    val_images, val_loaded = (
+        _load_images(settings, store, val_ids, size) if val_ids else (np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.int64))
+    )
+    val_labels = np.array([val_label_of[int(i)] for i in val_loaded], dtype=np.int64)
+    if len(calibration) == 0 or len(samples) == 0:
+        raise InvalidInput("No pool image could be loaded for calibration: check the sample paths.")
+    mv, report = export_checkpoint(
+        ck,
+        registry or Registry(settings.registry_dir),
+        calibration_images=calibration,
+        val_images=val_images,
+        val_labels=val_labels,
+        sample_images=samples,
+        max_drop=max_drop,
+        min_agreement=min_agreement,
+        train_fingerprint=str(ck.get("train_fingerprint", "")),
+        num_train_labels=int(ck.get("num_train_labels", 0)),
+        extra_meta={"checkpoint": str(Path(checkpoint_path).resolve()), "val_sample_ids": [int(i) for i in val_loaded]},
+        precision_fallback=precision_fallback,
+        batch=batch,
+        progress=progress,
+    )
+    report["val_sample_ids"] = [int(i) for i in val_loaded]
+    return mv, report
