@@ -22,7 +22,7 @@ from typing import Any
 from . import __version__, acquisition
 from .config import Settings, load_settings
 from .errors import EdgeALError
-from .registry import Registry
+from .registry import Registry, headline_metrics
 from .store import Store
 
 __all__ = ["build_parser", "main"]
@@ -147,7 +147,7 @@ def cmd_models(ctx: Context) -> int:
             "precision": mv.meta.get("precision"),
             "arch": mv.meta.get("arch"),
             "num_train_labels": mv.meta.get("num_train_labels"),
-            "metrics": mv.meta.get("metrics", {}),
+            "metrics": headline_metrics(mv.meta),
             "fallback": bool(mv.meta.get("fallback", False)),
             "created_at": mv.meta.get("created_at"),
         }
@@ -442,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_verbs() -> list[Callable[[Any], None]]:
     """Verbs registered by optional modules (serve, worker, keys, simulate, bench)."""
     out: list[Callable[[Any], None]] = []
-    for mod in ("edge_al.api.cli", "edge_al.sim_cli"):
+    for mod in ("edge_al.api.cli", "edge_al.sim_cli", "edge_al.bench_cli"):
         try:
             m = __import__(mod, fromlist=["register"])
         except ModuleNotFoundError as exc:

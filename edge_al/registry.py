@@ -14,6 +14,7 @@ atomically (write, fsync, rename).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -52,6 +53,22 @@ class ModelVersion:
     def report(self) -> dict[str, Any]:
         p = self.path / "report.json"
         return json.loads(p.read_text()) if p.exists() else {}
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(float(value)) else None
+
+
+def headline_metrics(meta: dict[str, Any]) -> dict[str, float | None]:
+    """``{"accuracy", "balanced_accuracy"}`` of a version's meta: the published model's figures
+    when export recorded them (``metrics.published``), else FP32's, else flat ones."""
+    metrics = meta.get("metrics") or {}
+    for src in (metrics.get("published"), metrics.get("fp32"), metrics.get("torch"), metrics):
+        if isinstance(src, dict) and ("balanced_accuracy" in src or "accuracy" in src):
+            return {"accuracy": _num(src.get("accuracy")), "balanced_accuracy": _num(src.get("balanced_accuracy"))}
+    return {"accuracy": None, "balanced_accuracy": None}
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

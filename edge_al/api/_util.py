@@ -11,7 +11,7 @@ from flask import current_app, request
 
 from edge_al.errors import EdgeALError, ImageTooLarge, InvalidInput
 from edge_al.images import ImageInfo, probe
-from edge_al.registry import ModelVersion, Registry
+from edge_al.registry import ModelVersion, Registry, headline_metrics
 from edge_al.store import Store
 
 from .errors import Problem, status_for
@@ -127,22 +127,6 @@ def clean(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [clean(v) for v in value]
     return value
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(float(value)) else None
-
-
-def headline_metrics(meta: dict[str, Any]) -> dict[str, float | None]:
-    """``{"accuracy", "balanced_accuracy"}`` of a version's meta: the published model's figures
-    when export recorded them (``metrics.published``), else FP32's, else flat ones."""
-    metrics = meta.get("metrics") or {}
-    for src in (metrics.get("published"), metrics.get("fp32"), metrics.get("torch"), metrics):
-        if isinstance(src, dict) and ("balanced_accuracy" in src or "accuracy" in src):
-            return {"accuracy": _num(src.get("accuracy")), "balanced_accuracy": _num(src.get("balanced_accuracy"))}
-    return {"accuracy": None, "balanced_accuracy": None}
 
 
 def model_row(mv: ModelVersion, active: str | None) -> dict[str, Any]:
