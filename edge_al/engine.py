@@ -224,13 +224,15 @@ class Engine:
         """An ``AsyncRunner`` over this model, for one producer thread (see ``AsyncRunner``)."""
         return AsyncRunner(self, callback, nireq)
 
-    def stream(self, batches: Iterable[tuple[T, np.ndarray]]) -> Iterator[tuple[T, np.ndarray, np.ndarray]]:
+    def stream(self, batches: Iterable[tuple[T, np.ndarray]], nireq: int | None = None) -> Iterator[tuple[T, np.ndarray, np.ndarray]]:
         """Run batches through an AsyncInferQueue owned by the calling thread; yield in order.
 
         Each input is ``(tag, images u8 [b <= batch, H, W, 3])``; each output
-        ``(tag, probs f32 [b, C], embedding f32 [b, D])``.
+        ``(tag, probs f32 [b, C], embedding f32 [b, D])``. ``nireq``: infer requests in the
+        queue (default ``self.nireq``, the runtime's optimum); more than the streams keeps
+        every stream busy while the producer thread is briefly elsewhere.
         """
-        queue = ov.AsyncInferQueue(self.compiled, self.nireq)
+        queue = ov.AsyncInferQueue(self.compiled, int(nireq or self.nireq))
         done: dict[int, tuple[T, np.ndarray, np.ndarray]] = {}
         errors: list[BaseException] = []
         cv = threading.Condition()
