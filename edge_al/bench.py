@@ -49,7 +49,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .config import Settings
+from .config import DEFAULT_ARCH, Settings
 from .errors import EdgeALError, InvalidInput, MissingDependency
 from .registry import ModelVersion, Registry
 from .store import Store
@@ -67,7 +67,6 @@ __all__ = [
     "write_report",
 ]
 
-DEFAULT_ARCH = "mobilenet_v3_small"
 DEFAULT_IMAGE_SIZE = 128
 _THROUGHPUT_RE = re.compile(r"Throughput:\s*([0-9.]+)\s*FPS")
 _PRECISION_RE = re.compile(r"INFERENCE_PRECISION_HINT:\s*(.+)")

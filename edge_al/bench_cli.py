@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .config import ARCHS, DEFAULT_ARCH
+
 __all__ = ["register"]
 
 
@@ -92,7 +94,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--images", type=_positive_int, default=2000, help="generated pool size (default 2000)")
     p.add_argument("--batch", type=_positive_int, default=8, help="static batch for every path (default 8)")
-    p.add_argument("--arch", default="mobilenet_v3_small", choices=["mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "resnet34"])
+    p.add_argument("--arch", default=DEFAULT_ARCH, choices=list(ARCHS))
     p.add_argument("--image-size", type=_positive_int, default=128, help="model input size (default 128, the CLI default)")
     p.add_argument("--seconds", type=_positive_float, default=10.0, help="duration of each timed measurement (default 10)")
     p.add_argument("--source-size", type=_size, default=(640, 480), help="size of the generated JPEGs, WxH (default 640x480)")

@@ -8,6 +8,7 @@ lazily and say which extra to install when it is missing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
@@ -17,10 +18,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from . import __version__, acquisition
-from .config import Settings, load_settings
+from .config import ARCHS, DEFAULT_ARCH, Settings, load_settings
 from .errors import EdgeALError
 from .registry import Registry, headline_metrics
 from .store import Store
@@ -40,6 +41,9 @@ class Context:
         self.store = Store(self.settings.db_path)
         self.registry = Registry(self.settings.registry_dir)
         self.json: bool = bool(args.json)
+        # With --json, stdout carries exactly one JSON document: the verb runs with sys.stdout
+        # pointed at stderr (libraries such as nncf print progress to stdout) and emit() writes here.
+        self.out: TextIO = sys.stdout
 
     def progress(self) -> Callable[..., Any] | None:
         if self.json or self.args.quiet:
@@ -53,8 +57,9 @@ class Context:
 
     def emit(self, doc: Any, human: Callable[[], None]) -> None:
         if self.json:
-            json.dump(doc, sys.stdout, indent=2, default=str)
-            sys.stdout.write("\n")
+            json.dump(doc, self.out, indent=2, default=str)
+            self.out.write("\n")
+            self.out.flush()
         else:
             human()
 
@@ -157,11 +162,14 @@ def cmd_models(ctx: Context) -> int:
     def human() -> None:
         if not rows:
             print("no model versions yet: run `edge-al train` and `edge-al export`")
-        for r in rows:
-            m = r["metrics"] or {}
-            acc = m.get("balanced_accuracy", m.get("val_balanced_accuracy"))
+        for mv in ctx.registry.versions():
+            m = headline_metrics(mv.meta)
+            acc, bal = m["accuracy"], m["balanced_accuracy"]
+            figures = "" if acc is None or bal is None else f"  val acc={acc:.3f} bal_acc={bal:.3f}"
+            fallback = "  [FP32 fallback]" if mv.meta.get("fallback") else ""
             print(
-                f"{'*' if r['active'] else ' '} {r['version']}  {r['arch']}  {r['precision']}  labels={r['num_train_labels']}  bal_acc={acc}"
+                f"{'*' if mv.version == active else ' '} {mv.version}  {mv.meta.get('arch')}  {mv.meta.get('precision')}"
+                f"  trained on {mv.meta.get('num_train_labels')} labels{figures}{fallback}"
             )
 
     ctx.emit({"active": active, "versions": rows}, human)
@@ -343,12 +351,12 @@ def cmd_demo(ctx: Context) -> int:
 
 # -- parser -----------------------------------------------------------------------------------
 def _add_train_args(p: argparse.ArgumentParser, retrain: bool = False) -> None:
-    d = None if retrain else "mobilenet_v3_small"
+    d = None if retrain else DEFAULT_ARCH
     p.add_argument(
         "--arch",
         default=d,
-        choices=["mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "resnet34"],
-        help="torchvision architecture (default mobilenet_v3_small)",
+        choices=list(ARCHS),
+        help=f"torchvision architecture (default {DEFAULT_ARCH})",
     )
     p.add_argument("--weights", default=None if retrain else "none", help="imagenet | PATH to a state dict or checkpoint | none")
     p.add_argument(
@@ -459,7 +467,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         ctx = Context(args)
-        rc: int = args.func(ctx)
+        if ctx.json:
+            with contextlib.redirect_stdout(sys.stderr):
+                rc: int = args.func(ctx)
+        else:
+            rc = args.func(ctx)
         return rc
     except EdgeALError as exc:
         if getattr(args, "json", False):

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from .annotations import apply_annotations
+from .config import DEFAULT_ARCH
 from .pool import ingest
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def run_demo(ctx: Context) -> int:
         ckpt = wf.train_from_store(
             ctx.settings,
             ctx.store,
-            arch="mobilenet_v3_small",
+            arch=DEFAULT_ARCH,
             weights="none",
             image_size=args.image_size,
             epochs=args.epochs,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_al.config import Settings
+from edge_al.config import DEFAULT_ARCH, Settings
 from edge_al.errors import InvalidInput
 from edge_al.pool import ImageCache
 from edge_al.registry import ModelVersion, Registry
@@ -92,7 +92,7 @@ def train_from_store(
     settings: Settings,
     store: Store,
     *,
-    arch: str | None = "mobilenet_v3_small",
+    arch: str | None = DEFAULT_ARCH,
     weights: str | Path | None = "none",
     image_size: int | None = None,
     epochs: int | None = 30,
@@ -115,7 +115,7 @@ def train_from_store(
     """
     from .train import train
 
-    arch = arch or "mobilenet_v3_small"
+    arch = arch or DEFAULT_ARCH
     weights = weights or "none"
     epochs = 30 if epochs is None else epochs
     seed = 0 if seed is None else seed

@@ -4,7 +4,7 @@
         [--repeat 3] [--parts throughput,int8,memory] [--big-pool 100000] [--out docs/benchmarks]
 
 (1) throughput: a pool of generated 640x480 JPEGs (cached under --work and reused) in a workspace
-    with a real exported model of the default architecture (mobilenet_v3_small at 128x128, weights
+    with a real exported model of the default architecture (edge_al.config.DEFAULT_ARCH, resnet18, at 128x128, weights
     none, a few epochs on a few labeled pool images, INT8 via the export gates). In one run:
     ``benchmark_app`` on model.xml (the ceiling) between edge-al scoring passes, first pass (image
     cache deleted: every JPEG decoded; the JPEG files are in the page cache) and cached rescoring
@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from edge_al import bench  # noqa: E402
-from edge_al.config import Settings  # noqa: E402
+from edge_al.config import DEFAULT_ARCH, Settings  # noqa: E402
 from edge_al.registry import Registry  # noqa: E402
 from edge_al.store import Store  # noqa: E402
 
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=5000)
     ap.add_argument("--source-size", type=_size, default=(640, 480))
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--arch", default="mobilenet_v3_small")
+    ap.add_argument("--arch", default=DEFAULT_ARCH)
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--repeat", type=int, default=3, help="rounds of (ceiling, first pass, cached passes)")

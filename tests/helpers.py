@@ -92,3 +92,39 @@ def write_jpegs(root: Path, n: int, size: tuple[int, int] = (320, 240), seed: in
         cv2.imwrite(str(p), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
         out.append(p)
     return out
+
+
+SHAPES = ("circle", "square", "triangle", "bar")
+
+
+def shape_image(kind: str, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """u8 [size, size, 3] BGR: one filled shape of a class colour on a noisy background."""
+    colours = {"circle": (40, 40, 220), "square": (40, 200, 40), "triangle": (220, 60, 40), "bar": (30, 200, 230)}
+    img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+    c = int(size // 2 + rng.integers(-size // 8, size // 8 + 1))
+    r = int(size // 4 + rng.integers(-size // 16, size // 16 + 1))
+    col = tuple(int(min(255, max(0, v + rng.integers(-25, 26)))) for v in colours[kind])
+    if kind == "circle":
+        cv2.circle(img, (c, c), r, col, -1)
+    elif kind == "square":
+        cv2.rectangle(img, (c - r, c - r), (c + r, c + r), col, -1)
+    elif kind == "triangle":
+        pts = np.array([[c, c - r], [c - r, c + r], [c + r, c + r]], dtype=np.int32)
+        cv2.fillPoly(img, [pts], col)
+    else:
+        cv2.rectangle(img, (2, c - r // 3), (size - 3, c + r // 3), col, -1)
+    return img
+
+
+def write_shape_images(root: Path, n: int, size: int = 32, seed: int = 0) -> list[tuple[Path, str]]:
+    """A generated pool of four easy classes (``SHAPES``): ``n`` PNGs in ``root/<class>/``;
+    returns (path, label)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        kind = SHAPES[i % len(SHAPES)]
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        p = root / kind / f"{kind}_{i:05d}.png"
+        cv2.imwrite(str(p), shape_image(kind, rng, size))
+        out.append((p, kind))
+    return out
