@@ -7,7 +7,7 @@ Prepares a workspace with a real model, starts the real server twice as a subpro
 JPEGs to ``POST /v1/score``, and prints throughput and p50/p99 latency per setting, plus the
 batching / batch-1 throughput ratio at the largest client count (target >= 1.5x, zero errors).
 
-The model: with the ``train`` extra (torch + export/) a mobilenet_v3_small is trained briefly on
+The model: with the ``train`` extra (torch + export/) a model of ``--arch`` (default: edge_al.config.DEFAULT_ARCH) is trained briefly on
 generated images and exported through ``export.workflow`` (INT8 where the gates pass); without it,
 or with ``--model tiny``, the projection model of tests/helpers.py at ``--image-size``. The output
 says which, with the inference precision the runtime chose. ``--stand-in`` serves a minimal Flask
@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from edge_al.config import DEFAULT_ARCH  # noqa: E402
+
 HOST = "127.0.0.1"  # the benchmark never talks to anything else
 
 
@@ -71,7 +73,7 @@ def _jpegs(root: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[tup
     return out
 
 
-def prepare(home: Path, model: str, image_size: int, log: list[str]) -> str:
+def prepare(home: Path, model: str, image_size: int, log: list[str], arch: str = "resnet18") -> str:
     """Fill ``home`` with a pool and an active model (unless it has one); returns a description."""
     from edge_al.config import Settings
     from edge_al.pool import ingest
@@ -86,27 +88,25 @@ def prepare(home: Path, model: str, image_size: int, log: list[str]) -> str:
     store = Store(settings.db_path)
     files = _jpegs(home / "images", 90, (320, 240))
     ingest(store, settings, [str(home / "images")], labels_from_dirs=True)
-    want_real = model in ("auto", "mobilenet")
+    want_real = model in ("auto", "real")
     if want_real:
         try:
             import torch  # noqa: F401
 
             from export import workflow
         except Exception as exc:  # torch or export/ missing
-            if model == "mobilenet":
-                raise SystemExit(f"--model mobilenet needs the train extra and export/: {exc}") from None
+            if model == "real":
+                raise SystemExit(f"--model real needs the train extra and export/: {exc}") from None
             log.append(f"(torch/export not importable: {type(exc).__name__}: {exc}; using the tiny projection model)")
             want_real = False
     if want_real:
         t0 = time.perf_counter()
-        ckpt = workflow.train_from_store(
-            settings, store, arch="mobilenet_v3_small", image_size=image_size, epochs=2, batch_size=16, progress=False
-        )
+        ckpt = workflow.train_from_store(settings, store, arch=arch, image_size=image_size, epochs=8, batch_size=16, progress=False)
         mv, report = workflow.export_from_store(settings, store, ckpt, registry=registry, progress=False)
         registry.promote(mv.version)
         gates = report.get("gates", {}) if isinstance(report, dict) else {}
         return (
-            f"mobilenet_v3_small {image_size}x{image_size} trained 2 epochs on {len(files)} generated images and exported via "
+            f"{arch} {image_size}x{image_size} trained 8 epochs on {len(files)} generated images and exported via "
             f"export.workflow as {mv.version} ({mv.meta.get('precision', '?')}{', fallback' if report.get('fallback') else ''}; "
             f"{len(gates)} gates) in {time.perf_counter() - t0:.0f} s"
         )
@@ -340,7 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         return serve_stand_in(argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--home", help="workspace to use (default: a temporary one, removed afterwards)")
-    p.add_argument("--model", choices=("auto", "mobilenet", "tiny"), default="auto")
+    p.add_argument(
+        "--model", choices=("auto", "real", "tiny"), default="auto", help="real: a trained --arch model (default when torch is there)"
+    )
+    p.add_argument("--arch", default=DEFAULT_ARCH, help=f"architecture of the real model (default {DEFAULT_ARCH})")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--clients", default="1,4,16", help="comma-separated client counts (default 1,4,16)")
     p.add_argument("--seconds", type=float, default=6.0, help="seconds per setting (default 6)")
@@ -364,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     try:
         t0 = time.perf_counter()
-        desc = prepare(home, args.model, args.image_size, notes)
+        desc = prepare(home, args.model, args.image_size, notes, arch=args.arch)
         for n in notes:
             print(n)
         print(f"model: {desc} (workspace ready in {time.perf_counter() - t0:.0f} s)")
