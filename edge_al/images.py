@@ -85,11 +85,19 @@ def decode(data: bytes, *, reduce: int = 1) -> np.ndarray:
     return img
 
 
-def reduction_for(width: int, height: int, size: tuple[int, int]) -> int:
-    """The largest JPEG reduction (1, 2, 4 or 8) that keeps the source at least the target size."""
+# A JPEG decoded at 1/2, 1/4 or 1/8 scale skips most of the IDCT work: on 640x480 sources for a
+# 128x128 model, 1/4 (160x120) decodes 3.7x faster than 1/2 (0.9 vs 3.3 ms an image, measured on
+# this machine). The reduced image may fall short of the target by up to this fraction on a side
+# (then it is upscaled by at most 1/0.875 = 14%), which costs far less detail than it saves time.
+REDUCED_DECODE_MIN_SCALE = 0.875
+
+
+def reduction_for(width: int, height: int, size: tuple[int, int], min_scale: float = REDUCED_DECODE_MIN_SCALE) -> int:
+    """The largest JPEG reduction (1, 2, 4 or 8) whose decoded image still covers ``size`` =
+    (width, height) to within ``min_scale`` on each side."""
     tw, th = size
     for r in (8, 4, 2):
-        if width // r >= tw and height // r >= th:
+        if width / r >= tw * min_scale and height / r >= th * min_scale:
             return r
     return 1
 

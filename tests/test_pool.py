@@ -87,7 +87,10 @@ def test_reduced_decode_matches_full_decode(tmp_path: Path) -> None:
     cv2.rectangle(img, (100, 100), (1100, 800), (40, 180, 220), -1)
     ok, enc = cv2.imencode(".jpg", img)
     assert ok
-    assert reduction_for(1280, 960, (128, 128)) == 4
+    assert reduction_for(1280, 960, (256, 256)) == 4  # 320x240: within 12.5% of 256
+    assert reduction_for(1280, 960, (256, 256), min_scale=1.0) == 2
+    assert reduction_for(1280, 960, (128, 128)) == 8
+    assert reduction_for(100, 80, (128, 128)) == 1
     fast = decode_resized(enc.tobytes(), (128, 128), 1280, 960)
     slow = cv2.resize(cv2.imdecode(enc, cv2.IMREAD_COLOR), (128, 128), interpolation=cv2.INTER_AREA)
     assert fast.shape == (128, 128, 3)
