@@ -9,29 +9,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .argtypes import positive_float, positive_int
 from .config import ARCHS, DEFAULT_ARCH
 
 __all__ = ["register"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -92,11 +73,11 @@ def register(sub: Any) -> None:
             "to build the model and for the PyTorch/ONNX Runtime rows (skipped with a reason when missing)."
         ),
     )
-    p.add_argument("--images", type=_positive_int, default=2000, help="generated pool size (default 2000)")
-    p.add_argument("--batch", type=_positive_int, default=8, help="static batch for every path (default 8)")
+    p.add_argument("--images", type=positive_int, default=2000, help="generated pool size (default 2000)")
+    p.add_argument("--batch", type=positive_int, default=8, help="static batch for every path (default 8)")
     p.add_argument("--arch", default=DEFAULT_ARCH, choices=list(ARCHS))
-    p.add_argument("--image-size", type=_positive_int, default=128, help="model input size (default 128, the CLI default)")
-    p.add_argument("--seconds", type=_positive_float, default=10.0, help="duration of each timed measurement (default 10)")
+    p.add_argument("--image-size", type=positive_int, default=128, help="model input size (default 128, the CLI default)")
+    p.add_argument("--seconds", type=positive_float, default=10.0, help="duration of each timed measurement (default 10)")
     p.add_argument("--source-size", type=_size, default=(640, 480), help="size of the generated JPEGs, WxH (default 640x480)")
     p.add_argument("--out", default="docs/benchmarks", help="folder for bench.json and bench.md ('' to write nothing)")
     p.add_argument("--work", default=None, help="where generated images and the bench workspace are kept (default: TMPDIR/edge-al-bench)")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__, acquisition
+from .argtypes import positive_int
 from .config import ARCHS, DEFAULT_ARCH, Settings, load_settings
 from .errors import EdgeALError
 from .registry import Registry, headline_metrics
@@ -62,16 +63,6 @@ class Context:
             self.out.flush()
         else:
             human()
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 # -- verbs ------------------------------------------------------------------------------------
@@ -360,10 +351,10 @@ def _add_train_args(p: argparse.ArgumentParser, retrain: bool = False) -> None:
     )
     p.add_argument("--weights", default=None if retrain else "none", help="imagenet | PATH to a state dict or checkpoint | none")
     p.add_argument(
-        "--image-size", type=_positive_int, default=None if retrain else 128, help="square model input size in pixels (default 128)"
+        "--image-size", type=positive_int, default=None if retrain else 128, help="square model input size in pixels (default 128)"
     )
-    p.add_argument("--epochs", type=_positive_int, default=None if retrain else 15)
-    p.add_argument("--batch-size", type=_positive_int, default=None if retrain else 32)
+    p.add_argument("--epochs", type=positive_int, default=None if retrain else 15)
+    p.add_argument("--batch-size", type=positive_int, default=None if retrain else 32)
     p.add_argument(
         "--balance", choices=["sampler", "loss", "none"], default=None if retrain else "sampler", help="class balancing for imbalanced sets"
     )
@@ -407,12 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="score every unscored sample with the active model")
     p.add_argument("--device", default="CPU", help="CPU, GPU, GPU.N or AUTO (built from the devices present)")
-    p.add_argument("--batch", type=_positive_int, default=8)
-    p.add_argument("--limit", type=_positive_int, default=None, help="score at most this many samples now")
+    p.add_argument("--batch", type=positive_int, default=8)
+    p.add_argument("--limit", type=positive_int, default=None, help="score at most this many samples now")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("select", help="print the ranked next-to-annotate list")
-    p.add_argument("-n", type=_positive_int, default=20)
+    p.add_argument("-n", type=positive_int, default=20)
     p.add_argument("--strategy", choices=list(acquisition.STRATEGIES), default=acquisition.DEFAULT_STRATEGY)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--csv", help="also write the list to this CSV file")
@@ -429,17 +420,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-drop", type=float, default=0.01)
     p.add_argument("--tolerance", type=float, default=0.02, help="promote when balanced accuracy >= active - tolerance")
     p.add_argument("--device", default="CPU")
-    p.add_argument("--batch", type=_positive_int, default=8)
+    p.add_argument("--batch", type=positive_int, default=8)
     p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("status", help="pool, labels per class, active model")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("demo", help="the main job on a demo pool built from sklearn's digits")
-    p.add_argument("--per-class", type=_positive_int, default=5, help="seed labels per class")
-    p.add_argument("--epochs", type=_positive_int, default=8)
-    p.add_argument("--image-size", type=_positive_int, default=32)
-    p.add_argument("-n", type=_positive_int, default=10)
+    p.add_argument("--per-class", type=positive_int, default=5, help="seed labels per class")
+    p.add_argument("--epochs", type=positive_int, default=8)
+    p.add_argument("--image-size", type=positive_int, default=32)
+    p.add_argument("-n", type=positive_int, default=10)
     p.set_defaults(func=cmd_demo)
 
     for extra in _extra_verbs():

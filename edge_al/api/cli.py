@@ -8,12 +8,13 @@ model, after the fork): see the README.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import logging
 import signal
 import sys
 from typing import Any
+
+from edge_al.argtypes import positive_int
 
 from .auth import ROLES, create_key, list_keys, revoke_key
 
@@ -31,16 +32,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def cmd_serve(ctx: Any) -> int:
@@ -143,17 +134,17 @@ def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the HTTP API (waitress); see the README for gunicorn")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--threads", type=_positive_int, default=8, help="request threads (default 8)")
+    p.add_argument("--threads", type=positive_int, default=8, help="request threads (default 8)")
     p.add_argument("--with-worker", action="store_true", help="also run the job worker in this process (single box)")
     p.add_argument("--no-auth", action="store_true", help="no API keys (only on localhost)")
     p.add_argument("--device", default="CPU", help="CPU, GPU, GPU.N or AUTO")
-    p.add_argument("--max-batch", type=_positive_int, default=8, help="largest batch the dispatcher forms (default 8)")
+    p.add_argument("--max-batch", type=positive_int, default=8, help="largest batch the dispatcher forms (default 8)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request may wait for a batch to fill (default 5)")
     p.add_argument("--no-batching", action="store_true", help="one inference per image (benchmark baseline)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run the job worker (retrain, score jobs)")
-    p.add_argument("--workers", type=_positive_int, default=1)
+    p.add_argument("--workers", type=positive_int, default=1)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("keys", help="API keys: add, list, revoke")
