@@ -12,7 +12,6 @@ is decoded again.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import numpy as np
 
 from .config import Settings
 from .errors import EdgeALError, ImageError
+from .fsutil import atomic_write
 from .images import decode_resized, probe, sha256_of
 from .store import Sample, Store
 
@@ -133,13 +133,7 @@ def ingest_bytes(store: Store, settings: Settings, data: bytes, *, filename: str
     suffix = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}.get(info.format, ".img")
     target = settings.blobs_dir / digest[:2] / f"{digest}{suffix}"
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        atomic_write(target, lambda f: f.write(data))
     sid, created = store.add_sample(digest, str(target), info.width, info.height, source)
     return store.sample(sid), created
 

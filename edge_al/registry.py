@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Conflict, InvalidInput, NotFound
+from .fsutil import atomic_write, fsync_dir
 
 __all__ = ["ModelVersion", "Registry", "atomic_write_json"]
 
@@ -72,32 +73,7 @@ def headline_metrics(meta: dict[str, Any]) -> dict[str, float | None]:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=True).encode("utf-8")))
 
 
 class Registry:
@@ -186,9 +162,9 @@ class Registry:
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-        _fsync_dir(staging)
+        fsync_dir(staging)
         os.rename(staging, self.root / version)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         try:
             os.unlink(self.root / f".reserved-{version}")
         except FileNotFoundError:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edge_al.errors import InvalidInput, MissingDependency
+from edge_al.fsutil import atomic_write
 
 try:
     import torch
@@ -297,20 +297,7 @@ class TrainResult:
 
 def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
     """Write a checkpoint atomically (temp file in the same folder, fsync, ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
