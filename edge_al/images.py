@@ -36,9 +36,11 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def probe(data: bytes, *, max_pixels: int, max_bytes: int, verify: bool = True) -> ImageInfo:
-    """Header check and (with ``verify``) a full decode check of an encoded image.
+def probe(data: bytes, *, max_pixels: int, max_bytes: int, verify: bool = True, fast_jpeg: bool = False) -> ImageInfo:
+    """Header check and (with ``verify``) a decode check of an encoded image.
 
+    ``fast_jpeg``: for a JPEG that the caller decodes next anyway (the scoring path), check
+    the end-of-image marker instead of decoding it twice; a JPEG cut short has none.
     Raises ``ImageTooLarge`` over the byte or pixel limit, ``ImageError`` for an empty,
     truncated, corrupt or non-image payload.
     """
@@ -56,7 +58,10 @@ def probe(data: bytes, *, max_pixels: int, max_bytes: int, verify: bool = True) 
                 raise ImageError(f"Unsupported image format {fmt}; expected one of {', '.join(sorted(_FORMATS))}.")
             if w * h > max_pixels:
                 raise ImageTooLarge(f"The image has {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,}.")
-            if verify:
+            if verify and fmt == "JPEG" and fast_jpeg:
+                if not data.rstrip(b"\x00")[-2:] == b"\xff\xd9":
+                    raise ImageError("The image is truncated or corrupt: the JPEG has no end-of-image marker.")
+            elif verify:
                 if fmt == "JPEG":
                     im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
                 im.load()

@@ -67,7 +67,9 @@ def read_uploads(max_pixels: int, max_bytes: int) -> list[Upload]:
     worst = 400
     for i, (name, data) in enumerate(parts):
         try:
-            out.append(Upload(name, data, probe(data, max_pixels=max_pixels, max_bytes=max_bytes)))
+            # fast_jpeg: the dispatcher decodes it next with OpenCV, which rejects what the
+            # header and end marker checks let through; a full PIL decode here doubled the work
+            out.append(Upload(name, data, probe(data, max_pixels=max_pixels, max_bytes=max_bytes, fast_jpeg=True)))
         except EdgeALError as exc:
             status, _ = status_for(exc)
             worst = max(worst, status if isinstance(exc, ImageTooLarge) else 400)
