@@ -36,7 +36,9 @@ def scored_home(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Pat
 
 
 @pytest.mark.parametrize("strategy", acquisition.STRATEGIES)
-def test_select_every_strategy(scored_home: tuple[Path, list[tuple[Path, str]]], capsys: pytest.CaptureFixture[str], strategy: str, tmp_path: Path) -> None:
+def test_select_every_strategy(
+    scored_home: tuple[Path, list[tuple[Path, str]]], capsys: pytest.CaptureFixture[str], strategy: str, tmp_path: Path
+) -> None:
     home, items = scored_home
     out_csv = tmp_path / "next.csv"
     rc, out = run(capsys, "--home", str(home), "--json", "select", "-n", "12", "--strategy", strategy, "--csv", str(out_csv))
@@ -65,7 +67,9 @@ def test_human_output_and_status(scored_home: tuple[Path, list[tuple[Path, str]]
     assert sum(doc["labeled_per_class"].values()) == 40
 
 
-def test_annotate_commits_valid_rows_and_reports_invalid(scored_home: tuple[Path, list[tuple[Path, str]]], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_annotate_commits_valid_rows_and_reports_invalid(
+    scored_home: tuple[Path, list[tuple[Path, str]]], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     home, items = scored_home
     unl = items[100:104]
     f = tmp_path / "decisions.csv"
