@@ -375,6 +375,7 @@ def export_checkpoint(
     precision_fallback: str = "fp32",
     int8: bool = True,
     exporter: str = "dynamo",
+    accuracy_control: bool = True,
     batch: int = 8,
     progress: bool = True,
 ) -> tuple[ModelVersion, dict[str, Any]]:
@@ -383,7 +384,9 @@ def export_checkpoint(
     Images are uint8 [N, S, S, 3] BGR at the checkpoint's ``image_size``; ``val_labels`` int
     [M] class indices for ``val_images``. ``parity_tol`` <= 0 or ``max_drop`` < 0 make gate 1 or
     gate 3 fail on purpose (tests). Raises ``GateFailed`` when parity fails (nothing published);
-    INT8 gate failures fall back to ``precision_fallback`` with an :class:`ExportGateWarning`.
+    INT8 gate failures first retry with NNCF accuracy control (``accuracy_control``; it costs
+    a minute or more on 2 cores: the simulation turns it off), then fall back to
+    ``precision_fallback`` with an :class:`ExportGateWarning`.
     """
     if precision_fallback not in PRECISIONS:
         raise InvalidInput(
@@ -411,8 +414,8 @@ def export_checkpoint(
             calibration_images, val_images, val_labels, sample_images,
             max_drop=max_drop, parity_tol=parity_tol, min_agreement=min_agreement,
             train_fingerprint=train_fingerprint, num_train_labels=num_train_labels, extra_meta=extra_meta or {},
-            precision_fallback=precision_fallback, int8=int8, exporter=exporter, batch=batch,
-            progress=progress, started=started,
+            precision_fallback=precision_fallback, int8=int8, exporter=exporter, accuracy_control=accuracy_control,
+            batch=batch, progress=progress, started=started,
         )  # fmt: skip
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -445,6 +448,7 @@ def _build_and_publish(
     precision_fallback: str,
     int8: bool,
     exporter: str,
+    accuracy_control: bool,
     batch: int,
     progress: bool,
     started: float,
@@ -509,7 +513,7 @@ def _build_and_publish(
         timings["int8_s"] = time.time() - t
         _say(progress, _int8_line(version, "quantize", agreement, accuracy))
         if not (agreement["passed"] and accuracy["passed"]):
-            if max_drop >= 0:
+            if max_drop >= 0 and accuracy_control:
                 t = time.time()
                 try:
                     calib = calibration_images[: qsettings["subset_size"]]
@@ -527,7 +531,7 @@ def _build_and_publish(
                     attempts.append({"method": "quantize_with_accuracy_control", "error": str(exc)})
                 timings["int8_accuracy_control_s"] = time.time() - t
             else:
-                attempts.append({"method": "quantize_with_accuracy_control", "skipped": "max_drop < 0"})
+                attempts.append({"method": "quantize_with_accuracy_control", "skipped": "max_drop < 0" if max_drop < 0 else "disabled"})
         report["gates"]["int8_agreement"] = agreement
         report["gates"]["int8_accuracy"] = accuracy
         if agreement["passed"] and accuracy["passed"]:

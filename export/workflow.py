@@ -176,6 +176,8 @@ def export_from_store(
     seed: int = 0,
     precision_fallback: str = "fp32",
     registry: Registry | None = None,
+    exporter: str = "dynamo",
+    accuracy_control: bool = True,
     progress: bool = True,
 ) -> tuple[ModelVersion, dict[str, Any]]:
     """Export a checkpoint into the registry (not promoted); returns ``(version, gate report)``.
@@ -217,6 +219,8 @@ def export_from_store(
         num_train_labels=int(ck.get("num_train_labels", 0)),
         extra_meta={"checkpoint": str(Path(checkpoint_path).resolve()), "val_sample_ids": [int(i) for i in val_loaded]},
         precision_fallback=precision_fallback,
+        exporter=exporter,
+        accuracy_control=accuracy_control,
         batch=batch,
         progress=progress,
     )

@@ -1,0 +1,877 @@
+"""Active-learning simulation: every strategy against random sampling, on the production path.
+
+A folder of class folders is the oracle. The simulation splits it into a pool and a test set
+(by group where a groups file names them, stratified otherwise), and then, for each seed::
+
+    base workspace (pool ingested once, image cache decoded once; shared read-only)
+      -> round 0: the seed's initial labeled set -> train -> export INT8 (gates) -> promote -> score
+         (identical for every strategy of the seed: built once, copied to each strategy)
+      -> per strategy, rounds 1..R: select_next(strategy) -> reveal the oracle labels
+         (store.add_annotation) -> train (warm start) -> export (gates) -> promote -> score_pool
+      -> every published model is evaluated on the test set with the OpenVINO engine
+      -> full-data reference: the whole pool labeled, trained and exported with the same settings
+
+Each (seed, strategy) is a real edge-al workspace (SQLite store, registry, embeddings); the
+image cache is one shared, fully decoded directory (sound: every row is written before any
+workspace reads it, and sample ids agree because each workspace's store is a copy of the
+base store). Results go to ``--out``: ``points.csv``, ``results.json``, ``curves.png``,
+``rarest.png`` and ``summary.md``.
+
+Imports ``export`` (torch) lazily, inside :func:`run_simulation`, so importing this module
+costs nothing on a scoring box.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import sqlite3
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import acquisition
+from .config import Settings
+from .errors import InvalidInput
+from .pool import IMAGE_SUFFIXES, ImageCache, ingest
+from .registry import ModelVersion, Registry
+from .store import Store
+
+__all__ = [
+    "DatasetSplit",
+    "SimConfig",
+    "labels_to_reach",
+    "read_dataset",
+    "run_simulation",
+    "split_dataset",
+    "summarize",
+    "write_digits_folders",
+]
+
+log = logging.getLogger(__name__)
+
+ORACLE = "oracle"
+DEFAULT_STRATEGIES = ("random", "entropy", "margin", "fre", "knn", "hybrid")
+
+
+# -- configuration -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SimConfig:
+    """Every knob of a simulation run (stored verbatim in ``results.json``)."""
+
+    data: Path
+    out: Path
+    groups: Path | None = None
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
+    seeds: int = 5
+    first_seed: int = 0
+    initial: int = 20
+    batch: int = 20
+    rounds: int = 5
+    test_fraction: float = 0.3
+    split_seed: int = 0
+    image_size: int = 64
+    epochs: int = 10
+    warm_epochs: int | None = None
+    warm_start: bool = True
+    arch: str = "resnet18"
+    weights: str = "none"
+    train_batch_size: int = 32
+    lr: float = 1e-3
+    calibration_size: int = 100
+    sample_size: int = 100
+    # the production export, less its costliest retry: NNCF accuracy control takes 20 to 150 s
+    # whenever weak early-round models fail the INT8 agreement gate, and then mostly still fails
+    accuracy_control: bool = False
+    exporter: str = "dynamo"
+    reference: bool = True
+    reference_seeds: int | None = None
+    reference_epochs: int | None = None
+    work: Path | None = None
+    keep_work: bool = False
+    device: str = "CPU"
+    progress: bool = True
+
+    def validate(self) -> SimConfig:
+        unknown = [s for s in self.strategies if s not in acquisition.STRATEGIES]
+        if unknown or not self.strategies:
+            raise InvalidInput(
+                f"The 'strategies' parameter must name some of {', '.join(acquisition.STRATEGIES)}. Got {', '.join(self.strategies) or '(none)'} instead."
+            )
+        if "random" not in self.strategies:
+            raise InvalidInput("The 'strategies' parameter must include random: every figure is relative to it.")
+        for name, value, lo in (
+            ("seeds", self.seeds, 1),
+            ("initial", self.initial, 2),
+            ("batch", self.batch, 1),
+            ("rounds", self.rounds, 1),
+            ("image_size", self.image_size, 16),
+            ("epochs", self.epochs, 1),
+            ("calibration_size", self.calibration_size, 1),
+            ("sample_size", self.sample_size, 1),
+        ):
+            if not isinstance(value, int) or value < lo:
+                raise InvalidInput(f"The '{name}' parameter must be an int >= {lo}. Got {value!r} instead.")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise InvalidInput(f"The 'test_fraction' parameter must be a float in (0, 1). Got {self.test_fraction!r} instead.")
+        return self
+
+    @property
+    def work_dir(self) -> Path:
+        return self.work if self.work is not None else self.out / "work"
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.first_seed, self.first_seed + self.seeds))
+
+
+# -- dataset and split ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DatasetSplit:
+    """Files and their oracle classes, split into a pool and a test set.
+
+    ``classes`` sorted class names; ``pool``/``test`` lists of ``(resolved path, class)``;
+    ``rarest`` the class with the fewest pool images (ties: first by name).
+    """
+
+    classes: list[str]
+    pool: list[tuple[Path, str]]
+    test: list[tuple[Path, str]]
+    grouped: bool
+
+    @property
+    def rarest(self) -> str:
+        counts = self.pool_counts
+        return min(self.classes, key=lambda c: (counts.get(c, 0), c))
+
+    @property
+    def pool_counts(self) -> dict[str, int]:
+        return _counts(c for _, c in self.pool)
+
+    @property
+    def test_counts(self) -> dict[str, int]:
+        return _counts(c for _, c in self.test)
+
+
+def _counts(items: Iterable[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in items:
+        out[c] = out.get(c, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def read_dataset(data: Path) -> list[tuple[Path, str]]:
+    """``(resolved path, class)`` of every image in ``data/<class>/`` (one level of folders)."""
+    data = Path(data)
+    if not data.is_dir():
+        raise InvalidInput(
+            f"The 'data' parameter must be a folder with one sub-folder per class. Got {str(data)!r}, which is not a folder."
+        )
+    items = []
+    for d in sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for f in sorted(d.rglob("*")):
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                items.append((f.resolve(), d.name))
+    classes = {c for _, c in items}
+    if len(classes) < 2:
+        raise InvalidInput(f"{data} must hold image folders of at least 2 classes. Found {len(classes)} with images.")
+    return items
+
+
+def read_groups(path: Path) -> dict[tuple[str, str], str]:
+    """``(class, filename) -> group`` from a CSV with columns class, filename, group."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        cols = {c.strip().lower() for c in reader.fieldnames or []}
+        if not {"class", "filename", "group"} <= cols:
+            raise InvalidInput(f"{path}: the groups file needs the columns class, filename, group. Got {sorted(cols)}.")
+        rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in r.items()} for r in reader]
+    return {(r["class"], r["filename"]): r["group"] for r in rows}
+
+
+def split_dataset(
+    items: Sequence[tuple[Path, str]], groups: dict[tuple[str, str], str] | None, test_fraction: float, seed: int
+) -> DatasetSplit:
+    """Hold out ``test_fraction`` of each class's groups (each image its own group without a
+    groups file: a stratified split). A class with >= 2 groups gets >= 1 test group and keeps
+    >= 1 pool group; an image missing from the groups file is its own group."""
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, dict[str, list[int]]] = {}
+    for i, (path, cls) in enumerate(items):
+        g = groups.get((cls, path.name)) if groups else None
+        by_class.setdefault(cls, {}).setdefault(g or f"__file__/{path.name}", []).append(i)
+    test_idx: list[int] = []
+    for cls in sorted(by_class):
+        names = sorted(by_class[cls])
+        if len(names) < 2:
+            continue
+        k = min(len(names) - 1, max(1, round(test_fraction * len(names))))
+        for g in rng.permutation(names)[:k]:
+            test_idx += by_class[cls][str(g)]
+    is_test = np.zeros(len(items), dtype=bool)
+    is_test[test_idx] = True
+    return DatasetSplit(
+        classes=sorted(by_class),
+        pool=[items[i] for i in range(len(items)) if not is_test[i]],
+        test=[items[i] for i in range(len(items)) if is_test[i]],
+        grouped=groups is not None,
+    )
+
+
+def write_digits_folders(root: Path, size: int = 32, classes: Sequence[int] | None = None, limit: int | None = None) -> int:
+    """sklearn's bundled digits as ``root/d<k>/digit_<i>.png`` grayscale PNGs; returns the count.
+
+    ``classes`` keeps only those digits; ``limit`` keeps the first ``limit`` images after that.
+    """
+    import cv2
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    keep = [i for i in range(len(digits.images)) if classes is None or int(digits.target[i]) in set(classes)]
+    if limit is not None:
+        keep = keep[:limit]
+    for i in keep:
+        img = (digits.images[i] * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
+        path = Path(root) / f"d{int(digits.target[i])}" / f"digit_{i:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            cv2.imwrite(str(path), img)
+    return len(keep)
+
+
+# -- workspaces ----------------------------------------------------------------------------------
+@dataclass
+class Workspace:
+    """One edge-al home: store, registry, embeddings; ``cache`` may be a link to a shared cache."""
+
+    home: Path
+    settings: Settings = field(init=False)
+    store: Store = field(init=False)
+    registry: Registry = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.settings = Settings(home=self.home)
+        self.store = Store(self.settings.db_path)
+        self.registry = Registry(self.settings.registry_dir)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _copy_db(src: Store, dst_path: Path) -> None:
+    """A consistent copy of a live SQLite store (the backup API, not a file copy under WAL)."""
+    dst_path.parent.mkdir(parents=True, exist_ok=True)
+    src_conn = sqlite3.connect(src.path)
+    try:
+        dst = sqlite3.connect(dst_path)
+        try:
+            src_conn.backup(dst)
+        finally:
+            dst.close()
+    finally:
+        src_conn.close()
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link copy of a folder: sound for files that are only ever replaced, never rewritten
+    (registry versions, checkpoints, embeddings of a scored version, registry.json)."""
+    if not src.exists():
+        return
+    shutil.copytree(src, dst, copy_function=os.link, symlinks=True)
+
+
+def clone_workspace(src: Workspace, home: Path, shared_cache: Path) -> Workspace:
+    """A new workspace whose store is a copy of ``src``'s, sharing its registry files by hard link."""
+    if home.exists():
+        shutil.rmtree(home)
+    home.mkdir(parents=True)
+    _copy_db(src.store, Settings(home=home).db_path)
+    (home / "cache").symlink_to(shared_cache.resolve(), target_is_directory=True)
+    for sub in ("models", "embeddings", "checkpoints"):
+        _link_tree(src.home / sub, home / sub)
+    return Workspace(home)
+
+
+def _prune(ws: Workspace, keep: Iterable[str]) -> None:
+    """Drop the big files of versions not in ``keep`` (meta.json and report.json stay)."""
+    keep = set(keep)
+    for mv in ws.registry.versions():
+        if mv.version in keep:
+            continue
+        for f in mv.path.iterdir():
+            if f.is_file() and f.name not in ("meta.json", "report.json"):
+                f.unlink()
+        emb = ws.settings.embeddings_dir / f"{mv.version}.f16"
+        if emb.exists():
+            emb.unlink()
+
+
+# -- one round on the production path ------------------------------------------------------------
+@dataclass
+class RoundResult:
+    version: str
+    precision: str
+    fallback: bool
+    timings: dict[str, float]
+
+
+def _train_export_score(
+    wf: Any, ws: Workspace, cfg: SimConfig, seed: int, *, init: Path | None, epochs: int, tag: str, score: bool = True
+) -> RoundResult:
+    """train_from_store -> export_from_store (gates) -> promote -> score_pool."""
+    from .scoring import score_pool
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    ckpt_path = ws.settings.checkpoints_dir / f"{tag}.pt"
+    ckpt = wf.train_from_store(
+        ws.settings, ws.store, arch=cfg.arch, weights=cfg.weights, image_size=cfg.image_size, epochs=epochs, seed=seed,
+        batch_size=cfg.train_batch_size, lr=cfg.lr, out=ckpt_path, init=init, progress=False,
+    )  # fmt: skip
+    timings["train_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        # An INT8 gate failure warns and publishes the FP32 fallback: recorded below, not raised.
+        warnings.simplefilter("ignore")
+        mv, report = wf.export_from_store(
+            ws.settings, ws.store, ckpt, calibration_size=cfg.calibration_size, sample_size=cfg.sample_size,
+            seed=seed, registry=ws.registry, exporter=cfg.exporter, accuracy_control=cfg.accuracy_control, progress=False,
+        )  # fmt: skip
+    timings["export_s"] = time.perf_counter() - t
+    ws.registry.promote(mv.version)
+    Path(ckpt).unlink(missing_ok=True)  # the registry version keeps its own copy (checkpoint.pt)
+    if score:
+        t = time.perf_counter()
+        score_pool(ws.settings, ws.store, ws.registry, device=cfg.device)
+        timings["score_s"] = time.perf_counter() - t
+    return RoundResult(mv.version, str(mv.meta.get("precision", "?")), bool(report.get("fallback")), timings)
+
+
+def _evaluate(mv: ModelVersion, images: np.ndarray, truth: np.ndarray, classes: list[str], device: str) -> dict[str, Any]:
+    """Accuracy, balanced accuracy and per-class recall of a published version on the test set.
+
+    ``truth`` int64 [N] indices into ``classes``; a class the model was never taught has recall 0.
+    """
+    from .engine import Engine
+
+    eng = Engine(mv.xml, device=device, batch=8)
+    probs, _ = eng.infer(images)
+    names = eng.labels or mv.labels
+    index = {c: i for i, c in enumerate(classes)}
+    to_global = np.array([index.get(n, -1) for n in names], dtype=np.int64)
+    pred = to_global[probs.argmax(1)] if len(probs) else np.zeros(0, np.int64)
+    recall = {c: float(np.mean(pred[truth == k] == k)) for k, c in enumerate(classes) if np.any(truth == k)}
+    return {
+        "accuracy": float(np.mean(pred == truth)),
+        "balanced_accuracy": float(np.mean(list(recall.values()))),
+        "recall": recall,
+    }
+
+
+# -- the run -------------------------------------------------------------------------------------
+def _progress(cfg: SimConfig, total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="model", desc="simulate", dynamic_ncols=True, disable=not cfg.progress, smoothing=0.1)
+
+
+def _initial_set(pool_ids: np.ndarray, oracle: dict[int, str], n: int, seed: int) -> list[int]:
+    """A uniform random draw of ``n`` pool samples, redrawn (up to 1,000 times) until it holds
+    >= 2 classes; a rare class may well be missing, as it would be in practice."""
+    rng = np.random.default_rng([seed, 20])
+    n = min(n, len(pool_ids))
+    for _ in range(1000):
+        pick = rng.choice(pool_ids, size=n, replace=False)
+        if len({oracle[int(i)] for i in pick}) >= 2:
+            return sorted(int(i) for i in pick)
+    raise InvalidInput("Could not draw an initial set with 2 classes: is the pool almost all one class?")
+
+
+def _reveal(ws: Workspace, ids: Iterable[int], oracle: dict[int, str], version: str | None = None) -> None:
+    for sid in ids:
+        ws.store.add_annotation(int(sid), "correct", oracle[int(sid)], ORACLE, version)
+
+
+def run_simulation(cfg: SimConfig, log_line: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the whole simulation; writes the reports into ``cfg.out`` and returns ``results.json``'s content."""
+    from .lifecycle import workflow
+    from .selection import select_next
+
+    cfg = cfg.validate()
+    say = log_line or (lambda text: None)
+    wf = workflow()
+    started = time.time()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = cfg.work_dir
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+
+    items = read_dataset(cfg.data)
+    groups = read_groups(cfg.groups) if cfg.groups else None
+    split = split_dataset(items, groups, cfg.test_fraction, cfg.split_seed)
+    classes, rarest = split.classes, split.rarest
+    say(f"data: {len(items)} images, {len(classes)} classes; pool {len(split.pool)}, test {len(split.test)} "
+        f"({'group' if split.grouped else 'stratified'} split); rarest class in the pool: {rarest} ({split.pool_counts[rarest]})")  # fmt: skip
+    size = (cfg.image_size, cfg.image_size)
+
+    # The base workspace: the pool ingested and decoded once; the test set in its own store.
+    base = Workspace(work / "base")
+    for c in classes:
+        base.store.add_label(c)
+    ingest(base.store, base.settings, [p for p, _ in split.pool])
+    cls_of = {str(p): c for p, c in split.pool}
+    oracle = {s.id: cls_of[s.path] for s in base.store.samples()}
+    pool_ids = np.array(sorted(oracle), dtype=np.int64)
+    with ImageCache(base.settings.cache_dir, size) as cache:
+        _, failed = cache.load_many(base.store.samples(pool_ids.tolist()))
+    if failed:
+        raise InvalidInput(f"{len(failed)} pool image(s) could not be decoded; fix or remove them first.")
+    shared_cache = base.settings.cache_dir
+    test_ws = Workspace(work / "test")
+    ingest(test_ws.store, test_ws.settings, [p for p, _ in split.test])
+    test_cls = {str(p): c for p, c in split.test}
+    test_samples = test_ws.store.samples()
+    with ImageCache(test_ws.settings.cache_dir, size) as cache:
+        test_images, failed = cache.load_many(test_samples)
+    if failed:
+        raise InvalidInput(f"{len(failed)} test image(s) could not be decoded; fix or remove them first.")
+    cidx = {c: k for k, c in enumerate(classes)}
+    test_truth = np.array([cidx[test_cls[s.path]] for s in test_samples], dtype=np.int64)
+    test_ws.close()
+
+    seeds = cfg.seed_list
+    ref_seeds = seeds[: cfg.reference_seeds] if cfg.reference_seeds is not None else seeds
+    if not cfg.reference:
+        ref_seeds = []
+    n_strat = len(cfg.strategies)
+    bar = _progress(cfg, len(seeds) * (1 + n_strat * cfg.rounds) + len(ref_seeds))
+    # Gate fallbacks are recorded per point (precision, int8_fallback); their log lines would only
+    # break the progress display.
+    export_log = logging.getLogger("export")
+    export_level = export_log.level
+    export_log.setLevel(logging.ERROR)
+    points: list[dict[str, Any]] = []
+    references: list[dict[str, Any]] = []
+    initial_sets: dict[str, list[int]] = {}
+    rare_first: dict[str, dict[str, int | None]] = {s: {} for s in cfg.strategies}
+    precisions: dict[str, int] = {}
+    warm_epochs = cfg.warm_epochs or cfg.epochs
+
+    def point(strategy: str, seed: int, rnd: int, ws: Workspace, res: RoundResult, metrics: dict[str, Any], sel_s: float) -> None:
+        _, names = ws.store.labeled()
+        counts = _counts(names)
+        points.append({
+            "strategy": strategy, "seed": seed, "round": rnd, "labels": len(names),
+            "accuracy": metrics["accuracy"], "balanced_accuracy": metrics["balanced_accuracy"],
+            "rarest_recall": metrics["recall"].get(rarest, float("nan")), "rarest_labeled": counts.get(rarest, 0),
+            "classes_labeled": len(counts), "labeled_counts": counts, "recall": metrics["recall"],
+            "version": res.version, "precision": res.precision, "int8_fallback": res.fallback,
+            "select_s": round(sel_s, 3), **{k: round(v, 3) for k, v in res.timings.items()},
+        })  # fmt: skip
+        precisions[res.precision] = precisions.get(res.precision, 0) + 1
+
+    try:
+        for seed in seeds:
+            # Round 0: one model per seed, shared by every strategy.
+            bar.set_description(f"seed {seed} round 0 (shared)")
+            r0 = clone_workspace(base, work / f"s{seed}" / "r0", shared_cache)
+            init_ids = _initial_set(pool_ids, oracle, cfg.initial, seed)
+            initial_sets[str(seed)] = init_ids
+            _reveal(r0, init_ids, oracle)
+            res0 = _train_export_score(wf, r0, cfg, seed, init=None, epochs=cfg.epochs, tag="r00")
+            mv0 = r0.registry.get(res0.version)
+            m0 = _evaluate(mv0, test_images, test_truth, classes, cfg.device)
+            bar.update(1)
+            found0 = sum(1 for i in init_ids if oracle[i] == rarest) > 0
+            for strategy in cfg.strategies:
+                point(strategy, seed, 0, r0, res0, m0, 0.0)
+                rare_first[strategy][str(seed)] = cfg.initial if found0 else None
+            say(f"seed {seed} round 0: {len(init_ids)} labels, balanced accuracy {m0['balanced_accuracy']:.3f} "
+                f"({res0.precision}); rarest class {'in' if found0 else 'not in'} the initial set")  # fmt: skip
+
+            for strategy in cfg.strategies:
+                ws = clone_workspace(r0, work / f"s{seed}" / strategy, shared_cache)
+                prev = mv0
+                for rnd in range(1, cfg.rounds + 1):
+                    bar.set_description(f"{strategy} seed {seed} round {rnd}/{cfg.rounds}")
+                    n_before = len(ws.store.labeled()[0])
+                    t = time.perf_counter()
+                    cands = select_next(ws.settings, ws.store, ws.registry, cfg.batch, strategy, seed=seed * 1000 + rnd)
+                    sel_s = time.perf_counter() - t
+                    chosen = [c.sample_id for c in cands]
+                    _reveal(ws, chosen, oracle, prev.version)
+                    if rare_first[strategy][str(seed)] is None:
+                        hits = [k for k, sid in enumerate(chosen) if oracle[sid] == rarest]
+                        if hits:
+                            rare_first[strategy][str(seed)] = n_before + hits[0] + 1
+                    init = prev.path / "checkpoint.pt" if cfg.warm_start else None
+                    res = _train_export_score(
+                        wf,
+                        ws,
+                        cfg,
+                        seed,
+                        init=init,
+                        epochs=warm_epochs if init else cfg.epochs,
+                        tag=f"r{rnd:02d}",
+                        score=rnd < cfg.rounds,
+                    )
+                    mv = ws.registry.get(res.version)
+                    metrics = _evaluate(mv, test_images, test_truth, classes, cfg.device)
+                    point(strategy, seed, rnd, ws, res, metrics, sel_s)
+                    _prune(ws, keep={mv.version})
+                    prev = mv
+                    bar.update(1)
+                last = points[-1]
+                say(f"seed {seed} {strategy}: {last['labels']} labels, balanced accuracy {last['balanced_accuracy']:.3f}, "
+                    f"rarest labeled {last['rarest_labeled']}")  # fmt: skip
+                ws.close()
+                if not cfg.keep_work:
+                    shutil.rmtree(ws.home, ignore_errors=True)
+            r0.close()
+            if not cfg.keep_work:
+                shutil.rmtree(r0.home, ignore_errors=True)
+
+        # Full-data reference: the whole pool labeled, same settings, trained from scratch/weights.
+        for seed in ref_seeds:
+            bar.set_description(f"reference seed {seed} (all {len(pool_ids)} labels)")
+            ws = clone_workspace(base, work / f"s{seed}" / "full", shared_cache)
+            _reveal(ws, pool_ids.tolist(), oracle)
+            res = _train_export_score(wf, ws, cfg, seed, init=None, epochs=cfg.reference_epochs or cfg.epochs, tag="full", score=False)
+            m = _evaluate(ws.registry.get(res.version), test_images, test_truth, classes, cfg.device)
+            references.append({"seed": seed, "labels": len(pool_ids), **m, "precision": res.precision, **res.timings})
+            say(f"reference seed {seed}: balanced accuracy {m['balanced_accuracy']:.3f}, accuracy {m['accuracy']:.3f}")
+            bar.update(1)
+            ws.close()
+            if not cfg.keep_work:
+                shutil.rmtree(ws.home, ignore_errors=True)
+    finally:
+        bar.close()
+        base.close()
+        export_log.setLevel(export_level)
+
+    elapsed = time.time() - started
+    results: dict[str, Any] = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "dataset": {
+            "classes": classes,
+            "rarest": rarest,
+            "grouped_split": split.grouped,
+            "pool": split.pool_counts,
+            "test": split.test_counts,
+        },
+        "initial_sets": initial_sets,
+        "references": references,
+        "rarest_first_found": rare_first,
+        "precisions": precisions,
+        "points": points,
+        "elapsed_s": round(elapsed, 1),
+    }
+    results["summary"] = summarize(results)
+    write_reports(results, out)
+    if not cfg.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+# -- analysis ------------------------------------------------------------------------------------
+def _curves(points: list[dict[str, Any]], metric: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """strategy -> (labels [R+1], values [S, R+1]) with seeds as rows (rounds aligned)."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for strategy in dict.fromkeys(p["strategy"] for p in points):
+        rows = [p for p in points if p["strategy"] == strategy]
+        seeds = sorted({p["seed"] for p in rows})
+        rounds = sorted({p["round"] for p in rows})
+        vals = np.full((len(seeds), len(rounds)), np.nan)
+        labs = np.full((len(seeds), len(rounds)), np.nan)
+        for p in rows:
+            i, j = seeds.index(p["seed"]), rounds.index(p["round"])
+            vals[i, j] = p[metric]
+            labs[i, j] = p["labels"]
+        out[strategy] = (np.nanmean(labs, axis=0), vals)
+    return out
+
+
+def labels_to_reach(labels: np.ndarray, values: np.ndarray, target: float) -> float | None:
+    """The first label count where the mean curve reaches ``target`` (linear interpolation
+    between rounds); None when it never does."""
+    mean = np.nanmean(values, axis=0) if values.ndim == 2 else values
+    for j in range(len(mean)):
+        if mean[j] >= target:
+            if j == 0:
+                return float(labels[0])
+            x0, x1, y0, y1 = labels[j - 1], labels[j], mean[j - 1], mean[j]
+            return float(x0 + (target - y0) * (x1 - x0) / (y1 - y0)) if y1 > y0 else float(x1)
+    return None
+
+
+def _aulc(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Area under each seed's curve, normalised by the label range (so it is a mean score)."""
+    span = float(labels[-1] - labels[0]) or 1.0
+    y = values
+    return np.sum((y[:, 1:] + y[:, :-1]) * 0.5 * np.diff(labels)[None, :], axis=1) / span
+
+
+def _se(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """Labels to 95% of the full-data balanced accuracy, to random's final balanced accuracy,
+    AULC, paired wins against random, and rarest-class discovery, per strategy."""
+    points = results["points"]
+    ba = _curves(points, "balanced_accuracy")
+    acc = _curves(points, "accuracy")
+    refs = [r["balanced_accuracy"] for r in results["references"]]
+    ref_ba = float(np.mean(refs)) if refs else None
+    target = 0.95 * ref_ba if ref_ba is not None else None
+    r_labels, r_vals = ba["random"]
+    random_final = float(np.nanmean(r_vals[:, -1]))
+    random_final_labels = float(r_labels[-1])
+    seeds = sorted({p["seed"] for p in points})
+    out: dict[str, Any] = {
+        "reference_balanced_accuracy": ref_ba,
+        "reference_accuracy": float(np.mean([r["accuracy"] for r in results["references"]])) if refs else None,
+        "target_balanced_accuracy": target,
+        "random_final_balanced_accuracy": random_final,
+        "random_final_labels": random_final_labels,
+        "strategies": {},
+    }
+    first = results["rarest_first_found"]
+    to_target_random = labels_to_reach(r_labels, r_vals, target) if target is not None else None
+    for strategy, (labels, vals) in ba.items():
+        s: dict[str, Any] = {}
+        s["final_balanced_accuracy"] = float(np.nanmean(vals[:, -1]))
+        s["final_balanced_accuracy_se"] = _se(vals[:, -1])
+        s["final_accuracy"] = float(np.nanmean(acc[strategy][1][:, -1]))
+        aulc = _aulc(labels, vals)
+        s["aulc"] = float(np.mean(aulc))
+        s["aulc_se"] = _se(aulc)
+        if target is not None:
+            n = labels_to_reach(labels, vals, target)
+            s["labels_to_95pct_reference"] = n
+            s["ratio_to_random_95pct"] = n / to_target_random if n is not None and to_target_random else None
+        n = labels_to_reach(labels, vals, random_final)
+        s["labels_to_random_final"] = n
+        s["ratio_to_random_final"] = n / random_final_labels if n is not None else None
+        # Paired comparisons with random: same seed, same round (round 0 is shared, so skipped).
+        wins = ties = losses = 0
+        per_seed_aulc_wins = 0
+        random_aulc = _aulc(r_labels, r_vals)
+        for i in range(vals.shape[0]):
+            for j in range(1, vals.shape[1]):
+                d = vals[i, j] - r_vals[i, j]
+                if abs(d) < 1e-9:
+                    ties += 1
+                elif d > 0:
+                    wins += 1
+                else:
+                    losses += 1
+            per_seed_aulc_wins += int(aulc[i] > random_aulc[i] + 1e-12)
+        s["paired_wins"], s["paired_ties"], s["paired_losses"] = wins, ties, losses
+        s["seeds_aulc_above_random"] = per_seed_aulc_wins
+        found = [first[strategy].get(str(seed)) for seed in seeds]
+        hit = [f for f in found if f is not None]
+        s["rarest_found_seeds"] = len(hit)
+        s["rarest_first_labels"] = found
+        # Not found within the budget counts as the budget + 1 (a lower bound): median is robust to that.
+        censored = [f if f is not None else int(labels[-1]) + 1 for f in found]
+        s["rarest_first_median"] = float(np.median(censored))
+        s["rarest_first_mean_censored"] = float(np.mean(censored))
+        rare_vals = _curves(points, "rarest_labeled")[strategy][1]
+        s["rarest_labeled_final"] = float(np.nanmean(rare_vals[:, -1]))
+        rr = _curves(points, "rarest_recall")[strategy][1]
+        s["rarest_recall_final"] = float(np.nanmean(rr[:, -1]))
+        out["strategies"][strategy] = s
+    rnd = out["strategies"]["random"]
+    for s in out["strategies"].values():
+        s["rarest_speedup_vs_random"] = rnd["rarest_first_mean_censored"] / s["rarest_first_mean_censored"]
+    return out
+
+
+# -- reports -------------------------------------------------------------------------------------
+_CSV_FIELDS = [
+    "strategy", "seed", "round", "labels", "accuracy", "balanced_accuracy", "rarest_recall", "rarest_labeled",
+    "classes_labeled", "version", "precision", "int8_fallback", "select_s", "train_s", "export_s", "score_s",
+]  # fmt: skip
+
+
+def write_reports(results: dict[str, Any], out: Path) -> None:
+    """points.csv, results.json, curves.png, rarest.png, summary.md into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    classes = results["dataset"]["classes"]
+    with open(out / "points.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(_CSV_FIELDS + [f"recall_{c}" for c in classes] + [f"labeled_{c}" for c in classes])
+        for p in results["points"]:
+            w.writerow(
+                [_fmt(p.get(k, "")) for k in _CSV_FIELDS]
+                + [_fmt(p["recall"].get(c, "")) for c in classes]
+                + [p["labeled_counts"].get(c, 0) for c in classes]
+            )
+    with open(out / "results.json", "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1, default=_json_default)
+        f.write("\n")
+    _plot(results, out)
+    (out / "summary.md").write_text(_summary_md(results), encoding="utf-8")
+
+
+def _fmt(v: Any) -> Any:
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    raise TypeError(f"not JSON serialisable: {type(v)}")
+
+
+_COLORS = {
+    "random": "black",
+    "hybrid": "tab:red",
+    "entropy": "tab:blue",
+    "margin": "tab:orange",
+    "fre": "tab:green",
+    "knn": "tab:purple",
+    "least-confidence": "tab:brown",
+}
+
+
+def _plot(results: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = results["points"]
+    summary = results["summary"]
+    seeds = len({p["seed"] for p in points})
+
+    def panel(ax: Any, metric: str, title: str, ylabel: str) -> None:
+        for strategy, (labels, vals) in _curves(points, metric).items():
+            mean = np.nanmean(vals, axis=0)
+            se = np.array([_se(vals[:, j]) for j in range(vals.shape[1])])
+            style = {"lw": 2.5 if strategy in ("random", "hybrid") else 1.4, "color": _COLORS.get(strategy, "tab:gray")}
+            ax.plot(labels, mean, marker="o", ms=3, label=strategy, **style)
+            ax.fill_between(labels, mean - se, mean + se, alpha=0.15, color=style.get("color"))
+        ax.set_title(title)
+        ax.set_xlabel("labels")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    panel(axes[0], "accuracy", "Accuracy", "test accuracy")
+    panel(axes[1], "balanced_accuracy", "Balanced accuracy", "test balanced accuracy")
+    if summary.get("reference_balanced_accuracy") is not None:
+        axes[1].axhline(summary["reference_balanced_accuracy"], color="grey", ls="--", lw=1, label="full-data reference")
+        axes[1].axhline(summary["target_balanced_accuracy"], color="grey", ls=":", lw=1, label="95% of reference")
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{Path(results['config']['data']).name}: mean ± standard error over {seeds} seeds")
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+
+    rarest = results["dataset"]["rarest"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    panel(axes[0], "rarest_recall", f"Recall of the rarest class ({rarest})", "test recall")
+    panel(axes[1], "rarest_labeled", f"{rarest} samples labeled", "count")
+    axes[1].legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"{Path(results['config']['data']).name}: rarest class, mean ± standard error over {seeds} seeds")
+    fig.tight_layout()
+    fig.savefig(out / "rarest.png", dpi=110)
+    plt.close(fig)
+
+
+def _n(v: float | None, fmt: str = "{:.0f}") -> str:
+    return "not reached" if v is None else fmt.format(v)
+
+
+def _summary_md(results: dict[str, Any]) -> str:
+    cfg, ds, sm = results["config"], results["dataset"], results["summary"]
+    seeds = sorted({p["seed"] for p in results["points"]})
+    rounds = max(p["round"] for p in results["points"])
+    lines = [
+        f"# Active-learning simulation: {Path(cfg['data']).name}",
+        "",
+        f"- Pool {sum(ds['pool'].values())} images, test {sum(ds['test'].values())} images "
+        f"({'group split from ' + Path(cfg['groups']).name if ds['grouped_split'] else 'stratified split'}, "
+        f"{cfg['test_fraction']:.0%} held out per class, split seed {cfg['split_seed']}).",
+        f"- Pool per class: {', '.join(f'{k} {v}' for k, v in ds['pool'].items())}; test: {', '.join(f'{k} {v}' for k, v in ds['test'].items())}.",
+        f"- Rarest class (fewest pool images): **{ds['rarest']}**.",
+        f"- {len(seeds)} seeds ({', '.join(map(str, seeds))}), initial {cfg['initial']} random labels, batch {cfg['batch']}, "
+        f"{rounds} rounds: {cfg['initial']} to {cfg['initial'] + rounds * cfg['batch']} labels.",
+        f"- Model: {cfg['arch']} at {cfg['image_size']}x{cfg['image_size']}, weights {cfg['weights']}, {cfg['epochs']} epochs"
+        + (f" ({cfg['warm_epochs'] or cfg['epochs']} per warm-started round)" if cfg["warm_start"] else ", no warm start")
+        + f"; export with INT8 gates, calibration {cfg['calibration_size']} pool images. Published precisions: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(results["precisions"].items()))
+        + ".",
+        f"- Wall time: {results['elapsed_s'] / 60:.1f} min.",
+        "",
+    ]
+    if sm["reference_balanced_accuracy"] is not None:
+        refs = results["references"]
+        lines += [
+            f"Full-data reference ({len(refs)} seed(s), all {refs[0]['labels']} pool labels): balanced accuracy "
+            f"**{sm['reference_balanced_accuracy']:.3f}** (accuracy {sm['reference_accuracy']:.3f}); "
+            f"95% of it: {sm['target_balanced_accuracy']:.3f}.",
+            "",
+        ]
+    lines += [
+        f"Random's final balanced accuracy: {sm['random_final_balanced_accuracy']:.3f} at {sm['random_final_labels']:.0f} labels.",
+        "",
+        "| strategy | final BA ± SE | final acc | AULC (BA) ± SE | labels to 95% ref | ratio to random | labels to random's final BA | "
+        "ratio | paired wins/ties/losses vs random | seeds AULC > random |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in sm["strategies"].items():
+        lines.append(
+            f"| {name} | {s['final_balanced_accuracy']:.3f} ± {s['final_balanced_accuracy_se']:.3f} | {s['final_accuracy']:.3f} | "
+            f"{s['aulc']:.3f} ± {s['aulc_se']:.3f} | {_n(s.get('labels_to_95pct_reference'))} | "
+            f"{_n(s.get('ratio_to_random_95pct'), '{:.2f}')} | {_n(s['labels_to_random_final'])} | "
+            f"{_n(s['ratio_to_random_final'], '{:.2f}')} | "
+            + ("—" if name == "random" else f"{s['paired_wins']}/{s['paired_ties']}/{s['paired_losses']}")
+            + f" | {'—' if name == 'random' else s['seeds_aulc_above_random']} |"
+        )
+    lines += [
+        "",
+        f"## Rarest class ({ds['rarest']})",
+        "",
+        "Labels spent when the first rarest-class sample was labeled, per seed (`—`: not within the budget; "
+        "the initial set counts as its size). The censored mean counts a miss as budget + 1, so it flatters misses.",
+        "",
+        "| strategy | seeds found | first found at (per seed) | median | censored mean | speed-up vs random | "
+        "labeled at the end | final recall |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in sm["strategies"].items():
+        per = ", ".join("—" if v is None else str(v) for v in s["rarest_first_labels"])
+        lines.append(
+            f"| {name} | {s['rarest_found_seeds']}/{len(seeds)} | {per} | {s['rarest_first_median']:.0f} | "
+            f"{s['rarest_first_mean_censored']:.1f} | {s['rarest_speedup_vs_random']:.2f}x | {s['rarest_labeled_final']:.1f} | "
+            f"{s['rarest_recall_final']:.3f} |"
+        )
+    lines += [
+        "",
+        "- BA: balanced accuracy (mean per-class recall on the test set, every class counted, unknown ones as 0).",
+        "- AULC: area under the mean-BA-vs-labels curve divided by the label range, per seed, then mean ± SE.",
+        "- Labels to a target: first crossing of the mean curve, interpolated linearly between rounds.",
+        "- Paired wins: same seed and round (same initial set, split and training seed), rounds 1..R.",
+        "",
+        "![curves](curves.png)",
+        "",
+        "![rarest](rarest.png)",
+        "",
+    ]
+    return "\n".join(lines)
