@@ -285,49 +285,38 @@ def _novelty_kwargs(params: dict[str, Any]) -> dict[str, Any]:
     return {k: params[k] for k in _NOVELTY_DEFAULTS}
 
 
-class FeatureReconstructionError(_ScoreStrategy):
+class _NoveltyStrategy(_ScoreStrategy):
+    """Top-n by one novelty score (``component``: fre or knn) against the labeled embeddings."""
+
+    defaults = _NOVELTY_DEFAULTS
+
+    def _check_params(self) -> dict[str, Any]:
+        return _check_novelty_params(super()._check_params())
+
+    def _scores(self, pool: Pool, params: dict[str, Any], chunk_size: int) -> np.ndarray:
+        return compute_novelty(
+            pool.probs,
+            pool.source,
+            pool.labeled,
+            pool.labels,
+            fre=self.component == "fre",
+            knn=self.component == "knn",
+            chunk_size=chunk_size,
+            **_novelty_kwargs(params),
+        )[self.component]
+
+
+class FeatureReconstructionError(_NoveltyStrategy):
     """Highest class-aware PCA reconstruction error first (params: variance, max_components,
     min_class_samples)."""
 
     name, component = "fre", "fre"
-    defaults = _NOVELTY_DEFAULTS
-
-    def _check_params(self) -> dict[str, Any]:
-        return _check_novelty_params(super()._check_params())
-
-    def _scores(self, pool: Pool, params: dict[str, Any], chunk_size: int) -> np.ndarray:
-        return compute_novelty(
-            pool.probs,
-            pool.source,
-            pool.labeled,
-            pool.labels,
-            fre=True,
-            knn=False,
-            chunk_size=chunk_size,
-            **_novelty_kwargs(params),
-        )["fre"]
 
 
-class KNNDistance(_ScoreStrategy):
+class KNNDistance(_NoveltyStrategy):
     """Farthest (cosine) from the nearest labeled embedding first; exact, ``O(N * M * D)``."""
 
     name, component = "knn", "knn"
-    defaults = _NOVELTY_DEFAULTS
-
-    def _check_params(self) -> dict[str, Any]:
-        return _check_novelty_params(super()._check_params())
-
-    def _scores(self, pool: Pool, params: dict[str, Any], chunk_size: int) -> np.ndarray:
-        return compute_novelty(
-            pool.probs,
-            pool.source,
-            pool.labeled,
-            pool.labels,
-            fre=False,
-            knn=True,
-            chunk_size=chunk_size,
-            **_novelty_kwargs(params),
-        )["knn"]
 
 
 _COMPONENTS = ("least_confidence", "margin", "entropy", "fre", "knn")
