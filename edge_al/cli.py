@@ -15,7 +15,6 @@ import logging
 import os
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -25,6 +24,7 @@ from .argtypes import positive_int
 from .config import ARCHS, DEFAULT_ARCH, Settings, load_settings
 from .errors import EdgeALError
 from .registry import Registry, headline_metrics
+from .status import status_doc
 from .store import Store
 
 __all__ = ["build_parser", "main"]
@@ -275,42 +275,6 @@ def cmd_retrain(ctx: Context) -> int:
 
     ctx.emit(res.as_dict(), human)
     return EXIT_OK
-
-
-def status_doc(store: Store, registry: Registry) -> dict[str, Any]:
-    current = store.current_annotations()
-    per_class = Counter(a.label for a in current.values() if a.label is not None)
-    rejected = sum(1 for a in current.values() if a.action == "reject")
-    total = store.count_samples()
-    mv = registry.active()
-    predicted: Counter[str] = Counter()
-    if mv is not None:
-        rows = store.query(
-            "SELECT label_index, COUNT(*) AS n FROM predictions p WHERE model_version = ? "
-            "AND sample_id NOT IN (SELECT sample_id FROM annotations) GROUP BY label_index",
-            (mv.version,),
-        )
-        for r in rows:
-            idx = int(r["label_index"])
-            predicted[mv.labels[idx] if idx < len(mv.labels) else str(idx)] = int(r["n"])
-    return {
-        "pool_size": total,
-        "labeled": sum(per_class.values()),
-        "rejected": rejected,
-        "unlabeled": total - len(current),
-        "labels": store.labels(),
-        "labeled_per_class": dict(per_class),
-        "unlabeled_predicted_per_class": dict(predicted),
-        "active_model": None
-        if mv is None
-        else {
-            "version": mv.version,
-            "precision": mv.meta.get("precision"),
-            "metrics": mv.meta.get("metrics", {}),
-            "num_train_labels": mv.meta.get("num_train_labels"),
-        },
-        "scored_by_active": len(store.scored_ids(mv.version)) if mv else 0,
-    }
 
 
 def cmd_status(ctx: Context) -> int:

@@ -7,7 +7,7 @@ import logging
 from flask import Blueprint, jsonify
 from flask.wrappers import Response
 
-from edge_al.cli import status_doc
+from edge_al.status import status_doc
 
 from . import service
 from ._util import annotations_since_model, clean, model_row

@@ -1,0 +1,50 @@
+"""The state of a workspace at a glance: pool, labels per class, the active model.
+
+Shared by ``edge-al status`` and ``GET /v1/stats``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from .registry import Registry
+from .store import Store
+
+__all__ = ["status_doc"]
+
+
+def status_doc(store: Store, registry: Registry) -> dict[str, Any]:
+    current = store.current_annotations()
+    per_class = Counter(a.label for a in current.values() if a.label is not None)
+    rejected = sum(1 for a in current.values() if a.action == "reject")
+    total = store.count_samples()
+    mv = registry.active()
+    predicted: Counter[str] = Counter()
+    if mv is not None:
+        rows = store.query(
+            "SELECT label_index, COUNT(*) AS n FROM predictions p WHERE model_version = ? "
+            "AND sample_id NOT IN (SELECT sample_id FROM annotations) GROUP BY label_index",
+            (mv.version,),
+        )
+        for r in rows:
+            idx = int(r["label_index"])
+            predicted[mv.labels[idx] if idx < len(mv.labels) else str(idx)] = int(r["n"])
+    return {
+        "pool_size": total,
+        "labeled": sum(per_class.values()),
+        "rejected": rejected,
+        "unlabeled": total - len(current),
+        "labels": store.labels(),
+        "labeled_per_class": dict(per_class),
+        "unlabeled_predicted_per_class": dict(predicted),
+        "active_model": None
+        if mv is None
+        else {
+            "version": mv.version,
+            "precision": mv.meta.get("precision"),
+            "metrics": mv.meta.get("metrics", {}),
+            "num_train_labels": mv.meta.get("num_train_labels"),
+        },
+        "scored_by_active": len(store.scored_ids(mv.version)) if mv else 0,
+    }
