@@ -9,6 +9,8 @@ selection and the command to serve it.
 from __future__ import annotations
 
 import csv
+import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,9 +104,12 @@ def run_demo(ctx: Context) -> int:
     for c in cands:
         print(f"{c.rank:>4} {c.sample_id:>6} {c.predicted:<6} {c.confidence:>6.3f} {c.score:>7.4f}  {c.path}")
     home = ctx.settings.home
+    exe = Path(sys.executable).parent / "edge-al"
+    cli = str(exe) if exe.exists() and shutil.which("edge-al") != str(exe) else "edge-al"
     print("\nnext:")
-    print(f"  edge-al --home {home} select -n 20 --csv next.csv     # the list as CSV for annotators")
-    print(f"  edge-al --home {home} annotate decisions.csv          # sample_id,label,action,annotator")
-    print(f"  edge-al --home {home} retrain                         # train, export, promote, rescore")
-    print(f"  edge-al --home {home} serve --port 8000               # the HTTP API and annotation page")
+    print(f"  {cli} --home {home} select -n 20 --csv next.csv     # the list as CSV for annotators")
+    print(f"  {cli} --home {home} annotate decisions.csv          # sample_id,label,action,annotator")
+    print(f"  {cli} --home {home} retrain                         # train, export, promote, rescore")
+    print(f"  {cli} --home {home} keys add --role admin           # prints an API key once")
+    print(f"  {cli} --home {home} serve --port 8000 --with-worker # the HTTP API and the annotation page at /")
     return 0
