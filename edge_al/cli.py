@@ -291,7 +291,13 @@ def cmd_status(ctx: Context) -> int:
         if am is None:
             print("active model: none")
         else:
-            print(f"active model: {am['version']} ({am['precision']}), trained on {am['num_train_labels']} labels, metrics {am['metrics']}")
+            m = am["metrics"]
+            figures = (
+                ""
+                if m["balanced_accuracy"] is None
+                else f", validation accuracy {m['accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}"
+            )
+            print(f"active model: {am['version']} ({am['precision']}), trained on {am['num_train_labels']} labels{figures}")
             print(f"scored by active model: {doc['scored_by_active']}/{doc['pool_size']}")
 
     ctx.emit(doc, human)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from .registry import Registry
+from .registry import Registry, headline_metrics
 from .store import Store
 
 __all__ = ["status_doc"]
@@ -43,7 +43,7 @@ def status_doc(store: Store, registry: Registry) -> dict[str, Any]:
         else {
             "version": mv.version,
             "precision": mv.meta.get("precision"),
-            "metrics": mv.meta.get("metrics", {}),
+            "metrics": headline_metrics(mv.meta),
             "num_train_labels": mv.meta.get("num_train_labels"),
         },
         "scored_by_active": len(store.scored_ids(mv.version)) if mv else 0,
