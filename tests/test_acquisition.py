@@ -338,7 +338,7 @@ def test_unknown_strategy_message(world: dict[str, np.ndarray]) -> None:
     with pytest.raises(ValueError) as info:
         select("foo", 1, world["probs"], world["pool"], world["labeled"], world["labels"])
     assert str(info.value) == (
-        "The 'strategy' parameter must be one of random, least-confidence, margin, entropy, fre, knn, hybrid. Got 'foo' instead."
+        "The 'strategy' parameter must be one of random, least-confidence, margin, entropy, fre, knn, hybrid, typiclust. Got 'foo' instead."
     )
 
 

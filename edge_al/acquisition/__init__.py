@@ -6,12 +6,14 @@
 - ``batch``: deterministic top-n, rank normalisation, class-stratified diverse greedy.
 - ``strategies``: one small class per strategy and ``select()`` dispatching by name.
 - ``embeddings``: ``EmbeddingSource`` and its array/file adapters.
+- ``coldstart``: TypiClust, typical rows of uncovered clusters for the first labels (no model).
 
 Errors are ``ValueError`` with scikit-learn style messages
 (``The 'n' parameter must be an int >= 1. Got 0 instead.``).
 """
 
 from .batch import rank_normalize, top_n
+from .coldstart import typical_diverse
 from .embeddings import ArrayEmbeddings, EmbeddingSource, FileEmbeddings, half_to_float32
 from .novelty import fit_fre, fit_pca, knn_distance, l2_normalize
 from .strategies import (
@@ -26,6 +28,7 @@ from .strategies import (
     QueryStrategy,
     RandomSampling,
     Selection,
+    TypiClust,
     get_strategy,
     novelty_scores,
     select,
@@ -47,6 +50,7 @@ __all__ = [
     "QueryStrategy",
     "RandomSampling",
     "Selection",
+    "TypiClust",
     "entropy",
     "fit_fre",
     "fit_pca",
@@ -60,5 +64,6 @@ __all__ = [
     "rank_normalize",
     "select",
     "top_n",
+    "typical_diverse",
     "uncertainty_scores",
 ]

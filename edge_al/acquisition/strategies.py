@@ -15,6 +15,8 @@ fre                class-aware PCA feature reconstruction error (see ``novelty``
 knn                cosine distance to the nearest labeled embedding
 hybrid (default)   weighted rank-normalised uncertainty + novelty, round-robin across predicted
                    classes (classes rarest among labels first), skipping near-duplicates
+typiclust          cold start, no model needed: the most typical row of each of the largest
+                   clusters no label covers yet (``coldstart``; ignores ``probs``)
 =================  ===========================================================================
 """
 
@@ -46,6 +48,7 @@ __all__ = [
     "QueryStrategy",
     "RandomSampling",
     "Selection",
+    "TypiClust",
     "get_strategy",
     "novelty_scores",
     "select",
@@ -59,6 +62,7 @@ STRATEGIES: tuple[str, ...] = (
     "fre",
     "knn",
     "hybrid",
+    "typiclust",
 )
 DEFAULT_STRATEGY = "hybrid"
 
@@ -188,7 +192,7 @@ class QueryStrategy:
     def select(
         self,
         n: int,
-        probs: np.ndarray,
+        probs: np.ndarray | None,
         embeddings: EmbeddingSource | np.ndarray,
         labeled_embeddings: np.ndarray,
         labeled_labels: np.ndarray,
@@ -432,6 +436,37 @@ class Hybrid(QueryStrategy):
         return Selection(idx, score[pos].astype(np.float32), components, self.name)
 
 
+class TypiClust(QueryStrategy):
+    """Cold start: typical rows of the largest clusters no labeled embedding falls in
+    (``coldstart.typical_diverse``; params: max_fit, k_neighbors, iterations, max_clusters).
+
+    Needs only the pool and labeled embeddings: ``probs``, ``labeled_labels`` and ``num_classes``
+    are not read, so ``select("typiclust", n, None, embeddings, labeled_embeddings, np.empty(0, int))`` works
+    before any model exists. Seeded by ``seed``.
+    """
+
+    name = "typiclust"
+    defaults: ClassVar[Mapping[str, Any]] = {"max_fit": 20000, "k_neighbors": 20, "iterations": 30, "max_clusters": 500}
+
+    def select(
+        self,
+        n: int,
+        probs: np.ndarray | None,
+        embeddings: EmbeddingSource | np.ndarray,
+        labeled_embeddings: np.ndarray,
+        labeled_labels: np.ndarray,
+        *,
+        num_classes: int | None = None,
+        seed: int = 0,
+        chunk_size: int = 65536,
+        exclude: np.ndarray | None = None,
+    ) -> Selection:
+        from .coldstart import typical_diverse  # here, not at the top: coldstart imports Selection from this module
+
+        params = self._check_params()
+        return typical_diverse(embeddings, n, labeled=labeled_embeddings, exclude=exclude, seed=seed, chunk_size=chunk_size, **params)
+
+
 _REGISTRY: dict[str, type[QueryStrategy]] = {
     cls.name: cls
     for cls in (
@@ -442,6 +477,7 @@ _REGISTRY: dict[str, type[QueryStrategy]] = {
         FeatureReconstructionError,
         KNNDistance,
         Hybrid,
+        TypiClust,
     )
 }
 assert tuple(_REGISTRY) == STRATEGIES
@@ -456,7 +492,7 @@ def get_strategy(strategy: str, **params: Any) -> QueryStrategy:
 def select(
     strategy: str,
     n: int,
-    probs: np.ndarray,
+    probs: np.ndarray | None,
     embeddings: EmbeddingSource | np.ndarray,
     labeled_embeddings: np.ndarray,
     labeled_labels: np.ndarray,
@@ -472,12 +508,13 @@ def select(
     Args:
         strategy: one of ``STRATEGIES``.
         n: batch size, >= 1; more than the candidates returns all candidates.
-        probs: float32 ``[N, C]`` class probabilities of the unlabeled pool.
+        probs: float32 ``[N, C]`` class probabilities of the unlabeled pool; ``typiclust``
+            ignores it (and ``labeled_labels``, ``num_classes``): pass None before a model exists.
         embeddings: ``[N, D]`` embeddings of the same rows, an ``EmbeddingSource`` or ndarray.
         labeled_embeddings: float ``[M, D]`` embeddings of the annotated set (M may be 0).
         labeled_labels: int ``[M]`` class index of each annotated row.
         num_classes: optional check that ``probs`` has this many columns.
-        seed: random seed (used by ``random``; other strategies are deterministic).
+        seed: random seed (used by ``random`` and ``typiclust``; the others are deterministic).
         chunk_size: pool rows per block when reading embeddings; memory is about
             ``chunk_size * max(D, labeled_chunk_size) * 4`` bytes for scoring.
         exclude: optional bool ``[N]``; True rows are never selected.

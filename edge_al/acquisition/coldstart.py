@@ -1,0 +1,362 @@
+"""Cold start: the first samples to label, before any model exists (TypiClust).
+
+Hacohen, Dekel and Weinshall, "Active learning on a budget: opposite strategies suit high and
+low budgets" (ICML 2022): with a handful of labels the best picks are *typical* samples (from
+dense regions) of *different* modes of the pool, not uncertain or novel ones. Only pool
+embeddings from a pretrained backbone are needed.
+
+``typical_diverse``, in bounded memory:
+
+1. L2-normalise; fit k-means with ``K = min(M + n, max_clusters)`` clusters on a seeded subsample
+   of at most ``max_fit`` pool rows: greedy k-means++ then Lloyd rounds, 3 times, keeping the
+   lowest inertia. On imbalanced pools a single k-means++ run often spends two centres on the
+   dominant mode and merges two rare ones (embeddings of one mode are nearly equidistant in high
+   dimensions, so D^2 sampling favours the mode with the most rows); 10 candidates per centre
+   and the best of 3 runs make that rare.
+2. Assign every pool row (in chunks) and every labeled row to its nearest centre; a cluster
+   holding a labeled row is *covered*.
+3. Repeatedly take the largest uncovered cluster (ties: lower cluster index) and pick its most
+   typical candidate: typicality is ``1 / mean distance to the k nearest neighbours`` among at
+   most 2,000 seeded members of that cluster.
+4. If the clusters run out (duplicate rows, clusters whose rows are all excluded, or
+   ``max_clusters``), fill up farthest-first: the candidate farthest from its nearest labeled or
+   chosen row, one pass over the pool per pick.
+
+Memory: the fit sample (``max_fit x D`` float32), one ``chunk_size x D`` block, a few ``[N]``
+arrays and ``2,000 x 2,000`` distances per cluster; never ``N x N``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._validation import check_int
+from .embeddings import EmbeddingSource, as_source
+from .novelty import l2_normalize
+from .strategies import Selection
+
+__all__ = ["typical_diverse"]
+
+_MAX_MEMBERS = 2000  # cluster rows read to estimate typicality
+_N_INIT = 3  # k-means runs, the lowest inertia kept
+_MIN_TRIALS = 10  # k-means++ candidates per centre, at least
+_BLOCK = 2048  # rows per in-memory distance block
+
+
+def typical_diverse(
+    embeddings: EmbeddingSource | np.ndarray,
+    n: int,
+    *,
+    labeled: np.ndarray | None = None,
+    exclude: np.ndarray | None = None,
+    seed: int = 0,
+    max_fit: int = 20000,
+    k_neighbors: int = 20,
+    iterations: int = 30,
+    max_clusters: int = 500,
+    chunk_size: int = 65536,
+) -> Selection:
+    """Choose ``n`` typical pool rows from different clusters, for the first labels.
+
+    Args:
+        embeddings: pool embeddings ``[N, D]``, an ``EmbeddingSource`` or float ndarray.
+        n: number of picks, >= 1; more than the candidates returns every candidate.
+        labeled: float ``[M, D]`` embeddings of already labeled samples (None or M = 0 allowed);
+            the clusters they fall in are skipped.
+        exclude: optional bool ``[N]``; True rows are never chosen (they still shape the clusters).
+        seed: seeds the fit subsample, k-means++ and the per-cluster member samples.
+        max_fit: pool rows k-means is fitted on (a seeded subsample when ``N`` is larger).
+        k_neighbors: neighbours in the typicality estimate (fewer in small clusters).
+        iterations: most Lloyd rounds (0 keeps the k-means++ centres).
+        max_clusters: cap on ``K = M + n``; past it, picks beyond the uncovered clusters are
+            farthest-first.
+        chunk_size: pool rows read at a time.
+
+    Returns:
+        A ``Selection`` in pick order, ``strategy="typiclust"``: ``score`` float32 ``(n - i) / n``
+        for the i-th pick; ``components["typicality"]`` float32 ``1 / mean k-NN distance``
+        (0 for farthest-first picks), ``components["cluster_size"]`` float32 pool rows in the
+        pick's cluster.
+
+    Raises:
+        ValueError: a parameter out of range, or inputs of the wrong shape, dtype or values.
+    """
+    source = as_source(embeddings)
+    n = check_int("n", n)
+    seed = check_int("seed", seed, low=0)
+    max_fit = check_int("max_fit", max_fit)
+    k_neighbors = check_int("k_neighbors", k_neighbors)
+    iterations = check_int("iterations", iterations, low=0)
+    max_clusters = check_int("max_clusters", max_clusters)
+    chunk_size = check_int("chunk_size", chunk_size)
+    lab = _check_labeled(labeled, source.dim)
+    is_candidate = _check_exclude(exclude, len(source))
+    n = min(n, int(is_candidate.sum()))
+    if n == 0:
+        return Selection(np.empty(0, np.int64), np.empty(0, np.float32), {}, "typiclust")
+
+    # 1. k-means on a seeded subsample
+    rng = np.random.default_rng(seed)
+    fit_rows = np.arange(len(source)) if len(source) <= max_fit else np.sort(rng.choice(len(source), max_fit, replace=False))
+    x_fit = _normalized(source.take(fit_rows), "embeddings")
+    centres = _kmeans(x_fit, min(lab.shape[0] + n, max_clusters, fit_rows.size), iterations, rng)
+    # 2. every pool and labeled row to its cluster
+    assign = _assign_pool(source, centres, chunk_size)
+    covered = np.zeros(len(centres), dtype=bool)
+    if lab.shape[0]:
+        covered[_nearest(lab, centres)[0]] = True
+    sizes = np.bincount(assign, minlength=len(centres))
+    # 3. the most typical candidate of each uncovered cluster, largest first
+    picks, typicality = _cluster_picks(source, assign, sizes, covered, is_candidate, n, k_neighbors, seed)
+    # 4. farthest-first when the clusters run out
+    if len(picks) < n:
+        in_memory = x_fit if fit_rows.size == len(source) else None
+        picks += _farthest_first(source, in_memory, lab, picks, is_candidate, n - len(picks), chunk_size)
+        typicality += [0.0] * (n - len(typicality))
+    idx = np.asarray(picks, dtype=np.int64)
+    score = ((n - np.arange(n)) / n).astype(np.float32)
+    components = {
+        "typicality": np.asarray(typicality, dtype=np.float32),
+        "cluster_size": sizes[assign[idx]].astype(np.float32),
+    }
+    return Selection(idx, score, components, "typiclust")
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+
+def _check_labeled(labeled: object, dim: int) -> np.ndarray:
+    """Normalised float32 ``[M, dim]`` copy of ``labeled`` (``[0, dim]`` for None or empty)."""
+    if labeled is None:
+        return np.zeros((0, dim), dtype=np.float32)
+    lab = np.asarray(labeled)
+    if lab.size == 0:
+        lab = lab.reshape(0, dim)
+    if lab.ndim != 2 or lab.shape[1] != dim or not np.issubdtype(lab.dtype, np.number):
+        raise ValueError(
+            f"The 'labeled' parameter must be a float array [M, {dim}] (M may be 0) of embeddings from the pool's "
+            f"backbone. Got shape {lab.shape} and dtype {lab.dtype} instead."
+        )
+    return _normalized(np.array(lab, dtype=np.float32, copy=True), "labeled")
+
+
+def _check_exclude(exclude: object, rows: int) -> np.ndarray:
+    """Bool ``[rows]``: True where a row may be chosen."""
+    if exclude is None:
+        return np.ones(rows, dtype=bool)
+    ex = np.asarray(exclude)
+    if ex.dtype != np.bool_ or ex.shape != (rows,):
+        raise ValueError(
+            f"The 'exclude' parameter must be a bool mask of shape ({rows},). Got shape {ex.shape} and dtype {ex.dtype} instead."
+        )
+    out: np.ndarray = ~ex
+    return out
+
+
+def _normalized(x: np.ndarray, name: str) -> np.ndarray:
+    """``x`` float32 ``[n, D]`` checked finite and L2-normalised in place."""
+    if not np.isfinite(x).all():
+        raise ValueError(f"The '{name}' parameter must be finite. Got NaN or inf values instead; check the backbone outputs.")
+    return l2_normalize(x)
+
+
+# --- k-means -----------------------------------------------------------------------------------
+
+
+def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances float32 ``[len(x), len(c)]`` between the rows of x and c."""
+    d = x @ c.T
+    d *= -2.0
+    d += np.einsum("ij,ij->i", x, x)[:, None]
+    d += np.einsum("ij,ij->i", c, c)[None, :]
+    out: np.ndarray = np.maximum(d, 0.0, out=d)
+    return out
+
+
+def _nearest(x: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centre of each row of ``x`` ``[n, D]``: int64 index ``[n]``, float32 squared distance ``[n]``."""
+    labels = np.empty(x.shape[0], dtype=np.int64)
+    dist = np.empty(x.shape[0], dtype=np.float32)
+    for s in range(0, x.shape[0], _BLOCK):
+        d = _sq_dist(x[s : s + _BLOCK], centres)
+        best = d.argmin(axis=1)
+        labels[s : s + _BLOCK] = best
+        dist[s : s + _BLOCK] = d[np.arange(best.size), best]
+    return labels, dist
+
+
+def _kmeans(x: np.ndarray, k: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
+    """Centres float32 ``[<= k, D]`` of the lowest-inertia of ``_N_INIT`` k-means runs on ``x`` ``[F, D]``."""
+    tol = 1e-4 * float(np.var(x, axis=0).mean())  # scikit-learn's convergence tolerance
+    best, best_inertia = x[:0], np.inf
+    for _ in range(_N_INIT):
+        centres = _lloyd(x, _kmeans_pp(x, k, rng), iterations, tol)
+        inertia = float(_nearest(x, centres)[1].sum(dtype=np.float64))
+        if inertia < best_inertia:
+            best, best_inertia = centres, inertia
+    return best
+
+
+def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ centres float32 ``[<= k, D]`` (Arthur and Vassilvitskii 2007; of
+    ``max(10, 2 + log k)`` D^2-sampled candidates, the one that lowers the potential most); stops
+    early when every row of ``x`` already coincides with a centre."""
+    trials = max(_MIN_TRIALS, 2 + int(math.log(k)))
+    chosen = [int(rng.integers(x.shape[0]))]
+    closest = _sq_dist(x, x[chosen]).astype(np.float64)[:, 0]
+    for _ in range(1, k):
+        cum = np.cumsum(closest)
+        if cum[-1] <= 1e-12:
+            break
+        cand = np.minimum(np.searchsorted(cum, rng.random(trials) * cum[-1], side="right"), x.shape[0] - 1)
+        pot = np.minimum(closest[:, None], _sq_dist(x, x[cand]))  # [F, trials]
+        best = int(np.argmin(pot.sum(axis=0)))
+        chosen.append(int(cand[best]))
+        closest = pot[:, best].astype(np.float64)
+    out: np.ndarray = x[chosen].copy()
+    return out
+
+
+def _lloyd(x: np.ndarray, centres: np.ndarray, iterations: int, tol: float) -> np.ndarray:
+    """At most ``iterations`` Lloyd rounds on ``x`` ``[F, D]`` from ``centres`` ``[K, D]``, until
+    the assignment is stable or the centres move less than ``tol`` (summed squared shift); an
+    empty cluster moves to the row farthest from its centre."""
+    k = centres.shape[0]
+    labels = np.full(x.shape[0], -1, dtype=np.int64)
+    for _ in range(iterations):
+        new, dist = _nearest(x, centres)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+        counts = np.bincount(labels, minlength=k)
+        full = np.flatnonzero(counts)
+        order = np.argsort(labels, kind="stable")
+        starts = (np.cumsum(counts) - counts)[full]
+        new_centres = centres.copy()
+        new_centres[full] = np.add.reduceat(x[order], starts, axis=0) / counts[full, None].astype(np.float32)
+        empty = np.flatnonzero(counts == 0)
+        if empty.size:
+            new_centres[empty] = x[np.argsort(-dist, kind="stable")[: empty.size]]
+        shift = float(np.square(new_centres - centres).sum(dtype=np.float64))
+        centres = new_centres
+        if shift <= tol:
+            break
+    return centres
+
+
+def _assign_pool(source: EmbeddingSource, centres: np.ndarray, chunk_size: int) -> np.ndarray:
+    """Nearest centre int64 ``[N]`` of every pool row, read ``chunk_size`` rows at a time."""
+    out = np.empty(len(source), dtype=np.int64)
+    for s in range(0, len(source), chunk_size):
+        e = min(s + chunk_size, len(source))
+        out[s:e] = _nearest(_normalized(source.chunk(s, e), "embeddings"), centres)[0]
+    return out
+
+
+# --- picks -------------------------------------------------------------------------------------
+
+
+def _cluster_picks(
+    source: EmbeddingSource,
+    assign: np.ndarray,
+    sizes: np.ndarray,
+    covered: np.ndarray,
+    is_candidate: np.ndarray,
+    n: int,
+    k_neighbors: int,
+    seed: int,
+) -> tuple[list[int], list[float]]:
+    """Up to ``n`` picks, one per uncovered cluster, largest cluster first; returns the pool rows
+    and their typicality."""
+    members_of = np.argsort(assign, kind="stable")  # pool rows grouped by cluster, ascending within
+    bounds = np.concatenate(([0], np.cumsum(sizes)))
+    picks: list[int] = []
+    typicality: list[float] = []
+    for c in np.lexsort((np.arange(sizes.size), -sizes)).tolist():
+        if len(picks) == n:
+            break
+        if covered[c] or sizes[c] == 0:
+            continue
+        members = members_of[bounds[c] : bounds[c + 1]]
+        row, typ = _most_typical(source, members, is_candidate, k_neighbors, np.random.default_rng((seed, c)))
+        if row >= 0:
+            picks.append(row)
+            typicality.append(typ)
+    return picks, typicality
+
+
+def _most_typical(
+    source: EmbeddingSource,
+    members: np.ndarray,
+    is_candidate: np.ndarray,
+    k_neighbors: int,
+    rng: np.random.Generator,
+) -> tuple[int, float]:
+    """The candidate among ``members`` (ascending pool rows of one cluster) with the smallest mean
+    distance to its ``k`` nearest members, and its typicality; ``(-1, 0.0)`` if none is a candidate.
+
+    Neighbours come from at most ``_MAX_MEMBERS`` seeded members; the candidates among those are
+    scored, or, if none is, a seeded sample of the cluster's candidates. Ties go to the lower row.
+    """
+    cand = members[is_candidate[members]]
+    if cand.size == 0:
+        return -1, 0.0
+    ref = members if members.size <= _MAX_MEMBERS else np.sort(rng.choice(members, _MAX_MEMBERS, replace=False))
+    scored = ref[is_candidate[ref]]
+    if scored.size == 0:
+        scored = cand if cand.size <= _MAX_MEMBERS else np.sort(rng.choice(cand, _MAX_MEMBERS, replace=False))
+    rows = np.union1d(ref, scored)
+    x = _normalized(source.take(rows), "embeddings")
+    dist = np.sqrt(_sq_dist(x[np.searchsorted(rows, scored)], x[np.searchsorted(rows, ref)]))
+    at = np.minimum(np.searchsorted(ref, scored), ref.size - 1)
+    is_self = ref[at] == scored
+    dist[np.flatnonzero(is_self), at[is_self]] = np.inf
+    k = min(k_neighbors, ref.size - int(is_self.any()))
+    if k == 0:  # a one-row cluster
+        return int(scored[0]), 0.0
+    mean_knn = np.partition(dist, k - 1, axis=1)[:, :k].mean(axis=1, dtype=np.float64)
+    typ = 1.0 / np.maximum(mean_knn, 1e-6)
+    best = int(np.argmax(typ))
+    return int(scored[best]), float(typ[best])
+
+
+def _min_dist(source: EmbeddingSource, in_memory: np.ndarray | None, ref: np.ndarray, chunk_size: int) -> np.ndarray:
+    """Distance float32 ``[N]`` from every normalised pool row to its nearest row of ``ref`` ``[R, D]``."""
+    out = np.empty(len(source), dtype=np.float32)
+    for s in range(0, len(source), chunk_size):
+        e = min(s + chunk_size, len(source))
+        x = in_memory[s:e] if in_memory is not None else _normalized(source.chunk(s, e), "embeddings")
+        for b in range(0, x.shape[0], _BLOCK):
+            block = np.full(min(_BLOCK, x.shape[0] - b), np.inf, dtype=np.float32)
+            for r in range(0, ref.shape[0], _BLOCK):
+                np.minimum(block, _sq_dist(x[b : b + _BLOCK], ref[r : r + _BLOCK]).min(axis=1), out=block)
+            out[s + b : s + b + block.size] = np.sqrt(block)
+    return out
+
+
+def _farthest_first(
+    source: EmbeddingSource,
+    in_memory: np.ndarray | None,
+    labeled: np.ndarray,
+    picks: list[int],
+    is_candidate: np.ndarray,
+    count: int,
+    chunk_size: int,
+) -> list[int]:
+    """``count`` more candidates, each the farthest from the labeled rows and every earlier pick
+    (ties: lower row); ``in_memory`` is the normalised pool when it is resident, else None."""
+    ref = np.concatenate([labeled, _normalized(source.take(np.asarray(picks, dtype=np.int64)), "embeddings")])
+    nearest = _min_dist(source, in_memory, ref, chunk_size)
+    available = is_candidate.copy()
+    available[picks] = False
+    out: list[int] = []
+    for _ in range(count):
+        row = int(np.argmax(np.where(available, nearest, -np.inf)))
+        out.append(row)
+        available[row] = False
+        if len(out) < count:
+            x_row = _normalized(source.take(np.array([row])), "embeddings")
+            np.minimum(nearest, _min_dist(source, in_memory, x_row, chunk_size), out=nearest)
+    return out
