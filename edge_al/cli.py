@@ -19,9 +19,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
 from . import __version__, acquisition
 from .argtypes import positive_int
-from .config import ARCHS, DEFAULT_ARCH, Settings, load_settings
+from .config import ARCHS, DEFAULT_ARCH, PACKAGED_WEIGHTS, Settings, load_settings
 from .errors import EdgeALError
 from .registry import Registry, headline_metrics
 from .status import status_doc
@@ -91,6 +93,7 @@ def _train_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "arch": args.arch,
         "weights": args.weights,
+        "mode": args.mode,
         "image_size": args.image_size,
         "epochs": args.epochs,
         "seed": args.seed,
@@ -197,6 +200,25 @@ def cmd_score(ctx: Context) -> int:
 
     ctx.emit(report.as_dict(), human)
     return EXIT_PARTIAL if report.failed else EXIT_OK
+
+
+def cmd_embed(ctx: Context) -> int:
+    from .features import FeatureCache
+    from .lifecycle import workflow
+
+    arch = ctx.args.arch
+    size = ctx.args.image_size or ctx.settings.image_size_for(arch)
+    progress = not ctx.json and not ctx.args.quiet
+    backbone = workflow().workspace_backbone(ctx.settings, ctx.store, arch, size, progress=progress)
+    ids = np.array(ctx.store.sample_ids(), dtype=np.int64)
+    t = time.perf_counter()
+    with FeatureCache(ctx.settings, backbone) as cache:
+        _, got = cache.get(ctx.store, ids)
+    doc = {"backbone": backbone.id, "arch": arch, "image_size": size, "embedded": len(got), "pool_size": len(ids),
+           "seconds": round(time.perf_counter() - t, 2)}  # fmt: skip
+    ctx.emit(doc, lambda: print(f"embedded {len(got)}/{len(ids)} samples with {arch} at {size} px (backbone {backbone.id})\n"
+                                "next: edge-al select -n 20     # typical and diverse, no labels needed"))  # fmt: skip
+    return EXIT_OK if len(got) == len(ids) else EXIT_PARTIAL
 
 
 def cmd_select(ctx: Context) -> int:
@@ -319,9 +341,24 @@ def _add_train_args(p: argparse.ArgumentParser, retrain: bool = False) -> None:
         choices=list(ARCHS),
         help=f"torchvision architecture (default {DEFAULT_ARCH})",
     )
-    p.add_argument("--weights", default=None if retrain else "none", help="imagenet | PATH to a state dict or checkpoint | none")
     p.add_argument(
-        "--image-size", type=positive_int, default=None if retrain else 128, help="square model input size in pixels (default 128)"
+        "--weights",
+        default=None,
+        help="imagenet | PATH to a state dict or checkpoint | none (default: imagenet where the train extra ships them, "
+        "efficientnet_lite0; none otherwise)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["auto", "head", "finetune"],
+        default=None,
+        help="head: a linear head on the frozen pretrained backbone (seconds); finetune: the whole network for --epochs; "
+        "auto (default): head where pretrained weights are packaged",
+    )
+    p.add_argument(
+        "--image-size",
+        type=positive_int,
+        default=None,
+        help="square model input size in pixels (default 224 for efficientnet_lite0, 128 otherwise)",
     )
     p.add_argument("--epochs", type=positive_int, default=None if retrain else 15)
     p.add_argument("--batch-size", type=positive_int, default=None if retrain else 32)
@@ -372,6 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=positive_int, default=None, help="score at most this many samples now")
     p.set_defaults(func=cmd_score)
 
+    p = sub.add_parser("embed", help="embed the pool with the pretrained backbone: a cold-start selection before any label")
+    p.add_argument("--arch", default=DEFAULT_ARCH, choices=list(PACKAGED_WEIGHTS), help=f"backbone (default {DEFAULT_ARCH})")
+    p.add_argument("--image-size", type=positive_int, default=None, help="input size (default: the architecture's, 224)")
+    p.set_defaults(func=cmd_embed)
+
     p = sub.add_parser("select", help="print the ranked next-to-annotate list")
     p.add_argument("-n", type=positive_int, default=20)
     p.add_argument("--strategy", choices=list(acquisition.STRATEGIES), default=acquisition.DEFAULT_STRATEGY)
@@ -397,11 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("demo", help="the main job on a demo pool built from sklearn's digits")
-    # 20 labels a class (200 of 1,797) at 64 px train a model confident enough for the INT8 gates;
-    # with 5 a class at 32 px its near-tie guesses flip under INT8 and the export falls back to FP32
-    p.add_argument("--per-class", type=positive_int, default=20, help="seed labels per class (default 20)")
-    p.add_argument("--epochs", type=positive_int, default=15)
-    p.add_argument("--image-size", type=positive_int, default=64)
+    # The default: a linear head on EfficientNet-Lite0's frozen ImageNet features, seconds to train.
+    p.add_argument("--per-class", type=positive_int, default=5, help="seed labels per class (default 5)")
+    p.add_argument("--epochs", type=positive_int, default=15, help="epochs when fine-tuning (--mode finetune; default 15)")
+    p.add_argument("--image-size", type=positive_int, default=None, help="model input size (default: the architecture's, 224)")
+    p.add_argument("--mode", choices=["auto", "head", "finetune"], default=None, help="training mode (default auto: head)")
     p.add_argument("-n", type=positive_int, default=10)
     p.set_defaults(func=cmd_demo)
 

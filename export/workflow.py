@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from edge_al.config import DEFAULT_ARCH, Settings
+from edge_al.config import DEFAULT_ARCH, PACKAGED_WEIGHTS, Settings
 from edge_al.errors import InvalidInput
 from edge_al.pool import ImageCache
 from edge_al.registry import ModelVersion, Registry
 from edge_al.store import Store
 
-__all__ = ["export_from_store", "train_from_store", "training_fingerprint", "val_mask_for"]
+__all__ = ["MODES", "export_from_store", "resolve_mode", "train_from_store", "training_fingerprint", "val_mask_for", "workspace_backbone"]
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def train_from_store(
     store: Store,
     *,
     arch: str | None = DEFAULT_ARCH,
-    weights: str | Path | None = "none",
+    weights: str | Path | None = None,
     image_size: int | None = None,
     epochs: int | None = 30,
     seed: int | None = 0,
@@ -103,6 +103,7 @@ def train_from_store(
     val_fraction: float = 0.2,
     out: str | Path | None = None,
     init: str | Path | None = None,
+    mode: str | None = None,
     progress: bool = True,
 ) -> Path:
     """Train on the store's labeled samples; returns the checkpoint path (written atomically).
@@ -112,17 +113,22 @@ def train_from_store(
     other labels is remapped by label name). The checkpoint also holds ``val_ids``,
     ``val_labels`` (class indices), ``train_fingerprint`` and ``num_train_labels``.
     An option given as None takes its default (the CLI passes unset flags as None).
+
+    ``mode``: ``"head"`` fits a linear head on the frozen pretrained backbone's features (cached
+    per sample in the workspace's backbone folder: seconds per round, and the export reuses the
+    backbone's INT8 IR); ``"finetune"`` trains the whole network for ``epochs``; ``None``/``"auto"``
+    picks ``"head"`` for an architecture with packaged ImageNet weights and ``weights="imagenet"``.
     """
     from .train import train
 
     arch = arch or DEFAULT_ARCH
-    weights = weights or "none"
+    weights = weights or ("imagenet" if arch in PACKAGED_WEIGHTS else "none")
     epochs = 30 if epochs is None else epochs
     seed = 0 if seed is None else seed
     batch_size = 32 if batch_size is None else batch_size
     balance = balance or "sampler"
     lr = 1e-3 if lr is None else lr
-    size = int(image_size or settings.default_image_size)
+    size = int(image_size or settings.image_size_for(arch))
     ids, names = store.labeled()
     present = set(names)
     label_names = [lab for lab in store.labels() if lab in present]
@@ -131,6 +137,9 @@ def train_from_store(
             f"Training needs labeled samples of at least 2 classes. Got {len(ids)} labeled sample(s) of "
             f"{len(label_names)} class(es) ({', '.join(label_names) or 'none'}): annotate more samples first."
         )
+    mode = resolve_mode(mode, arch, str(weights))
+    if mode == "head":
+        return _train_head_from_store(settings, store, ids, names, label_names, arch, size, val_fraction, out, seed, balance)
     images, loaded = _load_images(settings, store, ids.tolist(), size)
     name_of = dict(zip(ids.tolist(), names, strict=True))
     if len(loaded) < MIN_LABELED:
@@ -151,16 +160,109 @@ def train_from_store(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_mask=val_mask, balance=balance, progress=progress,
     )  # fmt: skip
     ck = result.checkpoint
+    _record_split(ck, loaded, labels, val_mask, fingerprint, init)
+    path = Path(out) if out else settings.checkpoints_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{arch}-{fingerprint[:8]}.pt"
+    result.save_checkpoint(path)
+    log.info("checkpoint %s: val %s", path, ck["val_metrics"])
+    return path
+
+
+MODES = ("auto", "head", "finetune")
+
+
+def resolve_mode(mode: str | None, arch: str, weights: str) -> str:
+    """``"head"`` or ``"finetune"`` (see :func:`train_from_store`)."""
+    if mode not in (None, *MODES):
+        raise InvalidInput(f"The 'mode' parameter must be one of {', '.join(MODES)}. Got {mode!r} instead.")
+    if mode in (None, "auto"):
+        return "head" if arch in PACKAGED_WEIGHTS and weights == "imagenet" else "finetune"
+    if mode == "head" and (arch not in PACKAGED_WEIGHTS or weights != "imagenet"):
+        raise InvalidInput(
+            f"mode 'head' trains on a pretrained backbone's frozen features: it needs --weights imagenet and an "
+            f"architecture with packaged weights ({', '.join(PACKAGED_WEIGHTS)}). Got arch {arch!r}, weights {weights!r}."
+        )
+    return mode
+
+
+def workspace_backbone(
+    settings: Settings, store: Store, arch: str, size: int, *, calibration_size: int = 300, progress: bool = False
+) -> Any:
+    """The workspace's pretrained backbone for ``(arch, size)`` (``edge_al.features.Backbone``), built on first use
+    with INT8 calibration on ``calibration_size`` pool images drawn with a fixed seed."""
+    from edge_al.features import Backbone, backbone_dir
+
+    from .backbone import ensure_backbone
+
+    folder = backbone_dir(settings, arch, size)
+    if (folder / "meta.json").is_file():
+        return Backbone.open(folder)
+    pool = store.sample_ids()
+    rng = np.random.default_rng(0)
+    cal_ids = rng.choice(pool, size=min(calibration_size, len(pool)), replace=False) if len(pool) else pool
+    calibration, _ = _load_images(settings, store, cal_ids.tolist(), size)
+    return ensure_backbone(settings, arch, size, calibration, progress=progress)
+
+
+def _train_head_from_store(
+    settings: Settings, store: Store, ids: np.ndarray, names: Sequence[str], label_names: list[str], arch: str, size: int,
+    val_fraction: float, out: str | Path | None, seed: int, balance: str,
+) -> Path:  # fmt: skip
+    from edge_al.features import FeatureCache
+
+    from .train import train_head
+
+    backbone = workspace_backbone(settings, store, arch, size)
+    with FeatureCache(settings, backbone) as cache:
+        feats, loaded = cache.get(store, ids)
+    if len(loaded) < len(ids):
+        log.warning("skipping %d labeled sample(s) whose image could not be loaded", len(ids) - len(loaded))
+    name_of = dict(zip(ids.tolist(), names, strict=True))
+    loaded_names = [name_of[int(i)] for i in loaded]
+    label_names = [lab for lab in label_names if lab in set(loaded_names)]
+    if len(loaded) < MIN_LABELED or len(label_names) < 2:
+        raise InvalidInput(
+            f"Training needs at least {MIN_LABELED} readable labeled images of at least 2 classes. "
+            f"Got {len(loaded)} of {len(label_names)} class(es)."
+        )
+    index = {lab: k for k, lab in enumerate(label_names)}
+    labels = np.array([index[n] for n in loaded_names], dtype=np.int64)
+    shas = {s.id: s.sha256 for s in store.samples(loaded.tolist())}
+    sha_list = [shas[int(i)] for i in loaded]
+    val_mask = val_mask_for(sha_list, labels.tolist(), val_fraction)
+    result = train_head(feats, labels, label_names, arch=arch, image_size=size, backbone_id=backbone.id,
+                        val_mask=val_mask, seed=seed, balance="none" if balance == "none" else "loss")  # fmt: skip
+    ck = result.checkpoint
+    _record_split(ck, loaded, labels, val_mask, training_fingerprint(sha_list, loaded_names), None)
+    path = Path(out) if out else settings.checkpoints_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{arch}-head-{ck['train_fingerprint'][:8]}.pt"
+    result.save_checkpoint(path)
+    log.info("checkpoint %s (head on frozen %s): val %s", path, backbone.id, ck["val_metrics"])
+    return path
+
+
+def _record_split(ck: dict[str, Any], loaded: np.ndarray, labels: np.ndarray, val_mask: np.ndarray, fingerprint: str,
+                  init: str | Path | None) -> None:  # fmt: skip
     ck["val_ids"] = [int(i) for i in loaded[val_mask]]
     ck["val_labels"] = [int(v) for v in labels[val_mask]]
     ck["train_ids"] = [int(i) for i in loaded[~val_mask]]
     ck["train_fingerprint"] = fingerprint
     ck["num_train_labels"] = len(loaded)
     ck["init"] = str(init) if init else None
-    path = Path(out) if out else settings.checkpoints_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{arch}-{fingerprint[:8]}.pt"
-    result.save_checkpoint(path)
-    log.info("checkpoint %s: val %s", path, ck["val_metrics"])
-    return path
+
+
+def _checkpoint_backbone(settings: Settings, ck: dict[str, Any]) -> Any:
+    """The workspace backbone a head-only checkpoint was trained on; None for a fine-tuned one."""
+    if ck.get("mode") != "head":
+        return None
+    from edge_al.features import Backbone, backbone_dir
+
+    folder = backbone_dir(settings, str(ck["arch"]), int(ck["image_size"]))
+    backbone = Backbone.open(folder)
+    if backbone.id != ck.get("backbone_id"):
+        raise InvalidInput(
+            f"The checkpoint's head was trained on backbone {ck.get('backbone_id')}, but this workspace's "
+            f"{folder.name} backbone is {backbone.id}: retrain it here (edge-al train)."
+        )
+    return backbone
 
 
 def export_from_store(
@@ -206,6 +308,7 @@ def export_from_store(
     val_labels = np.array([val_label_of[int(i)] for i in val_loaded], dtype=np.int64)
     if len(calibration) == 0 or len(samples) == 0:
         raise InvalidInput("No pool image could be loaded for calibration: check the sample paths.")
+    backbone = _checkpoint_backbone(settings, ck)
     mv, report = export_checkpoint(
         ck,
         registry or Registry(settings.registry_dir),
@@ -223,6 +326,7 @@ def export_from_store(
         accuracy_control=accuracy_control,
         batch=batch,
         progress=progress,
+        backbone=backbone,
     )
     report["val_sample_ids"] = [int(i) for i in val_loaded]
     return mv, report

@@ -12,6 +12,7 @@ import pytest
 
 from edge_al.errors import InvalidInput
 from edge_al.simulate import (
+    COLD_ROW,
     SimConfig,
     labels_to_reach,
     read_dataset,
@@ -152,27 +153,32 @@ def test_simulation_end_to_end_on_a_tiny_digits_pool(tmp_path: Path) -> None:
     assert not (out / "work").exists()
 
     points = results["points"]
-    assert len(points) == 2 * 2 * 3  # strategies x seeds x (round 0 + 2 rounds)
+    assert len(points) == 3 * 2 * 3  # (strategies + the cold-start row) x seeds x (round 0 + 2 rounds)
     for p in points:
         assert p["labels"] == 10 + 5 * p["round"]
         for key in ("accuracy", "balanced_accuracy", "rarest_recall"):
             assert math.isfinite(p[key]) and 0.0 <= p[key] <= 1.0, (key, p)
         assert p["precision"] in ("int8", "fp32", "fp16")
         assert sum(p["labeled_counts"].values()) == p["labels"]
-    for strategy in ("random", "hybrid"):
+    for strategy in ("random", "hybrid", COLD_ROW):
         for seed in (0, 1):
             rounds = sorted(p["round"] for p in points if p["strategy"] == strategy and p["seed"] == seed)
             assert rounds == [0, 1, 2]
     # paired seeds: round 0 is one shared model per seed, from one initial set
     for seed in (0, 1):
-        r0 = [p for p in points if p["seed"] == seed and p["round"] == 0]
+        r0 = [p for p in points if p["seed"] == seed and p["round"] == 0 and p["strategy"] != COLD_ROW]
         assert len({(p["version"], p["balanced_accuracy"]) for p in r0}) == 1
+        # the cold-start row starts from its own, label-free initial set of the same size
+        cold0 = [p for p in points if p["seed"] == seed and p["round"] == 0 and p["strategy"] == COLD_ROW]
+        assert len(cold0) == 1 and cold0[0]["labels"] == 10
     assert set(results["initial_sets"]) == {"0", "1"} and all(len(v) == 10 for v in results["initial_sets"].values())
     assert results["initial_sets"]["0"] != results["initial_sets"]["1"]
 
     assert len(results["references"]) == 1 and math.isfinite(results["references"][0]["balanced_accuracy"])
     sm = results["summary"]
-    assert set(sm["strategies"]) == {"random", "hybrid"}
+    assert set(sm["strategies"]) == {"random", "hybrid", COLD_ROW}
+    base = results["baselines"]
+    assert base["random"]["labels"] == 20 and 0.0 <= base["all_labels"]["balanced_accuracy"] <= 1.0
     for s in sm["strategies"].values():
         assert math.isfinite(s["aulc"]) and math.isfinite(s["final_balanced_accuracy"])
     hyb = sm["strategies"]["hybrid"]

