@@ -151,7 +151,7 @@ def test_novelty_scores_shapes_and_knn_rule(world: dict[str, np.ndarray]) -> Non
     assert set(empty) == {"fre", "knn"}
 
 
-# --- hybrid ------------------------------------------------------------------------------------
+# --- hybrid, stratified (coverage=False) ------------------------------------------------------------------------------------
 
 
 def test_hybrid_surfaces_class_without_labels(world: dict[str, np.ndarray]) -> None:
@@ -159,7 +159,7 @@ def test_hybrid_surfaces_class_without_labels(world: dict[str, np.ndarray]) -> N
     probs = world["probs"].copy()
     probs[40:, :] = _onehot_probs(np.array([0]), confidence=0.98)  # only row 40..59 -> class 0
     probs[45] = _onehot_probs(np.array([2]), confidence=0.98)  # one confident class-2 prediction
-    sel = select("hybrid", 3, probs, world["pool"], world["labeled"][keep], world["labels"][keep])
+    sel = select("hybrid", 3, probs, world["pool"], world["labeled"][keep], world["labels"][keep], coverage=False)
     assert sel.strategy == "hybrid"
     assert sel.indices[0] == 45
     assert set(sel.components) == {"entropy", "margin", "fre"}
@@ -169,15 +169,15 @@ def test_hybrid_stratifies_across_predicted_classes(world: dict[str, np.ndarray]
     probs = world["probs"].copy()
     probs[:20] = [0.5, 0.3, 0.2]  # all of class 0 is far more uncertain than the rest
     args = (probs, world["pool"], world["labeled"], world["labels"])
-    sel = select("hybrid", 6, *args, similarity_threshold=1.0)
+    sel = select("hybrid", 6, *args, similarity_threshold=1.0, coverage=False)
     assert np.bincount(world["pred"][sel.indices], minlength=C).tolist() == [2, 2, 2]
-    flat = select("hybrid", 6, *args, similarity_threshold=1.0, stratify=False)
+    flat = select("hybrid", 6, *args, similarity_threshold=1.0, stratify=False, coverage=False)
     assert (flat.indices < 20).all()
 
 
 def test_hybrid_rare_class_first(world: dict[str, np.ndarray]) -> None:
     keep = np.concatenate([np.ones(20, bool), np.arange(10) < 3])  # class 2: 3
-    sel = select("hybrid", 3, world["probs"], world["pool"], world["labeled"][keep], world["labels"][keep])
+    sel = select("hybrid", 3, world["probs"], world["pool"], world["labeled"][keep], world["labels"][keep], coverage=False)
     assert world["pred"][sel.indices].tolist() == [2, 0, 1]
 
 
@@ -188,15 +188,15 @@ def test_hybrid_avoids_near_duplicates(world: dict[str, np.ndarray]) -> None:
     probs = np.concatenate([world["probs"], np.tile([[0.34, 0.33, 0.33]], (10, 1))]).astype(np.float32)
     dupes = set(range(60, 70))  # ... and the most uncertain: they all score highest
     args = (probs, pool, world["labeled"], world["labels"])
-    sel = select("hybrid", 5, *args)
+    sel = select("hybrid", 5, *args, coverage=False)
     assert len(dupes & set(sel.indices.tolist())) == 1
     assert len(set(sel.indices.tolist())) == 5
-    no_div = select("hybrid", 5, *args, similarity_threshold=1.0)
+    no_div = select("hybrid", 5, *args, similarity_threshold=1.0, coverage=False)
     assert len(dupes & set(no_div.indices.tolist())) > 1
     # When diversity cannot fill the batch, the set-aside copies do.
     only_dupes = np.zeros(pool.shape[0], bool)
     only_dupes[:60] = True
-    filled = select("hybrid", 5, *args, exclude=only_dupes)
+    filled = select("hybrid", 5, *args, exclude=only_dupes, coverage=False)
     assert sorted(filled.indices.tolist()) == list(range(60, 65))
 
 
@@ -390,3 +390,39 @@ def test_params_checked_even_with_no_candidates(world: dict[str, np.ndarray]) ->
         )
     with pytest.raises(ValueError, match="not valid for strategy 'entropy'"):
         select("entropy", 1, world["probs"], world["pool"], world["labeled"], world["labels"], variance=0.9)
+
+
+# --- hybrid, coverage (the default) ----------------------------------------------------------
+
+
+def _three_modes(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = np.eye(3, 16, dtype=np.float32) * 5
+    pool = np.concatenate([c + rng.normal(0, 0.3, (40, 16)) for c in centres]).astype(np.float32)
+    return pool, np.repeat(np.arange(3), 40)
+
+
+def test_hybrid_coverage_visits_the_modes_no_label_covers() -> None:
+    pool, mode = _three_modes()
+    labeled = pool[mode == 0][:2] + 0.01
+    probs = np.full((len(pool), 2), 0.5, np.float32)
+    sel = select("hybrid", 2, probs, pool, labeled, np.zeros(2, np.int64))
+    assert sorted(mode[sel.indices].tolist()) == [1, 2]
+    assert {"typicality", "cluster_size", "margin", "uncertainty_weight"} <= set(sel.components)
+    # the coin-flip model trusts itself half: the weight follows its mean top-1 probability
+    assert sel.components["uncertainty_weight"][0] == pytest.approx(0.5)
+
+
+def test_hybrid_coverage_weighs_uncertainty_by_the_models_confidence() -> None:
+    pool, mode = _three_modes()
+    labeled = np.concatenate([pool[mode == 0][:2], pool[mode == 2][:2]]) + 0.01
+    probs = np.tile(np.array([[0.99, 0.01]], np.float32), (len(pool), 1))
+    edge = int(np.flatnonzero(mode == 1)[np.argmax(np.linalg.norm(pool[mode == 1] - pool[mode == 1].mean(0), axis=1))])
+    probs[edge] = [0.5, 0.5]  # the one uncertain sample of the uncovered mode sits at its edge
+    args = (pool, labeled, np.zeros(4, np.int64))
+    trusting = select("hybrid", 1, probs, *args)  # a confident model: weight ~0.99, its uncertainty wins
+    assert trusting.indices.tolist() == [edge]
+    typical = select("hybrid", 1, probs, *args, uncertainty_weight=0.0)
+    assert mode[typical.indices[0]] == 1 and typical.indices[0] != edge
+    with pytest.raises(ValueError, match="uncertainty_weight"):
+        select("hybrid", 1, probs, *args, uncertainty_weight=1.5)

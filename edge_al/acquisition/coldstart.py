@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from ._validation import check_int
+from ._validation import check_float, check_int, param_error
 from .embeddings import EmbeddingSource, as_source
 from .novelty import l2_normalize
 from .strategies import Selection
@@ -57,6 +57,8 @@ def typical_diverse(
     iterations: int = 30,
     max_clusters: int = 500,
     chunk_size: int = 65536,
+    priority: np.ndarray | None = None,
+    priority_weight: float = 0.0,
 ) -> Selection:
     """Choose ``n`` typical pool rows from different clusters, for the first labels.
 
@@ -73,6 +75,10 @@ def typical_diverse(
         max_clusters: cap on ``K = M + n``; past it, picks beyond the uncovered clusters are
             farthest-first.
         chunk_size: pool rows read at a time.
+        priority: optional float ``[N]``, higher is preferred (e.g. the model's uncertainty);
+            within a cluster the pick maximises ``(1 - priority_weight) * typicality rank +
+            priority_weight * priority rank`` (ranks as fractions in [0, 1] among the scored rows).
+        priority_weight: float in [0, 1]; 0 is plain TypiClust.
 
     Returns:
         A ``Selection`` in pick order, ``strategy="typiclust"``: ``score`` float32 ``(n - i) / n``
@@ -91,6 +97,13 @@ def typical_diverse(
     iterations = check_int("iterations", iterations, low=0)
     max_clusters = check_int("max_clusters", max_clusters)
     chunk_size = check_int("chunk_size", chunk_size)
+    priority_weight = check_float("priority_weight", priority_weight, low=0.0, high=1.0)
+    if priority is not None:
+        priority = np.asarray(priority, dtype=np.float64)
+        if priority.shape != (len(source),) or not np.all(np.isfinite(priority)):
+            raise param_error("priority", f"a finite float array of shape ({len(source)},)", getattr(priority, "shape", priority))
+    elif priority_weight > 0:
+        raise param_error("priority", "an array when priority_weight > 0", None)
     lab = _check_labeled(labeled, source.dim)
     is_candidate = _check_exclude(exclude, len(source))
     n = min(n, int(is_candidate.sum()))
@@ -109,7 +122,8 @@ def typical_diverse(
         covered[_nearest(lab, centres)[0]] = True
     sizes = np.bincount(assign, minlength=len(centres))
     # 3. the most typical candidate of each uncovered cluster, largest first
-    picks, typicality = _cluster_picks(source, assign, sizes, covered, is_candidate, n, k_neighbors, seed)
+    blend = (priority, priority_weight) if priority is not None and priority_weight > 0 else None
+    picks, typicality = _cluster_picks(source, assign, sizes, covered, is_candidate, n, k_neighbors, seed, blend)
     # 4. farthest-first when the clusters run out
     if len(picks) < n:
         in_memory = x_fit if fit_rows.size == len(source) else None
@@ -267,6 +281,7 @@ def _cluster_picks(
     n: int,
     k_neighbors: int,
     seed: int,
+    blend: tuple[np.ndarray, float] | None = None,
 ) -> tuple[list[int], list[float]]:
     """Up to ``n`` picks, one per uncovered cluster, largest cluster first; returns the pool rows
     and their typicality."""
@@ -280,7 +295,7 @@ def _cluster_picks(
         if covered[c] or sizes[c] == 0:
             continue
         members = members_of[bounds[c] : bounds[c + 1]]
-        row, typ = _most_typical(source, members, is_candidate, k_neighbors, np.random.default_rng((seed, c)))
+        row, typ = _most_typical(source, members, is_candidate, k_neighbors, np.random.default_rng((seed, c)), blend)
         if row >= 0:
             picks.append(row)
             typicality.append(typ)
@@ -293,6 +308,7 @@ def _most_typical(
     is_candidate: np.ndarray,
     k_neighbors: int,
     rng: np.random.Generator,
+    blend: tuple[np.ndarray, float] | None = None,
 ) -> tuple[int, float]:
     """The candidate among ``members`` (ascending pool rows of one cluster) with the smallest mean
     distance to its ``k`` nearest members, and its typicality; ``(-1, 0.0)`` if none is a candidate.
@@ -318,8 +334,19 @@ def _most_typical(
         return int(scored[0]), 0.0
     mean_knn = np.partition(dist, k - 1, axis=1)[:, :k].mean(axis=1, dtype=np.float64)
     typ = 1.0 / np.maximum(mean_knn, 1e-6)
-    best = int(np.argmax(typ))
+    if blend is None:
+        best = int(np.argmax(typ))
+    else:
+        priority, weight = blend
+        best = int(np.argmax((1.0 - weight) * _rank_fraction(typ) + weight * _rank_fraction(priority[scored])))
     return int(scored[best]), float(typ[best])
+
+
+def _rank_fraction(x: np.ndarray) -> np.ndarray:
+    """Ranks of ``x`` as fractions in [0, 1] (ties by position; 1.0 for a single value)."""
+    if x.size == 1:
+        return np.ones(1)
+    return np.argsort(np.argsort(x, kind="stable"), kind="stable") / (x.size - 1)
 
 
 def _min_dist(source: EmbeddingSource, in_memory: np.ndarray | None, ref: np.ndarray, chunk_size: int) -> np.ndarray:

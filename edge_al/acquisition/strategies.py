@@ -327,7 +327,19 @@ _COMPONENTS = ("least_confidence", "margin", "entropy", "fre", "knn")
 
 
 class Hybrid(QueryStrategy):
-    """Uncertainty + novelty, stratified across predicted classes, diversified.
+    """Coverage + uncertainty, budget-aware (the default, ``coverage=True``); or uncertainty +
+    novelty, stratified across predicted classes and diversified (``coverage=False``).
+
+    Coverage (measured on magnetic_tile and digits with frozen pretrained features, docs/simulation):
+    k-means the pool into ``M + n`` clusters (``coldstart.typical_diverse``), visit the clusters
+    that hold no labeled sample, largest first, and take from each the candidate with the best
+    ``(1 - w) * typicality rank + w * uncertainty rank`` (uncertainty: 1 - margin). The weight
+    ``w`` (``uncertainty_weight``) is ``"auto"`` by default: the mean top-1 probability of the
+    candidates, i.e. trust the model's uncertainty as much as the model trusts itself. A weak
+    model (few labels, hard data) picks typical samples of uncovered modes, which is what wins
+    at low budgets (Hacohen et al., ICML 2022); a confident one picks its uncertain samples.
+
+    Stratified (``coverage=False``):
 
     1. ``score = sum_i w_i * rank_normalise(component_i) / sum_i w_i`` over the candidates, with
        ``weights`` over ``least_confidence``, ``margin``, ``entropy``, ``fre``, ``knn``; the
@@ -348,6 +360,8 @@ class Hybrid(QueryStrategy):
 
     name = "hybrid"
     defaults: ClassVar[Mapping[str, Any]] = {
+        "coverage": True,
+        "uncertainty_weight": "auto",
         "weights": {"entropy": 0.25, "margin": 0.25, "fre": 0.5},
         "similarity_threshold": 0.95,
         "candidate_factor": 10,
@@ -377,11 +391,36 @@ class Hybrid(QueryStrategy):
         params["weights"] = self._check_weights(params["weights"])
         params["similarity_threshold"] = check_float("similarity_threshold", params["similarity_threshold"], low=-1.0, high=1.0)
         params["candidate_factor"] = check_int("candidate_factor", params["candidate_factor"], low=1)
-        if not isinstance(params["stratify"], bool):
-            raise param_error("stratify", "a bool", params["stratify"])
+        for flag in ("stratify", "coverage"):
+            if not isinstance(params[flag], bool):
+                raise param_error(flag, "a bool", params[flag])
+        if params["uncertainty_weight"] != "auto":
+            params["uncertainty_weight"] = check_float("uncertainty_weight", params["uncertainty_weight"], low=0.0, high=1.0)
         return params
 
+    def _select_coverage(self, pool: Pool, n: int, params: dict[str, Any], *, seed: int, chunk_size: int) -> Selection:
+        from .coldstart import typical_diverse  # here: coldstart imports Selection from this module
+
+        uncertainty = margin(pool.probs)
+        weight = params["uncertainty_weight"]
+        if weight == "auto":
+            weight = float(np.clip(np.mean(pool.probs[pool.candidates].max(axis=1)), 0.0, 1.0))
+        exclude = np.ones(pool.probs.shape[0], dtype=bool)
+        exclude[pool.candidates] = False
+        sel = typical_diverse(
+            pool.source, n, labeled=pool.labeled, exclude=exclude, seed=seed, chunk_size=chunk_size,
+            priority=uncertainty, priority_weight=weight,
+        )  # fmt: skip
+        components = {
+            **sel.components,
+            "margin": uncertainty[sel.indices].astype(np.float32),
+            "uncertainty_weight": np.full(sel.indices.size, weight, dtype=np.float32),
+        }
+        return Selection(sel.indices, sel.score, components, self.name)
+
     def _select(self, pool: Pool, n: int, params: dict[str, Any], *, seed: int, chunk_size: int) -> Selection:
+        if params["coverage"]:
+            return self._select_coverage(pool, n, params, seed=seed, chunk_size=chunk_size)
         weights: dict[str, float] = params["weights"]
         threshold: float = params["similarity_threshold"]
         factor: int = params["candidate_factor"]
