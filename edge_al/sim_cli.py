@@ -60,8 +60,8 @@ def register(sub: Any) -> None:
     p.add_argument("--no-cold-start", action="store_true", help="skip the row that starts from a typical-and-diverse initial set")
     p.add_argument("--train-batch-size", type=positive_int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--calibration-size", type=positive_int, default=100, help="pool images for INT8 calibration (default 100)")
-    p.add_argument("--sample-size", type=positive_int, default=100, help="pool images for the parity/agreement gates (default 100)")
+    p.add_argument("--calibration-size", type=positive_int, default=300, help="pool images for INT8 calibration (default 300)")
+    p.add_argument("--sample-size", type=positive_int, default=200, help="pool images for the parity/agreement gates (default 200)")
     p.add_argument(
         "--accuracy-control",
         action="store_true",

@@ -93,8 +93,10 @@ class SimConfig:
     cold_start: bool = True  # a row that starts from a typical-and-diverse initial set instead of a random one
     train_batch_size: int = 32
     lr: float = 1e-3
-    calibration_size: int = 100
-    sample_size: int = 100
+    # the production export's sizes: a head-only round reuses the backbone's INT8 calibration, and the
+    # agreement gate needs ~200 samples to resolve 99% (one flip in 100 is already 1%)
+    calibration_size: int = 300
+    sample_size: int = 200
     # the production export, less its costliest retry: NNCF accuracy control takes 20 to 150 s
     # whenever weak early-round models fail the INT8 agreement gate, and then mostly still fails
     accuracy_control: bool = False

@@ -409,8 +409,8 @@ def test_hybrid_coverage_visits_the_modes_no_label_covers() -> None:
     sel = select("hybrid", 2, probs, pool, labeled, np.zeros(2, np.int64))
     assert sorted(mode[sel.indices].tolist()) == [1, 2]
     assert {"typicality", "cluster_size", "margin", "uncertainty_weight"} <= set(sel.components)
-    # the coin-flip model trusts itself half: the weight follows its mean top-1 probability
-    assert sel.components["uncertainty_weight"][0] == pytest.approx(0.5)
+    # the coin-flip model trusts itself half: the weight is the root of its mean top-1 probability
+    assert sel.components["uncertainty_weight"][0] == pytest.approx(0.5**0.5)
 
 
 def test_hybrid_coverage_weighs_uncertainty_by_the_models_confidence() -> None:

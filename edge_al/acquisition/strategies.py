@@ -334,10 +334,12 @@ class Hybrid(QueryStrategy):
     k-means the pool into ``M + n`` clusters (``coldstart.typical_diverse``), visit the clusters
     that hold no labeled sample, largest first, and take from each the candidate with the best
     ``(1 - w) * typicality rank + w * uncertainty rank`` (uncertainty: 1 - margin). The weight
-    ``w`` (``uncertainty_weight``) is ``"auto"`` by default: the mean top-1 probability of the
-    candidates, i.e. trust the model's uncertainty as much as the model trusts itself. A weak
-    model (few labels, hard data) picks typical samples of uncovered modes, which is what wins
-    at low budgets (Hacohen et al., ICML 2022); a confident one picks its uncertain samples.
+    ``w`` (``uncertainty_weight``) is ``"auto"`` by default: the square root of the candidates'
+    mean top-1 probability, i.e. trust the model's uncertainty about as much as the model trusts
+    itself (the root leans towards uncertainty: 0.88 rather than 0.78 on magnetic_tile, whose pool
+    is mostly one confidently predicted class; measured slightly better there and on digits). The
+    clusters do the exploring either way: at low budgets the picks are typical samples of uncovered
+    modes, which is what wins there (Hacohen et al., ICML 2022).
 
     Stratified (``coverage=False``):
 
@@ -404,7 +406,7 @@ class Hybrid(QueryStrategy):
         uncertainty = margin(pool.probs)
         weight = params["uncertainty_weight"]
         if weight == "auto":
-            weight = float(np.clip(np.mean(pool.probs[pool.candidates].max(axis=1)), 0.0, 1.0))
+            weight = float(np.sqrt(np.clip(np.mean(pool.probs[pool.candidates].max(axis=1)), 0.0, 1.0)))
         exclude = np.ones(pool.probs.shape[0], dtype=bool)
         exclude[pool.candidates] = False
         sel = typical_diverse(
