@@ -323,11 +323,13 @@ def _most_typical(
     scored = ref[is_candidate[ref]]
     if scored.size == 0:
         scored = cand if cand.size <= _MAX_MEMBERS else np.sort(rng.choice(cand, _MAX_MEMBERS, replace=False))
+    # Every row read is scored, excluded or not, so that a row's rank (and so the pick) does not
+    # depend on which other rows happen to be excluded (the service excludes other annotators' leases).
     rows = np.union1d(ref, scored)
     x = _normalized(source.take(rows), "embeddings")
-    dist = np.sqrt(_sq_dist(x[np.searchsorted(rows, scored)], x[np.searchsorted(rows, ref)]))
-    at = np.minimum(np.searchsorted(ref, scored), ref.size - 1)
-    is_self = ref[at] == scored
+    dist = np.sqrt(_sq_dist(x, x[np.searchsorted(rows, ref)]))
+    at = np.minimum(np.searchsorted(ref, rows), ref.size - 1)
+    is_self = ref[at] == rows
     dist[np.flatnonzero(is_self), at[is_self]] = np.inf
     k = min(k_neighbors, ref.size - int(is_self.any()))
     if k == 0:  # a one-row cluster
@@ -335,11 +337,13 @@ def _most_typical(
     mean_knn = np.partition(dist, k - 1, axis=1)[:, :k].mean(axis=1, dtype=np.float64)
     typ = 1.0 / np.maximum(mean_knn, 1e-6)
     if blend is None:
-        best = int(np.argmax(typ))
+        value = typ
     else:
         priority, weight = blend
-        best = int(np.argmax((1.0 - weight) * _rank_fraction(typ) + weight * _rank_fraction(priority[scored])))
-    return int(scored[best]), float(typ[best])
+        value = (1.0 - weight) * _rank_fraction(typ) + weight * _rank_fraction(priority[rows])
+    candidate = is_candidate[rows]
+    best = int(np.flatnonzero(candidate)[np.argmax(value[candidate])])
+    return int(rows[best]), float(typ[best])
 
 
 def _rank_fraction(x: np.ndarray) -> np.ndarray:

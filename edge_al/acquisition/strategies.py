@@ -334,7 +334,7 @@ class Hybrid(QueryStrategy):
     k-means the pool into ``M + n`` clusters (``coldstart.typical_diverse``), visit the clusters
     that hold no labeled sample, largest first, and take from each the candidate with the best
     ``(1 - w) * typicality rank + w * uncertainty rank`` (uncertainty: 1 - margin). The weight
-    ``w`` (``uncertainty_weight``) is ``"auto"`` by default: the square root of the candidates'
+    ``w`` (``uncertainty_weight``) is ``"auto"`` by default: the square root of the pool's
     mean top-1 probability, i.e. trust the model's uncertainty about as much as the model trusts
     itself (the root leans towards uncertainty: 0.88 rather than 0.78 on magnetic_tile, whose pool
     is mostly one confidently predicted class; measured slightly better there and on digits). The
@@ -406,7 +406,8 @@ class Hybrid(QueryStrategy):
         uncertainty = margin(pool.probs)
         weight = params["uncertainty_weight"]
         if weight == "auto":
-            weight = float(np.sqrt(np.clip(np.mean(pool.probs[pool.candidates].max(axis=1)), 0.0, 1.0)))
+            # over every pool row, excluded or not: the weight must not move with other annotators' leases
+            weight = float(np.sqrt(np.clip(np.mean(pool.probs.max(axis=1)), 0.0, 1.0)))
         exclude = np.ones(pool.probs.shape[0], dtype=bool)
         exclude[pool.candidates] = False
         sel = typical_diverse(
