@@ -426,4 +426,3 @@ def test_hybrid_coverage_weighs_uncertainty_by_the_models_confidence() -> None:
     assert mode[typical.indices[0]] == 1 and typical.indices[0] != edge
     with pytest.raises(ValueError, match="uncertainty_weight"):
         select("hybrid", 1, probs, *args, uncertainty_weight=1.5)
-
