@@ -134,3 +134,28 @@ def test_cold_start_then_a_head_round_publishes_an_ir_that_is_the_head(digits_wo
     assert score_pool(settings, store, registry).scored == len(truth)
     nxt = select_next(settings, store, registry, 5, "hybrid")
     assert len(nxt) == 5 and all(c.predicted for c in nxt)
+
+
+@pytest.mark.slow
+def test_the_queue_serves_a_cold_start_before_the_first_model(tmp_path: Path) -> None:
+    from export.workflow import workspace_backbone
+    from tests.api_support import build_workspace, check_response
+    from tests.test_api import _app
+
+    settings, _ = build_workspace(tmp_path, n=40, model=False)
+    for app in _app(settings):
+        assert app.test_client().get("/v1/queue").status_code == 503  # nothing to rank with yet
+    from edge_al.store import Store
+
+    store = Store(settings.db_path)
+    try:
+        workspace_backbone(settings, store, ARCH, 64, calibration_size=16)
+    finally:
+        store.close()
+    for app in _app(settings):
+        c = app.test_client()
+        body = check_response(c.get("/v1/queue?n=4&annotator=alice"), "/v1/queue", "GET")
+        assert body["model_version"] is None and len(body["items"]) == 4
+        assert all(it["predicted"] == "" and "typicality" in it["scores"] for it in body["items"])
+        other = check_response(c.get("/v1/queue?n=4&annotator=bob"), "/v1/queue", "GET")
+        assert not {it["sample_id"] for it in body["items"]} & {it["sample_id"] for it in other["items"]}

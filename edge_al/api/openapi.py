@@ -169,7 +169,10 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["model_version", "strategy", "lease_seconds", "labels", "items"],
         "properties": {
-            "model_version": {"type": "string"},
+            "model_version": {
+                "type": ["string", "null"],
+                "description": "null before the first model: a cold start over the embedded pool (edge-al embed), predicted ''",
+            },
             "strategy": {"enum": list(acquisition.STRATEGIES)},
             "holder": {"type": "string", "description": "who holds the leases (annotator, else the key's name)"},
             "lease_seconds": {"type": "integer"},
@@ -424,7 +427,7 @@ _PATHS: dict[str, Any] = {
         "get": _op(
             "The next samples to annotate, leased to the caller",
             "annotator",
-            {"200": _json(_ref("Queue")), "422": _problem("bad n or strategy"), "503": _problem("no active model")},
+            {"200": _json(_ref("Queue")), "422": _problem("bad n or strategy"), "503": _problem("no active model and no embedded pool")},
             parameters=[
                 _q("n", {"type": "integer", "minimum": 1}, "how many (default 20)"),
                 _q("strategy", {"enum": list(acquisition.STRATEGIES)}, "default hybrid"),

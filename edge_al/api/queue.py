@@ -16,6 +16,7 @@ from flask.wrappers import Response
 
 from edge_al import acquisition
 from edge_al.errors import InvalidInput, NoActiveModel
+from edge_al.features import find_backbone
 from edge_al.selection import select_next
 
 from . import service
@@ -39,14 +40,20 @@ def next_items() -> Response:
     holder = annotator or current_principal().holder
     seconds = int(current_app.config["LEASE_SECONDS"])
     mv = svc.registry.active()
-    if mv is None:
-        raise NoActiveModel("No model version is active: train and export one first, then score the pool.")
+    if mv is None and find_backbone(svc.settings) is None:
+        raise NoActiveModel(
+            "No model version is active and the pool is not embedded: run `edge-al embed` for a cold-start queue, "
+            "or train and export a model, then score the pool."
+        )
     items: list[dict[str, Any]] = []
     lost: set[int] = set()
     for _ in range(3):  # a concurrent caller can take some of ours; rank again without them
         exclude = svc.store.leased_ids(exclude_holder=holder) | lost | {it["sample_id"] for it in items}
         try:
-            cands = select_next(svc.settings, svc.store, svc.registry, n - len(items), strategy, exclude_ids=exclude, version=mv.version)
+            # no model yet: select_next ranks the embedded pool for a cold start (typical, diverse)
+            cands = select_next(
+                svc.settings, svc.store, svc.registry, n - len(items), strategy, exclude_ids=exclude, version=mv.version if mv else None
+            )
         except ValueError as exc:  # acquisition parameter errors
             raise InvalidInput(str(exc)) from None
         if not cands:
@@ -72,11 +79,11 @@ def next_items() -> Response:
         if len(items) >= n or len(got) == len(cands):
             break
     labels = list(svc.store.labels())
-    labels += [x for x in mv.labels if x not in labels]
+    labels += [x for x in (mv.labels if mv else []) if x not in labels]
     return jsonify(
         clean(
             {
-                "model_version": mv.version,
+                "model_version": mv.version if mv else None,
                 "strategy": strategy,
                 "holder": holder,
                 "lease_seconds": seconds,
