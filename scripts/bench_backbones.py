@@ -79,6 +79,8 @@ def main() -> None:
                 "fp32_default": benchmark_app(fp32_xml, **kw),
                 "int8": benchmark_app(int8_xml, **kw),
             }
+            for row in rows[arch].values():  # the report names no folder of this machine
+                row["command"] = row["command"].replace(str(folder), "TMPDIR")
     machine = machine_info()
     print(f"\n{machine['cpu']}, {machine['cores']} cores, ISA flags {' '.join(machine['cpu_flags'])}, openvino {machine['openvino']}")
     print(f"benchmark_app, {args.size}x{args.size}, batch {args.batch}, throughput hint, {args.seconds:.0f} s each (img/s)\n")
