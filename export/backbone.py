@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import nncf
 import numpy as np
 import openvino as ov
 from openvino import opset13 as ops
@@ -135,6 +136,7 @@ def _build(arch: str, size: int, calibration: np.ndarray, out: Path, parity_imag
                  "subset_size": int(min(300, len(calibration))), "calibration": "pool images",
                  "ignored_names": [convs[0], convs[-1]]}  # fmt: skip
     t = time.time()
+    nncf.set_log_level(logging.WARNING)  # its INFO lines list every ignored node
     int8 = quantize_int8(reference, calibration, qsettings)
     int8_s = time.time() - t
     with _quiet():
