@@ -26,7 +26,7 @@ import numpy as np
 
 from .config import Settings
 from .errors import InvalidInput
-from .pool import ImageCache
+from .pool import ImageCache, read_flags
 from .scoring import EmbeddingFile
 from .store import Store
 
@@ -118,14 +118,7 @@ class FeatureCache:
 
     def present(self, ids: np.ndarray) -> np.ndarray:
         """bool [len(ids)]: which sample ids already have features on disk."""
-        ids = np.asarray(ids, dtype=np.int64)
-        if len(ids) == 0:
-            return np.zeros(0, dtype=bool)
-        lo, hi = int(ids.min()), int(ids.max()) + 1
-        raw = os.pread(self._ok_fd, hi - lo, lo)
-        flags = np.zeros(hi - lo, dtype=np.uint8)
-        flags[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-        return flags[ids - lo] == 1
+        return read_flags(self._ok_fd, ids)
 
     def get(self, store: Store, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(features float32 [n, D], ids int64 [n])`` for the ``ids`` whose image loads.

@@ -25,7 +25,7 @@ from .fsutil import atomic_write
 from .images import decode_resized, probe, sha256_of
 from .store import Sample, Store
 
-__all__ = ["IMAGE_SUFFIXES", "ImageCache", "IngestReport", "expand_paths", "ingest", "ingest_bytes"]
+__all__ = ["IMAGE_SUFFIXES", "ImageCache", "IngestReport", "expand_paths", "ingest", "ingest_bytes", "read_flags"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 _LIST_SUFFIXES = {".txt", ".lst", ".list"}
@@ -138,6 +138,19 @@ def ingest_bytes(store: Store, settings: Settings, data: bytes, *, filename: str
     return store.sample(sid), created
 
 
+def read_flags(fd: int, ids: np.ndarray) -> np.ndarray:
+    """bool [len(ids)]: which of the one-byte flags at offsets ``ids`` (int [n]) of the open file
+    ``fd`` are 1; one read between the smallest and largest id, missing bytes count as 0."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) == 0:
+        return np.zeros(0, dtype=bool)
+    lo, hi = int(ids.min()), int(ids.max()) + 1
+    raw = os.pread(fd, hi - lo, lo)
+    flags = np.zeros(hi - lo, dtype=np.uint8)
+    flags[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return flags[ids - lo] == 1
+
+
 class ImageCache:
     """Resized u8 BGR images per input size, in a sparse file indexed by sample id."""
 
@@ -174,14 +187,7 @@ class ImageCache:
 
     def valid_mask(self, ids: np.ndarray) -> np.ndarray:
         """bool [len(ids)]: which ids are cached (one read of the flags between min and max id)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        if len(ids) == 0:
-            return np.zeros(0, dtype=bool)
-        lo, hi = int(ids.min()), int(ids.max()) + 1
-        raw = os.pread(self._valid_fd, hi - lo, lo)
-        flags = np.zeros(hi - lo, dtype=np.uint8)
-        flags[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-        return flags[ids - lo] == 1
+        return read_flags(self._valid_fd, ids)
 
     def read_rows(self, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Copy the cached images of sample ``ids`` (int64 [n]) into ``out`` (u8 [n, H, W, 3],
