@@ -10,6 +10,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
+from edge_al.acquisition import ArrayEmbeddings
 from edge_al.registry import ModelVersion, Registry
 
 
@@ -128,3 +129,21 @@ def write_shape_images(root: Path, n: int, size: int = 32, seed: int = 0) -> lis
         cv2.imwrite(str(p), shape_image(kind, rng, size))
         out.append((p, kind))
     return out
+
+
+class SpySource(ArrayEmbeddings):
+    """An in-memory embedding source that records the largest ``chunk`` read and the rows read
+    with ``take``, to check that a strategy's memory stays bounded by ``chunk_size``."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        super().__init__(array)
+        self.max_chunk = 0
+        self.taken = 0
+
+    def chunk(self, start: int, stop: int) -> np.ndarray:
+        self.max_chunk = max(self.max_chunk, stop - start)
+        return super().chunk(start, stop)
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        self.taken += len(indices)
+        return super().take(indices)

@@ -21,6 +21,7 @@ from edge_al.acquisition import (
     top_n,
     uncertainty_scores,
 )
+from tests.helpers import SpySource
 
 D = 16
 C = 3
@@ -297,27 +298,10 @@ def test_file_embeddings_rejects_short_file(tmp_path: Path) -> None:
         FileEmbeddings(path, rows=5, dim=D)
 
 
-class _SpySource(ArrayEmbeddings):
-    """Records the largest block read, to check memory stays bounded by chunk_size."""
-
-    def __init__(self, array: np.ndarray) -> None:
-        super().__init__(array)
-        self.max_chunk = 0
-        self.taken = 0
-
-    def chunk(self, start: int, stop: int) -> np.ndarray:
-        self.max_chunk = max(self.max_chunk, stop - start)
-        return super().chunk(start, stop)
-
-    def take(self, indices: np.ndarray) -> np.ndarray:
-        self.taken += len(indices)
-        return super().take(indices)
-
-
 @pytest.mark.parametrize("strategy", ["fre", "knn", "hybrid"])
 def test_small_chunks_match_large(world: dict[str, np.ndarray], strategy: str) -> None:
     pool, probs, _ = _with_far_row(world)
-    spy = _SpySource(pool)
+    spy = SpySource(pool)
     args = (world["labeled"], world["labels"])
     small = select(strategy, 12, probs, spy, *args, chunk_size=7, labeled_chunk_size=4)
     large = select(strategy, 12, probs, pool, *args)

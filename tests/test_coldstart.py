@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_al.acquisition import STRATEGIES, ArrayEmbeddings, FileEmbeddings, Selection, select, typical_diverse
+from edge_al.acquisition import STRATEGIES, FileEmbeddings, Selection, select, typical_diverse
+from tests.helpers import SpySource
 
 D = 64
 SIZES = (900, 100, 80, 60, 40, 20)  # one dominant mode and five rare ones
@@ -32,23 +33,6 @@ def _near(centres: np.ndarray, modes: list[int], seed: int = 1) -> np.ndarray:
 
 def _coverage(modes: np.ndarray, picks: np.ndarray) -> int:
     return len(set(modes[picks].tolist()))
-
-
-class _SpySource(ArrayEmbeddings):
-    """Records the largest ``chunk`` and the rows read with ``take``."""
-
-    def __init__(self, array: np.ndarray) -> None:
-        super().__init__(array)
-        self.max_chunk = 0
-        self.taken = 0
-
-    def chunk(self, start: int, stop: int) -> np.ndarray:
-        self.max_chunk = max(self.max_chunk, stop - start)
-        return super().chunk(start, stop)
-
-    def take(self, indices: np.ndarray) -> np.ndarray:
-        self.taken += len(indices)
-        return super().take(indices)
 
 
 # --- what it picks -----------------------------------------------------------------------------
@@ -148,7 +132,7 @@ def test_file_source_larger_than_max_fit_is_read_in_chunks(tmp_path: Path) -> No
     path = tmp_path / "emb.f16"
     path.write_bytes(np.full((2, D), 9, np.float16).tobytes() + half.tobytes())  # 2 header rows
     source = FileEmbeddings(path, rows=half.shape[0], dim=D, row_offset=2)
-    spy = _SpySource(half)
+    spy = SpySource(half)
     kwargs: dict[str, Any] = {"max_fit": 500, "chunk_size": 256, "seed": 1}
     from_file = typical_diverse(source, 12, **kwargs)
     from_spy = typical_diverse(spy, 12, **kwargs)
@@ -202,7 +186,7 @@ def test_large_pool_runs() -> None:
     n_rows, dim = 200_000, 256
     pool = rng.standard_normal((n_rows, dim), dtype=np.float32)
     pool[:, :8] += 3.0 * rng.standard_normal((8, 8), dtype=np.float32)[rng.integers(8, size=n_rows)]
-    spy = _SpySource(pool)
+    spy = SpySource(pool)
     sel = typical_diverse(spy, 20, labeled=pool[:5], chunk_size=50_000)
     assert len(set(sel.indices.tolist())) == 20
     assert spy.max_chunk == 50_000

@@ -92,3 +92,17 @@ def check_probs(probs: object) -> np.ndarray:
             f"{float(out.min()):.3g} instead; apply a softmax to logits first."
         )
     return out
+
+
+def check_embedding_matrix(name: str, value: object, dim: int, hint: str = "") -> np.ndarray:
+    """A float32 copy of ``value`` as ``[M, dim]`` (M may be 0; an empty input of any shape is
+    ``[0, dim]``) or ``ValueError``; ``hint`` ends the expectation in the message."""
+    arr = np.asarray(value)
+    if arr.size == 0:
+        arr = arr.reshape(0, dim)
+    if arr.ndim != 2 or arr.shape[1] != dim or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(
+            f"The '{name}' parameter must be a float array [M, {dim}] (M may be 0){hint}. "
+            f"Got shape {arr.shape} and dtype {arr.dtype} instead."
+        )
+    return np.array(arr, dtype=np.float32, copy=True)

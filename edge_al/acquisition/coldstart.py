@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from ._validation import check_float, check_int, param_error
+from ._validation import check_embedding_matrix, check_float, check_int, param_error
 from .embeddings import EmbeddingSource, as_source
 from .novelty import l2_normalize
 from .strategies import Selection
@@ -145,15 +145,7 @@ def _check_labeled(labeled: object, dim: int) -> np.ndarray:
     """Normalised float32 ``[M, dim]`` copy of ``labeled`` (``[0, dim]`` for None or empty)."""
     if labeled is None:
         return np.zeros((0, dim), dtype=np.float32)
-    lab = np.asarray(labeled)
-    if lab.size == 0:
-        lab = lab.reshape(0, dim)
-    if lab.ndim != 2 or lab.shape[1] != dim or not np.issubdtype(lab.dtype, np.number):
-        raise ValueError(
-            f"The 'labeled' parameter must be a float array [M, {dim}] (M may be 0) of embeddings from the pool's "
-            f"backbone. Got shape {lab.shape} and dtype {lab.dtype} instead."
-        )
-    return _normalized(np.array(lab, dtype=np.float32, copy=True), "labeled")
+    return _normalized(check_embedding_matrix("labeled", labeled, dim, " of embeddings from the pool's backbone"), "labeled")
 
 
 def _check_exclude(exclude: object, rows: int) -> np.ndarray:

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._validation import check_choice, check_float, check_int, check_probs, param_error
+from ._validation import check_choice, check_embedding_matrix, check_float, check_int, check_probs, param_error
 from .batch import rank_normalize, stratified_diverse, top_n
 from .embeddings import EmbeddingSource, as_source
 from .novelty import compute_novelty, l2_normalize
@@ -124,16 +124,7 @@ def _check_pool(
     source = as_source(embeddings)
     if len(source) != n_rows:
         raise ValueError(f"The 'embeddings' parameter must have one row per row of 'probs' ({n_rows}). Got {len(source)} rows instead.")
-    d = source.dim
-    lab = np.asarray(labeled_embeddings)
-    if lab.size == 0:
-        lab = lab.reshape(0, d)
-    if lab.ndim != 2 or lab.shape[1] != d or not np.issubdtype(lab.dtype, np.number):
-        raise ValueError(
-            f"The 'labeled_embeddings' parameter must be a float array [M, {d}] (M may be 0). "
-            f"Got shape {lab.shape} and dtype {lab.dtype} instead."
-        )
-    lab = np.array(lab, dtype=np.float32, copy=True)
+    lab = check_embedding_matrix("labeled_embeddings", labeled_embeddings, source.dim)
     if not np.isfinite(lab).all():
         raise ValueError("The 'labeled_embeddings' parameter must be finite. Got NaN or inf instead.")
     y = np.asarray(labeled_labels)
