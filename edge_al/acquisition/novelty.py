@@ -18,12 +18,12 @@ class (argmax of ``probs``). Fallbacks, in order:
 The error is computed by projecting onto the ``k`` components (cost ``N * D * k``), never by
 reconstructing ``x``.
 
-**k-NN**: cosine distance ``1 - max_j cos(x, l_j)`` to the nearest labeled embedding, in blocks of
-``chunk_size`` pool rows x ``labeled_chunk_size`` labeled rows (never ``N x M`` at once). With
-``M == 0`` it is the cosine distance to the normalised pool mean. Exact k-NN costs
-``2 * N * M * D`` flops (1e6 x 1e4 x 1024 is ~20 TFLOP, about a minute at 350 GFLOP/s), so
-``novelty_scores`` omits ``"knn"`` when ``N * M > knn_max_pairs`` (default 1e9); the ``knn``
-strategy always computes it.
+**k-NN**: cosine distance ``1 - max_j cos(x, l_j)`` to the nearest labeled embedding, through a
+``NearestLabeled`` index (``index``): exact, in blocks of ``chunk_size`` pool rows x
+``labeled_chunk_size`` labeled rows (never ``N x M`` at once), while ``M <= exact_max_labeled``
+(4,096); an HNSW graph with exact re-scoring above (exact k-NN costs ``2 * N * M * D`` flops,
+1e6 x 1e4 x 1280 is ~26 TFLOP, minutes on two cores). With ``M == 0`` it is the cosine distance
+to the normalised pool mean. A prebuilt index (the workspace cache's) can be passed in.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .embeddings import EmbeddingSource
+from .index import EXACT_MAX_LABELED, NearestLabeled, exact_nearest
 
 __all__ = [
     "FREModel",
@@ -235,12 +236,7 @@ def knn_distance(
     normalised row of ``labeled`` float32 ``[M, D]`` (M >= 1), float32 ``[n]`` in ``[0, 2]``.
     Rows of ``x`` are normalised on the fly by ``inv_norm`` float32 ``[n]`` when given.
     Works in ``[n, labeled_chunk_size]`` similarity blocks."""
-    best = np.full(x.shape[0], -np.inf, dtype=np.float32)
-    for s in range(0, labeled.shape[0], labeled_chunk_size):
-        sims = x @ labeled[s : s + labeled_chunk_size].T
-        np.maximum(best, sims.max(axis=1), out=best)
-    if inv_norm is not None:
-        best *= inv_norm
+    best, _ = exact_nearest(x, labeled, labeled_chunk_size=labeled_chunk_size, inv_norm=inv_norm)
     out: np.ndarray = np.clip(1.0 - best, 0.0, 2.0).astype(np.float32, copy=False)
     return out
 
@@ -268,12 +264,15 @@ def compute_novelty(
     variance: float = 0.95,
     max_components: int = 32,
     min_class_samples: int = 3,
+    exact_max_labeled: int = EXACT_MAX_LABELED,
+    knn_index: NearestLabeled | None = None,
 ) -> dict[str, np.ndarray]:
     """FRE and/or k-NN scores for every pool row in one pass over ``source``.
 
     ``probs`` float32 ``[N, C]``; ``labeled`` float32 ``[M, D]`` *already L2-normalised*;
-    ``labels`` int64 ``[M]``. Inputs are assumed validated. Returns float32 ``[N]`` arrays under
-    ``"fre"`` and ``"knn"`` as requested.
+    ``labels`` int64 ``[M]``. Inputs are assumed validated. ``knn_index``: a ``NearestLabeled``
+    over exactly ``labeled`` (built here when None, exact when ``M <= exact_max_labeled``).
+    Returns float32 ``[N]`` arrays under ``"fre"`` and ``"knn"`` as requested.
     """
     n, num_classes = probs.shape
     m = labeled.shape[0]
@@ -293,11 +292,13 @@ def compute_novelty(
             min_class_samples=min_class_samples,
         )
         out["fre"] = np.empty(n, dtype=np.float32)
-    knn_ref = labeled
+    nearest: NearestLabeled | None = None
     if knn:
         if m == 0:
             assert mean is not None
-            knn_ref = l2_normalize(mean[None, :].copy())
+            nearest = NearestLabeled(l2_normalize(mean[None, :].copy()))
+        else:
+            nearest = knn_index if knn_index is not None else NearestLabeled.build(labeled, exact_max_labeled=exact_max_labeled)
         out["knn"] = np.empty(n, dtype=np.float32)
     for s in range(0, n, chunk_size):
         e = min(n, s + chunk_size)
@@ -305,7 +306,8 @@ def compute_novelty(
         inv = inverse_norms(x)
         if fre_model is not None:
             out["fre"][s:e] = fre_model.score(x, probs[s:e].argmax(axis=1), inv)
-        if knn:
-            out["knn"][s:e] = knn_distance(x, knn_ref, labeled_chunk_size=labeled_chunk_size, inv_norm=inv)
+        if nearest is not None:
+            sim, _ = nearest.search(x, inv, labeled_chunk_size=labeled_chunk_size)
+            out["knn"][s:e] = np.clip(1.0 - sim, 0.0, 2.0)
         del x
     return out

@@ -32,6 +32,7 @@ import numpy as np
 from ._validation import check_choice, check_embedding_matrix, check_float, check_int, check_probs, param_error
 from .batch import rank_normalize, stratified_diverse, top_n
 from .embeddings import EmbeddingSource, as_source
+from .index import EXACT_MAX_LABELED, NearestLabeled
 from .novelty import compute_novelty, l2_normalize
 from .uncertainty import entropy, least_confidence, margin
 
@@ -71,6 +72,7 @@ _NOVELTY_DEFAULTS: dict[str, Any] = {
     "max_components": 32,
     "min_class_samples": 3,
     "labeled_chunk_size": 1024,
+    "exact_max_labeled": EXACT_MAX_LABELED,
 }
 
 
@@ -96,13 +98,29 @@ class Selection:
 class Pool:
     """Validated inputs: ``probs`` float32 ``[N, C]``, ``source`` ``[N, D]``, ``labeled``
     L2-normalised float32 ``[M, D]``, ``labels`` int64 ``[M]``, ``candidates`` int64 ``[K]``
-    ascending pool rows that may be selected."""
+    ascending pool rows that may be selected; ``novelty`` component name -> float32 ``[N]``
+    scores computed elsewhere (the workspace's cached k-NN distances), used instead of computing."""
 
     probs: np.ndarray
     source: EmbeddingSource
     labeled: np.ndarray
     labels: np.ndarray
     candidates: np.ndarray
+    novelty: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def novelty_scores(self, params: dict[str, Any], wanted: tuple[str, ...], chunk_size: int) -> dict[str, np.ndarray]:
+        """The ``wanted`` novelty components (``fre``, ``knn``) float32 ``[N]``: given ones
+        as they are, the others computed in one pass over the pool."""
+        out = {k: self.novelty[k] for k in wanted if k in self.novelty}
+        todo = [k for k in wanted if k not in out]
+        if todo:
+            out.update(
+                compute_novelty(
+                    self.probs, self.source, self.labeled, self.labels,
+                    fre="fre" in todo, knn="knn" in todo, chunk_size=chunk_size, **_novelty_kwargs(params),
+                )
+            )  # fmt: skip
+        return out
 
     @property
     def num_classes(self) -> int:
@@ -116,6 +134,7 @@ def _check_pool(
     labeled_labels: object,
     num_classes: object,
     exclude: object,
+    novelty: Mapping[str, np.ndarray] | None = None,
 ) -> Pool:
     p = check_probs(probs)
     n_rows, c = p.shape
@@ -149,7 +168,21 @@ def _check_pool(
                 f"The 'exclude' parameter must be a bool mask of shape ({n_rows},). Got shape {ex.shape} and dtype {ex.dtype} instead."
             )
         candidates = np.flatnonzero(~ex).astype(np.int64)
-    return Pool(p, source, l2_normalize(lab), y, candidates)
+    return Pool(p, source, l2_normalize(lab), y, candidates, _check_novelty(novelty, n_rows))
+
+
+def _check_novelty(novelty: Mapping[str, np.ndarray] | None, n_rows: int) -> dict[str, np.ndarray]:
+    """Precomputed novelty scores as float32 ``[n_rows]`` arrays, keys ``fre``/``knn`` only."""
+    out: dict[str, np.ndarray] = {}
+    for key, value in (novelty or {}).items():
+        arr = np.asarray(value)
+        if key not in ("fre", "knn") or arr.shape != (n_rows,) or not np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(
+                f"The 'novelty' parameter must map 'fre'/'knn' to float arrays of shape ({n_rows},). "
+                f"Got {key!r} with shape {arr.shape} and dtype {arr.dtype} instead."
+            )
+        out[key] = arr.astype(np.float32, copy=False)
+    return out
 
 
 def _empty(strategy: str) -> Selection:
@@ -192,13 +225,14 @@ class QueryStrategy:
         seed: int = 0,
         chunk_size: int = 65536,
         exclude: np.ndarray | None = None,
+        novelty: Mapping[str, np.ndarray] | None = None,
     ) -> Selection:
         """Pick up to ``n`` pool rows; see ``edge_al.acquisition.select`` for the arguments."""
         n = check_int("n", n)
         chunk_size = check_int("chunk_size", chunk_size)
         seed = check_int("seed", seed, low=0)
         params = self._check_params()
-        pool = _check_pool(probs, embeddings, labeled_embeddings, labeled_labels, num_classes, exclude)
+        pool = _check_pool(probs, embeddings, labeled_embeddings, labeled_labels, num_classes, exclude, novelty)
         if pool.candidates.size == 0:
             return _empty(self.name)
         return self._select(pool, min(n, pool.candidates.size), params, seed=seed, chunk_size=chunk_size)
@@ -273,6 +307,7 @@ def _check_novelty_params(params: dict[str, Any]) -> dict[str, Any]:
         "max_components": check_int("max_components", params["max_components"], low=0, high=4096),
         "min_class_samples": check_int("min_class_samples", params["min_class_samples"], low=3),
         "labeled_chunk_size": check_int("labeled_chunk_size", params["labeled_chunk_size"], low=1),
+        "exact_max_labeled": check_int("exact_max_labeled", params["exact_max_labeled"], low=0),
     }
 
 
@@ -289,16 +324,7 @@ class _NoveltyStrategy(_ScoreStrategy):
         return _check_novelty_params(super()._check_params())
 
     def _scores(self, pool: Pool, params: dict[str, Any], chunk_size: int) -> np.ndarray:
-        return compute_novelty(
-            pool.probs,
-            pool.source,
-            pool.labeled,
-            pool.labels,
-            fre=self.component == "fre",
-            knn=self.component == "knn",
-            chunk_size=chunk_size,
-            **_novelty_kwargs(params),
-        )[self.component]
+        return pool.novelty_scores(params, (self.component,), chunk_size)[self.component]
 
 
 class FeatureReconstructionError(_NoveltyStrategy):
@@ -428,19 +454,7 @@ class Hybrid(QueryStrategy):
         ):
             if key in weights:
                 raw[key] = fn(pool.probs)
-        if "fre" in weights or "knn" in weights:
-            raw.update(
-                compute_novelty(
-                    pool.probs,
-                    pool.source,
-                    pool.labeled,
-                    pool.labels,
-                    fre="fre" in weights,
-                    knn="knn" in weights,
-                    chunk_size=chunk_size,
-                    **_novelty_kwargs(params),
-                )
-            )
+        raw.update(pool.novelty_scores(params, tuple(k for k in ("fre", "knn") if k in weights), chunk_size))
         cand = pool.candidates
         total = sum(weights.values())
         score = np.zeros(cand.size, dtype=np.float32)
@@ -493,6 +507,7 @@ class TypiClust(QueryStrategy):
         seed: int = 0,
         chunk_size: int = 65536,
         exclude: np.ndarray | None = None,
+        novelty: Mapping[str, np.ndarray] | None = None,
     ) -> Selection:
         from .coldstart import typical_diverse  # here, not at the top: coldstart imports Selection from this module
 
@@ -534,6 +549,7 @@ def select(
     seed: int = 0,
     chunk_size: int = 65536,
     exclude: np.ndarray | None = None,
+    novelty: Mapping[str, np.ndarray] | None = None,
     **params: Any,
 ) -> Selection:
     """Choose the next ``n`` pool rows to annotate.
@@ -551,6 +567,8 @@ def select(
         chunk_size: pool rows per block when reading embeddings; memory is about
             ``chunk_size * max(D, labeled_chunk_size) * 4`` bytes for scoring.
         exclude: optional bool ``[N]``; True rows are never selected.
+        novelty: optional precomputed novelty of these pool rows, ``"knn"``/``"fre"`` -> float
+            ``[N]`` (e.g. ``NoveltyCache.knn``'s cached distances); used instead of computing them.
         **params: strategy parameters (see each strategy class).
 
     Returns:
@@ -569,6 +587,7 @@ def select(
         seed=seed,
         chunk_size=chunk_size,
         exclude=exclude,
+        novelty=novelty,
     )
 
 
@@ -580,15 +599,18 @@ def novelty_scores(
     *,
     chunk_size: int = 65536,
     knn_max_pairs: int = 1_000_000_000,
+    knn_index: NearestLabeled | None = None,
     **params: Any,
 ) -> dict[str, np.ndarray]:
     """Per-sample novelty for every pool row, for persisting beside predictions.
 
     Returns ``{"fre": float32 [N], "knn": float32 [N]}``, in one pass over ``embeddings``.
-    ``"knn"`` is omitted when ``N * M > knn_max_pairs`` (exact k-NN would cost ``2 * N * M * D``
-    flops; the default 1e9 pairs is ~2 TFLOP at D=1024, a few seconds per core-pair); with
-    ``M == 0`` it is always included (distance to the pool mean, cheap). ``params``: variance,
-    max_components, min_class_samples, labeled_chunk_size (see ``novelty``).
+    ``"knn"`` is omitted only when it would be searched exactly (``M <= exact_max_labeled`` and
+    no ``knn_index``) and ``N * M > knn_max_pairs`` (exact k-NN costs ``2 * N * M * D`` flops; the
+    default 1e9 pairs is ~2.6 TFLOP at D=1280); above ``exact_max_labeled`` it is approximate and
+    always included, as with ``M == 0`` (distance to the pool mean). ``knn_index``: a prebuilt
+    ``NearestLabeled`` over ``labeled_embeddings``. ``params``: variance, max_components,
+    min_class_samples, labeled_chunk_size, exact_max_labeled (see ``novelty``).
     """
     chunk_size = check_int("chunk_size", chunk_size)
     knn_max_pairs = check_int("knn_max_pairs", knn_max_pairs, low=0)
@@ -606,7 +628,8 @@ def novelty_scores(
         pool.labeled,
         pool.labels,
         fre=True,
-        knn=m == 0 or n_rows * m <= knn_max_pairs,
+        knn=m == 0 or knn_index is not None or m > full["exact_max_labeled"] or n_rows * m <= knn_max_pairs,
         chunk_size=chunk_size,
+        knn_index=knn_index,
         **_novelty_kwargs(full),
     )

@@ -1,0 +1,101 @@
+"""NearestLabeled: the approximate (faiss HNSW) search agrees with exact search, and small labeled
+sets keep the exact answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_al.acquisition import select
+from edge_al.acquisition.index import EXACT_MAX_LABELED, NearestLabeled, exact_nearest
+from edge_al.acquisition.novelty import compute_novelty
+from edge_al.acquisition.embeddings import ArrayEmbeddings
+
+
+def clustered(rng: np.random.Generator, n: int, dim: int = 96, clusters: int = 40) -> np.ndarray:
+    """Unit rows around ``clusters`` random centres with a decaying within-cluster spectrum, float32 [n, dim]."""
+    centres = np.random.default_rng(123).standard_normal((clusters, dim)).astype(np.float32)
+    scale = (0.8 ** np.arange(dim) + 0.05).astype(np.float32)
+    x = centres[rng.integers(0, clusters, n)] + rng.standard_normal((n, dim)).astype(np.float32) * scale
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra = np.argsort(np.argsort(a)).astype(np.float64)
+    rb = np.argsort(np.argsort(b)).astype(np.float64)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return clustered(rng, 5000), clustered(rng, 3000)
+
+
+def test_approximate_search_agrees_with_exact(data: tuple[np.ndarray, np.ndarray]) -> None:
+    labeled, pool = data
+    index = NearestLabeled.build(labeled)
+    assert len(labeled) > EXACT_MAX_LABELED and index.approximate_
+    sim, row = index.search(pool)
+    exact_sim, exact_row = exact_nearest(pool, labeled)
+    recall = np.mean((row == exact_row) | np.isclose(sim, exact_sim, atol=1e-6))
+    assert recall >= 0.95
+    assert spearman(1 - sim, 1 - exact_sim) >= 0.95
+    # refinement re-scores exactly: each distance is the true distance to the row returned
+    np.testing.assert_allclose(sim, np.einsum("ij,ij->i", pool, labeled[row]), atol=1e-5)
+    assert np.all(sim <= exact_sim + 1e-5)
+
+
+def test_small_labeled_sets_search_exactly(data: tuple[np.ndarray, np.ndarray]) -> None:
+    labeled, pool = data
+    index = NearestLabeled.build(labeled[:EXACT_MAX_LABELED])
+    assert not index.approximate_
+    sim, row = index.search(pool)
+    brute = pool @ labeled[:EXACT_MAX_LABELED].T
+    np.testing.assert_array_equal(row, brute.argmax(axis=1))
+    np.testing.assert_allclose(sim, brute.max(axis=1), atol=1e-6)
+
+
+def test_added_rows_are_found_without_rebuild(data: tuple[np.ndarray, np.ndarray]) -> None:
+    labeled, pool = data
+    index = NearestLabeled.build(labeled, exact_max_labeled=0)
+    index.add(pool[:3])
+    sim, row = index.search(pool[:3])
+    np.testing.assert_array_equal(row, len(labeled) + np.arange(3))
+    np.testing.assert_allclose(sim, 1.0, atol=1e-5)
+
+
+def test_index_round_trips_through_arrays(data: tuple[np.ndarray, np.ndarray]) -> None:
+    labeled, pool = data
+    index = NearestLabeled.build(labeled, exact_max_labeled=0)
+    again = NearestLabeled.from_arrays(index.to_arrays())
+    assert again.approximate_
+    a, b = index.search(pool[:500]), again.search(pool[:500])
+    np.testing.assert_array_equal(a[1], b[1])
+    with pytest.raises(ValueError, match="as many rows"):
+        NearestLabeled.from_arrays({"labeled": labeled[:10], "ann": index.to_arrays()["ann"]})
+
+
+def test_knn_strategy_uses_the_index_above_the_threshold(data: tuple[np.ndarray, np.ndarray]) -> None:
+    labeled, pool = data
+    probs = np.full((len(pool), 2), 0.5, np.float32)
+    labels = np.zeros(len(labeled), np.int64)
+    exact = compute_novelty(probs, ArrayEmbeddings(pool), labeled, labels, fre=False, exact_max_labeled=10**6)["knn"]
+    sel = select("knn", 50, probs, pool, labeled, labels)
+    exact_top = set(np.argsort(-exact, kind="stable")[:50].tolist())
+    assert len(exact_top & set(sel.indices.tolist())) >= 45
+    forced_exact = select("knn", 50, probs, pool, labeled, labels, exact_max_labeled=10**6)
+    assert set(forced_exact.indices.tolist()) == exact_top
+
+
+def test_precomputed_novelty_is_used_and_checked(data: tuple[np.ndarray, np.ndarray]) -> None:
+    labeled, pool = data
+    probs = np.full((len(pool), 2), 0.5, np.float32)
+    labels = np.zeros(len(labeled), np.int64)
+    given = np.zeros(len(pool), np.float32)
+    given[[7, 3, 11]] = [3.0, 2.0, 1.0]
+    sel = select("knn", 3, probs, pool, labeled, labels, novelty={"knn": given})
+    assert sel.indices.tolist() == [7, 3, 11]
+    with pytest.raises(ValueError, match="'novelty' parameter"):
+        select("knn", 3, probs, pool, labeled, labels, novelty={"knn": given[:-1]})
