@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from edge_al.acquisition import select
+from edge_al.acquisition.embeddings import ArrayEmbeddings
 from edge_al.acquisition.index import EXACT_MAX_LABELED, NearestLabeled, exact_nearest
 from edge_al.acquisition.novelty import compute_novelty
-from edge_al.acquisition.embeddings import ArrayEmbeddings
 
 
 def clustered(rng: np.random.Generator, n: int, dim: int = 96, clusters: int = 40) -> np.ndarray:
