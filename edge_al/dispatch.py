@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from .acquisition import fit_fre, knn_distance, l2_normalize, uncertainty_scores
+from .acquisition.index import NearestLabeled
 from .config import Settings
 from .errors import InvalidInput, NoActiveModel
 from .images import decode_resized, resize_to
@@ -80,14 +81,16 @@ class Scored:
 
 @dataclass(frozen=True)
 class NoveltyReference:
-    """What live novelty needs for one version: a fitted FRE model and the normalised labeled
-    embeddings f32 [M, D] (M >= 1)."""
+    """What live novelty needs for one version: a fitted FRE model, the normalised labeled
+    embeddings f32 [M, D] (M >= 1) and their nearest-neighbour index (the version's cached one;
+    None: exact search over ``labeled``)."""
 
     version: str
     fre: Any
     labeled: np.ndarray
     annotation_count: int
     built_at: float
+    index: NearestLabeled | None = None
 
 
 def acquisition_scores(scored: Scored, reference: NoveltyReference | None = None) -> dict[str, float | None]:
@@ -103,7 +106,10 @@ def acquisition_scores(scored: Scored, reference: NoveltyReference | None = None
     if reference is not None and reference.version == scored.version and scored.embedding.shape[0] == reference.labeled.shape[1]:
         x = l2_normalize(scored.embedding[None, :].astype(np.float32, copy=True))
         out["fre"] = float(reference.fre.score(x, np.array([int(np.argmax(scored.probs))]))[0])
-        out["knn"] = float(knn_distance(x, reference.labeled)[0])
+        if reference.index is not None:
+            out["knn"] = float(np.clip(1.0 - reference.index.search(x)[0][0], 0.0, 2.0))
+        else:
+            out["knn"] = float(knn_distance(x, reference.labeled)[0])
     return out
 
 
@@ -594,7 +600,7 @@ class ModelHolder:
         return self._novelty.get(version)
 
     def _build_novelty(self, version: str, old: NoveltyReference | None) -> None:
-        from .scoring import embedding_file, labeled_reference
+        from .scoring import embedding_file, labeled_reference, novelty_cache
 
         try:
             if self._store is None:
@@ -606,7 +612,7 @@ class ModelHolder:
             mv = self.registry.get(version)
             emb_file = embedding_file(self.settings, mv)
             try:
-                _, emb, classes = labeled_reference(store, mv, emb_file)
+                ids, emb, classes = labeled_reference(store, mv, emb_file)
             finally:
                 emb_file.close()
             if len(emb) == 0:
@@ -614,7 +620,8 @@ class ModelHolder:
                 return
             labeled = l2_normalize(np.ascontiguousarray(emb, dtype=np.float32))
             fre = fit_fre(labeled, classes, max(len(mv.labels), int(classes.max()) + 1))
-            self._novelty[version] = NoveltyReference(version, fre, labeled, count, time.time())
+            index = novelty_cache(self.settings, mv).index(ids, labeled)  # loaded, or extended by new labels
+            self._novelty[version] = NoveltyReference(version, fre, labeled, count, time.time(), index)
         except Exception:
             log.exception("could not build the novelty reference of %s; serving uncertainty only", version)
         finally:

@@ -31,13 +31,15 @@ from typing import Any
 import numpy as np
 
 from .acquisition import novelty_scores, uncertainty_scores
+from .acquisition.cache import NoveltyCache
+from .acquisition.index import EXACT_MAX_LABELED
 from .config import Settings
 from .errors import NoActiveModel
 from .pool import ImageCache
 from .registry import ModelVersion, Registry
 from .store import Store
 
-__all__ = ["EmbeddingFile", "IdEmbeddings", "ScoreReport", "labeled_reference", "score_pool"]
+__all__ = ["EmbeddingFile", "IdEmbeddings", "ScoreReport", "labeled_reference", "novelty_cache", "score_pool"]
 
 _CHUNK_IMAGES = 64  # images loaded per worker task: a few engine batches, one read per run of cached ids
 # Infer requests per optimal request: with only the optimal number (one per stream), a stream idles
@@ -123,6 +125,11 @@ def embedding_file(settings: Settings, mv: ModelVersion) -> EmbeddingFile:
     if dim <= 0:
         raise NoActiveModel(f"Model {mv.version} does not declare its embedding size (meta.json embedding_dim).")
     return EmbeddingFile(settings.embeddings_dir / f"{mv.version}.f16", dim)
+
+
+def novelty_cache(settings: Settings, mv: ModelVersion) -> NoveltyCache:
+    """The version's k-NN novelty cache, beside its embeddings (``<version>.novelty/``)."""
+    return NoveltyCache(settings.embeddings_dir / f"{mv.version}.novelty")
 
 
 @dataclass
@@ -341,13 +348,18 @@ def labeled_reference(store: Store, mv: ModelVersion, emb_file: EmbeddingFile) -
 
 
 def update_novelty(settings: Settings, store: Store, mv: ModelVersion, emb_file: EmbeddingFile, chunk: int = 8192) -> None:
-    """Recompute FRE and k-NN novelty of every scored sample against the current labeled set."""
-    _, lab_emb, lab_cls = labeled_reference(store, mv, emb_file)
+    """Recompute FRE and k-NN novelty of every scored sample against the current labeled set
+    (k-NN through the version's novelty cache: no search when the labeled set is unchanged)."""
+    lab_ids, lab_emb, lab_cls = labeled_reference(store, mv, emb_file)
     ids, probs = store.predictions(mv.version)
     if len(ids) == 0:
         return
     src = IdEmbeddings(emb_file, ids)
-    scores = novelty_scores(probs, src, lab_emb, lab_cls, chunk_size=chunk)
+    m = len(lab_ids)
+    # the rule novelty_scores applies: exact k-NN over more than 1e9 pairs is left out
+    cached = m > EXACT_MAX_LABELED or (0 < m and len(ids) * m <= 1_000_000_000)
+    knn = novelty_cache(settings, mv).knn(ids, src, lab_ids, lab_emb) if cached else None
+    scores = novelty_scores(probs, src, lab_emb, lab_cls, chunk_size=chunk, knn=knn)
     fre = scores.get("fre")
     knn = scores.get("knn")
     with store.tx() as c:

@@ -13,7 +13,7 @@ from .config import Settings
 from .errors import NoActiveModel
 from .features import Backbone, FeatureCache, find_backbone
 from .registry import Registry
-from .scoring import IdEmbeddings, embedding_file, labeled_reference
+from .scoring import IdEmbeddings, embedding_file, labeled_reference, novelty_cache
 from .store import Store
 
 __all__ = ["Candidate", "cold_start", "select_next"]
@@ -77,17 +77,22 @@ def select_next(
     exclude = np.isin(ids, np.array(sorted(excluded), dtype=np.int64)) if excluded else None
     emb_file = embedding_file(settings, mv)
     try:
-        _, lab_emb, lab_cls = labeled_reference(store, mv, emb_file)
+        lab_ids, lab_emb, lab_cls = labeled_reference(store, mv, emb_file)
+        source = IdEmbeddings(emb_file, ids)
+        novelty = None
+        if strategy == "knn" and len(lab_ids):  # the version's cached distances, updated for new labels only
+            novelty = {"knn": novelty_cache(settings, mv).knn(ids, source, lab_ids, lab_emb)}
         sel = acquisition.select(
             strategy,
             n,
             probs,
-            IdEmbeddings(emb_file, ids),
+            source,
             lab_emb,
             lab_cls,
             num_classes=len(mv.labels),
             seed=seed,
             exclude=exclude,
+            novelty=novelty,
         )
     finally:
         emb_file.close()

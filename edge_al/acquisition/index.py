@@ -12,11 +12,12 @@ a faiss HNSW graph above that:
   float32 inner product, so every returned distance is the exact distance to the returned row;
   only *which* row is nearest can be wrong (the recall), and then the distance is slightly high.
 
-Why the threshold is on ``M`` (4,096 by default): at ``ef_search`` 32 with 32 links an HNSW query
+Why the threshold is on ``M`` (2,048 by default): at ``ef_search`` 32 with 32 links an HNSW query
 evaluates on the order of a thousand to two thousand labeled rows one at a time, while the exact
-search evaluates all ``M`` in one BLAS GEMM at several times the flop rate; below a few thousand
-labeled rows the graph saves nothing, and exact results keep small pools' selections unchanged.
-Measured error and speed: ``docs/benchmarks/select.md`` (``scripts/bench_select.py``).
+search evaluates all ``M`` in one BLAS GEMM at several times the rate per row (measured at 1,280
+dims: exact over 10,000 labeled rows took 4-5x the HNSW time, so the two meet near 2,000); below
+that the graph saves nothing, and exact results keep small pools' selections unchanged. Measured
+error, speed and the crossover: ``docs/benchmarks/select.md`` (``scripts/bench_select.py``).
 
 Rows can be appended (``add``): HNSW inserts them into the graph, no rebuild. The graph is built
 single-threaded so that one labeled set always gives the same graph (faiss's parallel insertion
@@ -34,7 +35,7 @@ from ._validation import check_embedding_matrix, check_int
 
 __all__ = ["EXACT_MAX_LABELED", "NearestLabeled", "exact_nearest"]
 
-EXACT_MAX_LABELED = 4096
+EXACT_MAX_LABELED = 2048
 _HNSW_M = 32
 _EF_CONSTRUCTION = 80
 _EF_SEARCH = 32

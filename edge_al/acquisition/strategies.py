@@ -600,6 +600,7 @@ def novelty_scores(
     chunk_size: int = 65536,
     knn_max_pairs: int = 1_000_000_000,
     knn_index: NearestLabeled | None = None,
+    knn: np.ndarray | None = None,
     **params: Any,
 ) -> dict[str, np.ndarray]:
     """Per-sample novelty for every pool row, for persisting beside predictions.
@@ -609,7 +610,8 @@ def novelty_scores(
     no ``knn_index``) and ``N * M > knn_max_pairs`` (exact k-NN costs ``2 * N * M * D`` flops; the
     default 1e9 pairs is ~2.6 TFLOP at D=1280); above ``exact_max_labeled`` it is approximate and
     always included, as with ``M == 0`` (distance to the pool mean). ``knn_index``: a prebuilt
-    ``NearestLabeled`` over ``labeled_embeddings``. ``params``: variance, max_components,
+    ``NearestLabeled`` over ``labeled_embeddings``; ``knn``: precomputed distances float ``[N]``
+    (e.g. ``NoveltyCache.knn``), returned as they are. ``params``: variance, max_components,
     min_class_samples, labeled_chunk_size, exact_max_labeled (see ``novelty``).
     """
     chunk_size = check_int("chunk_size", chunk_size)
@@ -620,16 +622,18 @@ def novelty_scores(
             f"The {unknown[0]!r} parameter is not valid for novelty_scores. Valid parameters: {', '.join(sorted(_NOVELTY_DEFAULTS))}."
         )
     full = _check_novelty_params({**_NOVELTY_DEFAULTS, **params})
-    pool = _check_pool(probs, embeddings, labeled_embeddings, labeled_labels, None, None)
+    pool = _check_pool(probs, embeddings, labeled_embeddings, labeled_labels, None, None, None if knn is None else {"knn": knn})
     n_rows, m = pool.probs.shape[0], pool.labeled.shape[0]
-    return compute_novelty(
+    out = compute_novelty(
         pool.probs,
         pool.source,
         pool.labeled,
         pool.labels,
         fre=True,
-        knn=m == 0 or knn_index is not None or m > full["exact_max_labeled"] or n_rows * m <= knn_max_pairs,
+        knn=knn is None and (m == 0 or knn_index is not None or m > full["exact_max_labeled"] or n_rows * m <= knn_max_pairs),
         chunk_size=chunk_size,
         knn_index=knn_index,
         **_novelty_kwargs(full),
     )
+    out.update(pool.novelty)
+    return out
