@@ -1,13 +1,22 @@
-"""Benchmark batch selection on a large synthetic pool.
+"""Benchmark batch selection on a large synthetic pool: every strategy, two embedding widths, with the
+approximate k-NN's error against exact search next to the times.
 
-    .venv/bin/python scripts/bench_select.py [--pool 1000000 --labeled 10000 --dim 1024 --classes 6 --n 100]
+    .venv/bin/python scripts/bench_select.py [--pool 1000000 --labeled 10000 --dims 512,1280 --n 100 --json out.json]
 
-Writes a clustered, class-imbalanced pool of float16 embeddings to a raw file in a temp dir (in
-chunks, so the generator stays small), plus float32 probs ``[N, C]`` and a labeled set, then
-times ``select(strategy, n)`` for each strategy over ``FileEmbeddings``. Each strategy runs in a
-fresh child process so its peak RSS (``ru_maxrss``) is its own; the RSS before ``select`` (probs
-and labeled set loaded) is printed beside it. The embeddings file is freshly written, so reads
-come from a warm page cache (page cache is not counted in RSS: reads use pread, not mmap).
+For each width it writes a clustered, class-imbalanced pool of float16 embeddings to a raw file in
+a work dir (in chunks, so the generator stays small), plus float32 probs ``[N, C]`` and a labeled
+set, then, each in a fresh child process (so its peak RSS, ``ru_maxrss``, is its own):
+
+- ``select(strategy, n)`` over ``FileEmbeddings`` for every strategy, nothing cached;
+- the workspace cache path (``NoveltyCache``): the cold build (index, projection, one pass), a
+  warm call with the same labels, and one more label (what ``/v1/queue --strategy knn`` and the
+  novelty update after an annotation pay), each followed by the ``select`` that uses it;
+- exactness: on ``--sample`` pool rows, the index's nearest labeled row and distance against exact
+  search (recall@1, Spearman rank correlation of the k-NN novelty), the exact search's time scaled
+  to the whole pool, and the exact-vs-HNSW crossover over labeled-set sizes (why the threshold).
+
+The embeddings file is freshly written, so reads come from a warm page cache (not counted in RSS:
+reads use pread, not mmap).
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,7 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from edge_al.acquisition import FileEmbeddings, select  # noqa: E402
+from edge_al.acquisition import STRATEGIES, FileEmbeddings, select  # noqa: E402
+from edge_al.acquisition.cache import NoveltyCache, build_counts  # noqa: E402
+from edge_al.acquisition.index import EXACT_MAX_LABELED, NearestLabeled, exact_nearest  # noqa: E402
+from edge_al.acquisition.novelty import l2_normalize  # noqa: E402
 
 GEN_ROWS = 16384
 
@@ -94,13 +107,17 @@ def generate(workdir: Path, pool: int, labeled: int, dim: int, classes: int, see
     np.save(workdir / "labels.npy", y.astype(np.int64))
 
 
-def run_one(workdir: Path, strategy: str, n: int, chunk_size: int, dim: int) -> dict[str, object]:
+def _load(workdir: Path, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, FileEmbeddings]:
     probs = np.load(workdir / "probs.npy")
     labeled = np.load(workdir / "labeled.npy")
     labels = np.load(workdir / "labels.npy")
-    source = FileEmbeddings(workdir / "pool.f16", rows=probs.shape[0], dim=dim)
+    return probs, labeled, labels, FileEmbeddings(workdir / "pool.f16", rows=probs.shape[0], dim=dim)
+
+
+def run_one(workdir: Path, strategy: str, n: int, chunk_size: int, dim: int) -> dict[str, object]:
+    """One strategy, nothing cached."""
+    probs, labeled, labels, source = _load(workdir, dim)
     rss_before = _current_rss_mb()
-    peak_before = _peak_rss_mb()
     t0 = time.perf_counter()
     sel = select(strategy, n, probs, source, labeled, labels, chunk_size=chunk_size)
     seconds = time.perf_counter() - t0
@@ -109,24 +126,172 @@ def run_one(workdir: Path, strategy: str, n: int, chunk_size: int, dim: int) -> 
         "strategy": strategy,
         "seconds": round(seconds, 2),
         "rss_before_mb": round(rss_before, 1),
-        "peak_before_mb": round(peak_before, 1),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "selected": int(sel.indices.size),
         "per_predicted_class": np.bincount(predicted, minlength=probs.shape[1]).tolist(),
     }
 
 
+def run_cached(workdir: Path, n: int, chunk_size: int, dim: int) -> dict[str, object]:
+    """The workspace path: NoveltyCache cold, warm, and after one new label, each + select('knn')."""
+    probs, labeled, labels, source = _load(workdir, dim)
+    cache = NoveltyCache(workdir / f"cache-{dim}.novelty", chunk_size=chunk_size)
+    shutil.rmtree(cache.directory, ignore_errors=True)
+    ids = np.arange(len(source), dtype=np.int64)
+    lab_ids = -1 - np.arange(labeled.shape[0], dtype=np.int64)  # labeled rows are not pool rows here
+    out: dict[str, object] = {"strategy": "knn (cached)"}
+    exclude = np.zeros(len(source), dtype=bool)
+    new_row = int(np.argmax(probs[:, -1]))  # one pool row gets labeled: rarest predicted class
+    steps = (("cold", lab_ids, labeled), ("warm", lab_ids, labeled))
+    steps += (("one_new_label", np.append(lab_ids, new_row), np.vstack([labeled, source.take(np.array([new_row]))])),)
+    for name, l_ids, lab in steps:
+        counts = dict(build_counts)
+        t0 = time.perf_counter()
+        knn = cache.knn(ids, source, l_ids, lab)
+        t_cache = time.perf_counter() - t0
+        if name == "one_new_label":
+            exclude[new_row] = True
+        lab_labels = np.append(labels, probs.shape[1] - 1)[: lab.shape[0]]
+        sel = select("knn", n, probs, source, lab, lab_labels, chunk_size=chunk_size, exclude=exclude, novelty={"knn": knn})
+        total = time.perf_counter() - t0
+        built = {k: v - counts.get(k, 0) for k, v in build_counts.items() if v - counts.get(k, 0)}
+        out[name] = {
+            "cache_seconds": round(t_cache, 2),
+            "select_seconds": round(total, 2),
+            "built": built,
+            "selected": int(sel.indices.size),
+        }
+    out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    out["cache_mb"] = round(sum(f.stat().st_size for f in cache.directory.iterdir()) / 2**20, 1)
+    return out
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra = np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(np.float64)
+    rb = np.argsort(np.argsort(b, kind="stable"), kind="stable").astype(np.float64)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def run_exactness(workdir: Path, sample: int, dim: int) -> dict[str, object]:
+    """Index vs exact on ``sample`` pool rows; the exact/HNSW crossover over labeled-set sizes."""
+    _, labeled, _, source = _load(workdir, dim)
+    rows = np.sort(np.random.default_rng(1).choice(len(source), min(sample, len(source)), replace=False))
+    x = l2_normalize(source.take(rows))
+    lab = l2_normalize(labeled.copy())
+    t0 = time.perf_counter()
+    index = NearestLabeled.build(lab)
+    t_build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sim, row = index.search(x)
+    t_ann = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ex_sim, ex_row = exact_nearest(x, lab)
+    t_exact = time.perf_counter() - t0
+    scale = len(source) / rows.size
+    out: dict[str, object] = {
+        "sample_rows": int(rows.size),
+        "labeled": int(lab.shape[0]),
+        "search": "hnsw" if index.approximate_ else "exact",
+        "recall_at_1": round(float(np.mean((row == ex_row) | (np.abs(sim - ex_sim) <= 1e-6))), 4),
+        "spearman_knn": round(_spearman(1 - sim, 1 - ex_sim), 4),
+        "max_distance_error": round(float(np.max(ex_sim - sim)), 5),
+        "index_build_seconds": round(t_build, 2),
+        "index_search_seconds_whole_pool": round(t_ann * scale, 1),
+        "exact_search_seconds_whole_pool": round(t_exact * scale, 1),
+    }
+    crossover = []
+    q = x[:10000]
+    for m in sorted({1024, 2048, 4096, lab.shape[0]}):
+        if m > lab.shape[0]:
+            continue
+        t0 = time.perf_counter()
+        exact_nearest(q, lab[:m])
+        te = time.perf_counter() - t0
+        ix = NearestLabeled.build(lab[:m], exact_max_labeled=0)
+        t0 = time.perf_counter()
+        ix.search(q)
+        th = time.perf_counter() - t0
+        crossover.append(
+            {
+                "labeled": m,
+                "exact_ms_per_1k_queries": round(te * 1e5 / q.shape[0] * 10, 1),
+                "hnsw_ms_per_1k_queries": round(th * 1e5 / q.shape[0] * 10, 1),
+            }
+        )
+    out["crossover"] = crossover
+    return out
+
+
+def _child(args: argparse.Namespace) -> dict[str, object]:
+    if args.child == "cached":
+        return run_cached(args.workdir, args.n, args.chunk_size, args.dim)
+    if args.child == "exactness":
+        return run_exactness(args.workdir, args.sample, args.dim)
+    return run_one(args.workdir, args.child, args.n, args.chunk_size, args.dim)
+
+
+def _print(r: dict[str, object]) -> None:
+    if "seconds" in r:
+        print(
+            f"{r['strategy']:>16}: {r['seconds']:7.2f} s   peak RSS {r['peak_rss_mb']:7.1f} MB   picked per predicted class {r['per_predicted_class']}"
+        )
+    else:
+        print(f"{r.get('strategy', 'exactness'):>16}: " + json.dumps({k: v for k, v in r.items() if k != "strategy"}))
+    sys.stdout.flush()
+
+
+def bench_dim(args: argparse.Namespace, workdir: Path, dim: int) -> list[dict[str, object]]:
+    common = [
+        "--workdir",
+        str(workdir),
+        "--n",
+        str(args.n),
+        "--chunk-size",
+        str(args.chunk_size),
+        "--dim",
+        str(dim),
+        "--sample",
+        str(args.sample),
+    ]
+    if not (workdir / "pool.f16").exists():
+        # Children only: a child forked from a big parent would inherit its ru_maxrss.
+        gen = ["--pool", str(args.pool), "--labeled", str(args.labeled), "--classes", str(args.classes), "--seed", str(args.seed)]
+        subprocess.run([sys.executable, __file__, "--child", "generate", *common, *gen], check=True)
+    results = []
+    for job in [*args.strategies.split(","), "cached", "exactness"]:
+        out = subprocess.run([sys.executable, __file__, "--child", job, *common], check=True, capture_output=True, text=True).stdout
+        r = {"dim": dim, **json.loads(out.strip().splitlines()[-1])}
+        _print(r)
+        results.append(r)
+    return results
+
+
+def _cpu() -> str:
+    name, flags = "unknown", set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name") and name == "unknown":
+                name = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
+    return f"{name} ({', '.join(isa)}), {os.cpu_count()} cpus"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pool", type=int, default=1_000_000)
     ap.add_argument("--labeled", type=int, default=10_000)
-    ap.add_argument("--dim", type=int, default=1024)
+    ap.add_argument("--dims", default="512,1280", help="embedding widths, comma-separated")
+    ap.add_argument("--dim", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--classes", type=int, default=6)
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--chunk-size", type=int, default=65536)
-    ap.add_argument("--strategies", default="hybrid,fre,entropy")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--sample", type=int, default=20000, help="pool rows the exactness figures are measured on")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None, help="reuse/keep data here (default: temp dir)")
+    ap.add_argument("--json", type=Path, default=None, help="write every figure here")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -140,28 +305,23 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     if args.child:
-        print(json.dumps(run_one(args.workdir, args.child, args.n, args.chunk_size, args.dim)))
+        print(json.dumps(_child(args)))
         return 0
 
+    machine = {"cpu": _cpu(), "numpy": np.__version__, "exact_max_labeled": EXACT_MAX_LABELED}
+    print(f"{machine}, pool {args.pool}, labeled {args.labeled}, n {args.n}, chunk_size {args.chunk_size}")
+    results: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="edge-al-bench-") as tmp:
-        workdir = args.workdir or Path(tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
-        common = ["--workdir", str(workdir), "--n", str(args.n), "--chunk-size", str(args.chunk_size), "--dim", str(args.dim)]
-        if not (workdir / "pool.f16").exists():
-            # Children only: a child forked from a big parent would inherit its ru_maxrss.
-            gen = ["--pool", str(args.pool), "--labeled", str(args.labeled), "--classes", str(args.classes), "--seed", str(args.seed)]
-            subprocess.run([sys.executable, __file__, "--child", "generate", *common, *gen], check=True)
-        print(f"cpus: {os.cpu_count()}, numpy {np.__version__}, chunk_size {args.chunk_size}, n {args.n}")
-        for strategy in args.strategies.split(","):
-            cmd = [sys.executable, __file__, "--child", strategy, *common]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            r = json.loads(out.strip().splitlines()[-1])
-            print(
-                f"{r['strategy']:>16}: {r['seconds']:7.2f} s   peak RSS {r['peak_rss_mb']:7.1f} MB   "
-                f"(RSS before select {r['rss_before_mb']:.1f} MB, peak before {r['peak_before_mb']:.1f} MB)   "
-                f"picked per predicted class {r['per_predicted_class']}",
-                flush=True,
-            )
+        for dim in (int(d) for d in args.dims.split(",")):
+            workdir = (args.workdir or Path(tmp)) / f"d{dim}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            results += bench_dim(args, workdir, dim)
+    if args.json:
+        doc = {
+            "machine": machine,
+            "args": {k: v for k, v in vars(args).items() if k in ("pool", "labeled", "dims", "n", "classes", "sample", "seed")},
+        }
+        args.json.write_text(json.dumps({**doc, "results": results}, indent=1) + "\n")
     return 0
 
 
