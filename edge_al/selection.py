@@ -18,6 +18,8 @@ from .store import Store
 
 __all__ = ["Candidate", "cold_start", "select_next"]
 
+_RESIDENT_POOL = 20000  # typiclust's default max_fit: larger pools are read in chunks
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -80,7 +82,9 @@ def select_next(
         lab_ids, lab_emb, lab_cls = labeled_reference(store, mv, emb_file)
         source = IdEmbeddings(emb_file, ids)
         novelty = None
-        if strategy == "knn" and len(lab_ids):  # the version's cached distances, updated for new labels only
+        # the version's cached k-NN distances (kept up to date by scoring, extended for new labels):
+        # knn ranks by them; hybrid's farthest-first fill-up of a large pool starts from them
+        if len(lab_ids) and (strategy == "knn" or (strategy == "hybrid" and len(ids) > _RESIDENT_POOL)):
             novelty = {"knn": novelty_cache(settings, mv).knn(ids, source, lab_ids, lab_emb)}
         sel = acquisition.select(
             strategy,

@@ -99,3 +99,26 @@ def test_precomputed_novelty_is_used_and_checked(data: tuple[np.ndarray, np.ndar
     assert sel.indices.tolist() == [7, 3, 11]
     with pytest.raises(ValueError, match="'novelty' parameter"):
         select("knn", 3, probs, pool, labeled, labels, novelty={"knn": given[:-1]})
+
+
+@pytest.mark.parametrize("labeled_rows", [0, 300, 3000])
+def test_lazy_farthest_first_picks_what_the_eager_greedy_picks(labeled_rows: int) -> None:
+    """Large pools fill up farthest-first lazily (a few row reads per pick instead of a pass):
+    the picks equal the eager greedy's (exact labeled distances up to the index threshold; above
+    it, approximate ones, so there only most picks are asked to agree)."""
+    from edge_al.acquisition.coldstart import _farthest_first, _farthest_first_lazy
+
+    rng = np.random.default_rng(5)
+    x = clustered(rng, 6000, dim=32, clusters=12)
+    source = ArrayEmbeddings(x)
+    labeled = clustered(rng, labeled_rows, dim=32, clusters=12)
+    is_candidate = np.ones(len(x), dtype=bool)
+    is_candidate[::7] = False
+    picks = [3, 10]
+    eager = _farthest_first(source, None, labeled, picks, is_candidate, 25, 1000)
+    lazy = _farthest_first_lazy(source, labeled, picks, is_candidate, 25, 1000)
+    assert len(set(lazy)) == 25 and all(is_candidate[lazy]) and not set(lazy) & set(picks)
+    if labeled_rows <= EXACT_MAX_LABELED:
+        assert lazy == eager
+    else:
+        assert len(set(lazy) & set(eager)) >= 20

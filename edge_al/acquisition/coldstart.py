@@ -19,8 +19,11 @@ embeddings from a pretrained backbone are needed.
    typical candidate: typicality is ``1 / mean distance to the k nearest neighbours`` among at
    most 2,000 seeded members of that cluster.
 4. If the clusters run out (duplicate rows, clusters whose rows are all excluded, or
-   ``max_clusters``), fill up farthest-first: the candidate farthest from its nearest labeled or
-   chosen row, one pass over the pool per pick.
+   ``max_clusters``, as when the labeled rows already cover every cluster), fill up
+   farthest-first: the candidate farthest from its nearest labeled or chosen row. A resident pool
+   (at most ``max_fit`` rows) takes one exact pass per pick; a larger one takes one pass with a
+   ``NearestLabeled`` index (approximate above its threshold) and then evaluates the greedy lazily,
+   reading only the rows that reach the top (``_farthest_first_lazy``).
 
 Memory: the fit sample (``max_fit x D`` float32), one ``chunk_size x D`` block, a few ``[N]``
 arrays and ``2,000 x 2,000`` distances per cluster; never ``N x N``.
@@ -28,13 +31,15 @@ arrays and ``2,000 x 2,000`` distances per cluster; never ``N x N``.
 
 from __future__ import annotations
 
+import heapq
 import math
 
 import numpy as np
 
 from ._validation import check_embedding_matrix, check_float, check_int, param_error
 from .embeddings import EmbeddingSource, as_source
-from .novelty import l2_normalize
+from .index import NearestLabeled
+from .novelty import inverse_norms, l2_normalize
 from .strategies import Selection
 
 __all__ = ["typical_diverse"]
@@ -59,6 +64,7 @@ def typical_diverse(
     chunk_size: int = 65536,
     priority: np.ndarray | None = None,
     priority_weight: float = 0.0,
+    labeled_distance: np.ndarray | None = None,
 ) -> Selection:
     """Choose ``n`` typical pool rows from different clusters, for the first labels.
 
@@ -79,6 +85,9 @@ def typical_diverse(
             within a cluster the pick maximises ``(1 - priority_weight) * typicality rank +
             priority_weight * priority rank`` (ranks as fractions in [0, 1] among the scored rows).
         priority_weight: float in [0, 1]; 0 is plain TypiClust.
+        labeled_distance: optional float ``[N]``, each pool row's Euclidean distance to its nearest
+            normalised labeled row, when the caller has it (the workspace's cached k-NN); used by
+            the farthest-first fill-up of pools larger than ``max_fit`` instead of a search.
 
     Returns:
         A ``Selection`` in pick order, ``strategy="typiclust"``: ``score`` float32 ``(n - i) / n``
@@ -126,8 +135,10 @@ def typical_diverse(
     picks, typicality = _cluster_picks(source, assign, sizes, covered, is_candidate, n, k_neighbors, seed, blend)
     # 4. farthest-first when the clusters run out
     if len(picks) < n:
-        in_memory = x_fit if fit_rows.size == len(source) else None
-        picks += _farthest_first(source, in_memory, lab, picks, is_candidate, n - len(picks), chunk_size)
+        if fit_rows.size == len(source):  # the pool is resident: exact passes are cheap
+            picks += _farthest_first(source, x_fit, lab, picks, is_candidate, n - len(picks), chunk_size)
+        else:
+            picks += _farthest_first_lazy(source, lab, picks, is_candidate, n - len(picks), chunk_size, labeled_distance)
         typicality += [0.0] * (n - len(typicality))
     idx = np.asarray(picks, dtype=np.int64)
     score = ((n - np.arange(n)) / n).astype(np.float32)
@@ -382,4 +393,62 @@ def _farthest_first(
         if len(out) < count:
             x_row = _normalized(source.take(np.array([row])), "embeddings")
             np.minimum(nearest, _min_dist(source, in_memory, x_row, chunk_size), out=nearest)
+    return out
+
+
+def _labeled_dist(source: EmbeddingSource, labeled: np.ndarray, chunk_size: int) -> np.ndarray:
+    """Distance float32 ``[N]`` from every normalised pool row to its nearest normalised labeled row
+    ``[M, D]`` through a ``NearestLabeled`` index (exact up to its threshold, HNSW above); inf when M = 0."""
+    out = np.full(len(source), np.inf, dtype=np.float32)
+    if labeled.shape[0] == 0:
+        return out
+    index = NearestLabeled.build(labeled)
+    for s in range(0, len(source), chunk_size):
+        e = min(s + chunk_size, len(source))
+        x = source.chunk(s, e)
+        inv = inverse_norms(x)
+        sq = (inv > 0).astype(np.float32) + 1.0 - 2.0 * index.search(x, inv)[0]
+        out[s:e] = np.sqrt(np.maximum(sq, 0.0))
+    return out
+
+
+def _farthest_first_lazy(
+    source: EmbeddingSource,
+    labeled: np.ndarray,
+    picks: list[int],
+    is_candidate: np.ndarray,
+    count: int,
+    chunk_size: int,
+    labeled_distance: np.ndarray | None = None,
+) -> list[int]:
+    """``_farthest_first`` for a pool that is not resident, without a pass over it per pick.
+
+    One pass gives each row's distance to the nearest labeled row (``labeled_distance`` float
+    ``[N]`` when the caller has it, e.g. the workspace's cached k-NN). A row's value can only drop
+    as picks are added, so the greedy is evaluated lazily: the best row by its last value is
+    re-scored against the picks made since (one row read); if it still beats every other row's
+    last value, an upper bound of their current one, it is the greedy's pick (ties: lower row).
+    """
+    near = _labeled_dist(source, labeled, chunk_size) if labeled_distance is None else np.asarray(labeled_distance, np.float32)
+    taken = [_normalized(source.take(np.array([p])), "embeddings") for p in picks]
+    available = is_candidate.copy()
+    available[picks] = False
+    cand = np.flatnonzero(available)
+    stream = cand[np.lexsort((cand, -near[cand]))].tolist()  # best first
+    heap: list[tuple[float, int, int]] = []  # (-value, row, picks it was scored against)
+    out: list[int] = []
+    i = 0
+    while len(out) < count and (i < len(stream) or heap):
+        if heap and (i == len(stream) or heap[0][:2] < (-float(near[stream[i]]), stream[i])):
+            neg, row, seen = heapq.heappop(heap)
+        else:
+            neg, row, seen = -float(near[stream[i]]), stream[i], 0
+            i += 1
+        if seen < len(taken):
+            x_row = _normalized(source.take(np.array([row])), "embeddings")
+            d = float(np.sqrt(_sq_dist(x_row, np.concatenate(taken[seen:])).min()))
+            heapq.heappush(heap, (max(neg, -d), row, len(taken)))
+            continue
+        out.append(row)
+        taken.append(_normalized(source.take(np.array([row])), "embeddings"))
     return out

@@ -427,9 +427,11 @@ class Hybrid(QueryStrategy):
             weight = float(np.sqrt(np.clip(np.mean(pool.probs.max(axis=1)), 0.0, 1.0)))
         exclude = np.ones(pool.probs.shape[0], dtype=bool)
         exclude[pool.candidates] = False
+        knn = pool.novelty.get("knn")  # cosine distance of unit rows: Euclidean is sqrt(2 * knn)
         sel = typical_diverse(
             pool.source, n, labeled=pool.labeled, exclude=exclude, seed=seed, chunk_size=chunk_size,
             priority=uncertainty, priority_weight=weight,
+            labeled_distance=None if knn is None else np.sqrt(2.0 * np.maximum(knn, 0.0)),
         )  # fmt: skip
         components = {
             **sel.components,
