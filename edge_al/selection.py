@@ -84,8 +84,11 @@ def select_next(
         novelty = None
         # the version's cached k-NN distances (kept up to date by scoring, extended for new labels):
         # knn ranks by them; hybrid's farthest-first fill-up of a large pool starts from them
+        cache = novelty_cache(settings, mv)
         if len(lab_ids) and (strategy == "knn" or (strategy == "hybrid" and len(ids) > _RESIDENT_POOL)):
-            novelty = {"knn": novelty_cache(settings, mv).knn(ids, source, lab_ids, lab_emb)}
+            novelty = {"knn": cache.knn(ids, source, lab_ids, lab_emb)}
+        # hybrid and typiclust cluster a large pool: once per model version, not per call
+        clusters = (lambda k: cache.clusters(ids, source, k, seed=seed)) if len(ids) > _RESIDENT_POOL else None
         sel = acquisition.select(
             strategy,
             n,
@@ -97,6 +100,7 @@ def select_next(
             seed=seed,
             exclude=exclude,
             novelty=novelty,
+            clusters=clusters,
         )
     finally:
         emb_file.close()

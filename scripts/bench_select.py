@@ -114,17 +114,25 @@ def _load(workdir: Path, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return probs, labeled, labels, FileEmbeddings(workdir / "pool.f16", rows=probs.shape[0], dim=dim)
 
 
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def run_one(workdir: Path, strategy: str, n: int, chunk_size: int, dim: int) -> dict[str, object]:
     """One strategy, nothing cached."""
     probs, labeled, labels, source = _load(workdir, dim)
     rss_before = _current_rss_mb()
-    t0 = time.perf_counter()
+    load = os.getloadavg()[0]
+    c0, t0 = _cpu_seconds(), time.perf_counter()
     sel = select(strategy, n, probs, source, labeled, labels, chunk_size=chunk_size)
     seconds = time.perf_counter() - t0
     predicted = probs[sel.indices].argmax(axis=1)
     return {
         "strategy": strategy,
         "seconds": round(seconds, 2),
+        "cpu_seconds": round(_cpu_seconds() - c0, 2),
+        "load_avg_1min": [round(load, 1), round(os.getloadavg()[0], 1)],
         "rss_before_mb": round(rss_before, 1),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "selected": int(sel.indices.size),
@@ -146,20 +154,32 @@ def run_cached(workdir: Path, n: int, chunk_size: int, dim: int) -> dict[str, ob
     steps += (("one_new_label", np.append(lab_ids, new_row), np.vstack([labeled, source.take(np.array([new_row]))])),)
     for name, l_ids, lab in steps:
         counts = dict(build_counts)
-        t0 = time.perf_counter()
+        load = os.getloadavg()[0]
+        c0, t0 = _cpu_seconds(), time.perf_counter()
         knn = cache.knn(ids, source, l_ids, lab)
         t_cache = time.perf_counter() - t0
         if name == "one_new_label":
             exclude[new_row] = True
         lab_labels = np.append(labels, probs.shape[1] - 1)[: lab.shape[0]]
         sel = select("knn", n, probs, source, lab, lab_labels, chunk_size=chunk_size, exclude=exclude, novelty={"knn": knn})
-        total = time.perf_counter() - t0
+        total, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+        # what /v1/queue runs by default: hybrid, with the cached k-NN and the cached k-means
+        c1, t1 = _cpu_seconds(), time.perf_counter()
+        hyb = select(
+            "hybrid", n, probs, source, lab, lab_labels, chunk_size=chunk_size, exclude=exclude, novelty={"knn": knn},
+            clusters=lambda k: cache.clusters(ids, source, k),
+        )  # fmt: skip
+        t_hyb, cpu_hyb = time.perf_counter() - t1, _cpu_seconds() - c1
         built = {k: v - counts.get(k, 0) for k, v in build_counts.items() if v - counts.get(k, 0)}
         out[name] = {
-            "cache_seconds": round(t_cache, 2),
-            "select_seconds": round(total, 2),
+            "knn_cache_seconds": round(t_cache, 2),
+            "knn_select_seconds": round(total, 2),
+            "knn_select_cpu_seconds": round(cpu, 2),
+            "hybrid_select_seconds": round(t_hyb, 2),
+            "hybrid_select_cpu_seconds": round(cpu_hyb, 2),
             "built": built,
-            "selected": int(sel.indices.size),
+            "selected": [int(sel.indices.size), int(hyb.indices.size)],
+            "load_avg_1min": [round(load, 1), round(os.getloadavg()[0], 1)],
         }
     out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
     out["cache_mb"] = round(sum(f.stat().st_size for f in cache.directory.iterdir()) / 2**20, 1)

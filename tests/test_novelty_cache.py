@@ -169,3 +169,37 @@ def test_workspace_rescore_and_select_reuse_the_cache(tmp_path: Path) -> None:
         assert (settings.embeddings_dir / f"{registry.active().version}.novelty" / "knn.npz").is_file()
     finally:
         store.close()
+
+
+def test_cached_clusters_give_the_same_selection(tmp_path: Path) -> None:
+    """hybrid/typiclust on a pool larger than max_fit cluster it once per model version: the cached
+    k-means gives the selection the per-call one gives, and is not refitted on the next call."""
+    from edge_al.acquisition import select, typical_diverse
+
+    rng = np.random.default_rng(9)
+    x = clustered(rng, 8000, dim=24, clusters=30)
+    ids = np.arange(8000, dtype=np.int64) * 3 + 1
+    labeled = x[rng.choice(8000, 40, replace=False)]
+    cache = NoveltyCache(tmp_path / "v1.novelty")
+    source = ArrayEmbeddings(x)
+
+    def provider(k: int) -> tuple[np.ndarray, np.ndarray]:
+        return cache.clusters(ids, source, k, seed=0, max_fit=2000)
+
+    plain = typical_diverse(x, 12, labeled=labeled, max_fit=2000)
+    before = Counter(build_counts)
+    cached = typical_diverse(x, 12, labeled=labeled, max_fit=2000, clusters=provider)
+    assert built(before) == {"clusters": 1}
+    np.testing.assert_array_equal(cached.indices, plain.indices)
+    before = Counter(build_counts)
+    again = typical_diverse(x, 12, labeled=labeled, max_fit=2000, clusters=provider)
+    assert built(before) == {}
+    np.testing.assert_array_equal(again.indices, plain.indices)
+    # rows the cache has not seen are assigned to its centres, not refitted
+    more_ids = np.append(ids, 10**6)
+    centres, assign = cache.clusters(more_ids, ArrayEmbeddings(np.vstack([x, x[:1]])), 52, seed=0, max_fit=2000)
+    assert built(before) == {"clusters_rows": 1} and assign[-1] == assign[0] and len(assign) == 8001
+    # a resident pool (N <= max_fit) never asks for them: small pools are clustered as before
+    probs = np.full((8000, 2), 0.5, np.float32)
+    small = select("hybrid", 5, probs[:500], x[:500], labeled, np.zeros(40, np.int64), clusters=lambda k: 1 / 0)
+    assert len(small) == 5 and centres.shape[1] == 24

@@ -279,3 +279,34 @@ class NoveltyCache:
 
     def _save_knn(self, pool_ids: np.ndarray, sim: np.ndarray, labeled_ids: np.ndarray) -> None:
         _save(self.directory / "knn.npz", {"rows": int(pool_ids.size)}, {"ids": pool_ids, "sim": sim, "labeled_ids": labeled_ids})
+
+    # -- k-means of the pool (hybrid, typiclust) -------------------------------------------------
+    def clusters(
+        self, ids: np.ndarray, source: EmbeddingSource, k: int, *, seed: int = 0, max_fit: int = 20000, iterations: int = 30
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(centres float32 ``[<= k, D]``, cluster int64 ``[N]`` of each pool row) of a k-means of the
+        pool (``coldstart.fit_clusters``). It depends on the embeddings only, so it is fitted once
+        per model version and ``k``; pool rows it has not seen are assigned to its centres."""
+        from .coldstart import _nearest, _normalized, fit_clusters  # coldstart imports strategies, which import this module's users
+
+        ids = np.asarray(ids, dtype=np.int64)
+        path = self.directory / f"clusters-k{int(k)}-s{int(seed)}-f{int(max_fit)}-i{int(iterations)}.npz"
+        got = _load(path, ("centres", "ids", "assign"))
+        if got is not None and got[1]["centres"].ndim == 2 and got[1]["centres"].shape[1] == source.dim:
+            centres, known, assign = got[1]["centres"], got[1]["ids"], got[1]["assign"]
+        else:
+            centres, assign, _ = fit_clusters(source, k, max_fit=max_fit, iterations=iterations, seed=seed, chunk_size=self.chunk_size)
+            order = np.argsort(ids)
+            known, assign = ids[order], assign[order]
+            build_counts["clusters"] += 1
+            _save(path, {"k": int(k)}, {"centres": centres, "ids": known, "assign": assign})
+        unseen = np.flatnonzero(~np.isin(ids, known))
+        if unseen.size:
+            new = np.concatenate([_nearest(_normalized(source.take(unseen[s : s + self.chunk_size]), "embeddings"), centres)[0]
+                                  for s in range(0, unseen.size, self.chunk_size)])  # fmt: skip
+            all_ids = np.concatenate([known, ids[unseen]])
+            order = np.argsort(all_ids)
+            known, assign = all_ids[order], np.concatenate([assign, new])[order]
+            build_counts["clusters_rows"] += 1
+            _save(path, {"k": int(k)}, {"centres": centres, "ids": known, "assign": assign})
+        return centres, assign[np.searchsorted(known, ids)]

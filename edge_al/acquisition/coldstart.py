@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -42,7 +43,7 @@ from .index import NearestLabeled
 from .novelty import inverse_norms, l2_normalize
 from .strategies import Selection
 
-__all__ = ["typical_diverse"]
+__all__ = ["fit_clusters", "typical_diverse"]
 
 _MAX_MEMBERS = 2000  # cluster rows read to estimate typicality
 _N_INIT = 3  # k-means runs, the lowest inertia kept
@@ -65,6 +66,7 @@ def typical_diverse(
     priority: np.ndarray | None = None,
     priority_weight: float = 0.0,
     labeled_distance: np.ndarray | None = None,
+    clusters: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Selection:
     """Choose ``n`` typical pool rows from different clusters, for the first labels.
 
@@ -88,6 +90,9 @@ def typical_diverse(
         labeled_distance: optional float ``[N]``, each pool row's Euclidean distance to its nearest
             normalised labeled row, when the caller has it (the workspace's cached k-NN); used by
             the farthest-first fill-up of pools larger than ``max_fit`` instead of a search.
+        clusters: optional ``k -> (centres float32 [k, D], assignment int64 [N])`` for pools larger
+            than ``max_fit``: the caller's k-means of the pool (``NoveltyCache.clusters``, fitted
+            once per model version) instead of fitting and assigning here.
 
     Returns:
         A ``Selection`` in pick order, ``strategy="typiclust"``: ``score`` float32 ``(n - i) / n``
@@ -119,13 +124,13 @@ def typical_diverse(
     if n == 0:
         return Selection(np.empty(0, np.int64), np.empty(0, np.float32), {}, "typiclust")
 
-    # 1. k-means on a seeded subsample
-    rng = np.random.default_rng(seed)
-    fit_rows = np.arange(len(source)) if len(source) <= max_fit else np.sort(rng.choice(len(source), max_fit, replace=False))
-    x_fit = _normalized(source.take(fit_rows), "embeddings")
-    centres = _kmeans(x_fit, min(lab.shape[0] + n, max_clusters, fit_rows.size), iterations, rng)
-    # 2. every pool and labeled row to its cluster
-    assign = _assign_pool(source, centres, chunk_size)
+    # 1-2. k-means on a seeded subsample, every pool row to its cluster (or the caller's, cached)
+    k = min(lab.shape[0] + n, max_clusters, len(source), max_fit)
+    if clusters is not None and len(source) > max_fit:
+        centres, assign = _check_clusters(clusters(k), k, len(source), source.dim)
+        x_fit = None
+    else:
+        centres, assign, x_fit = fit_clusters(source, k, max_fit=max_fit, iterations=iterations, seed=seed, chunk_size=chunk_size)
     covered = np.zeros(len(centres), dtype=bool)
     if lab.shape[0]:
         covered[_nearest(lab, centres)[0]] = True
@@ -135,7 +140,7 @@ def typical_diverse(
     picks, typicality = _cluster_picks(source, assign, sizes, covered, is_candidate, n, k_neighbors, seed, blend)
     # 4. farthest-first when the clusters run out
     if len(picks) < n:
-        if fit_rows.size == len(source):  # the pool is resident: exact passes are cheap
+        if x_fit is not None:  # the pool is resident: exact passes are cheap
             picks += _farthest_first(source, x_fit, lab, picks, is_candidate, n - len(picks), chunk_size)
         else:
             picks += _farthest_first_lazy(source, lab, picks, is_candidate, n - len(picks), chunk_size, labeled_distance)
@@ -180,6 +185,32 @@ def _normalized(x: np.ndarray, name: str) -> np.ndarray:
 
 
 # --- k-means -----------------------------------------------------------------------------------
+
+
+def fit_clusters(
+    source: EmbeddingSource, k: int, *, max_fit: int, iterations: int, seed: int, chunk_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """k-means of the normalised pool: (centres float32 ``[<= k, D]``, assignment int64 ``[N]``,
+    the normalised pool float32 ``[N, D]`` when it is resident (``N <= max_fit``), else None).
+    Fitted on a seeded subsample of ``max_fit`` rows, then every row is assigned in chunks."""
+    rng = np.random.default_rng(seed)
+    fit_rows = np.arange(len(source)) if len(source) <= max_fit else np.sort(rng.choice(len(source), max_fit, replace=False))
+    x_fit = _normalized(source.take(fit_rows), "embeddings")
+    centres = _kmeans(x_fit, min(k, fit_rows.size), iterations, rng)
+    assign = _assign_pool(source, centres, chunk_size)
+    return centres, assign, x_fit if fit_rows.size == len(source) else None
+
+
+def _check_clusters(got: tuple[np.ndarray, np.ndarray], k: int, rows: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    centres, assign = np.asarray(got[0], dtype=np.float32), np.asarray(got[1], dtype=np.int64)
+    if centres.ndim != 2 or not 1 <= centres.shape[0] <= k or centres.shape[1] != dim or assign.shape != (rows,):
+        raise ValueError(
+            f"The 'clusters' parameter must return centres [<= {k}, {dim}] and an assignment [{rows}]. "
+            f"Got {centres.shape} and {assign.shape} instead."
+        )
+    if assign.size and (assign.min() < 0 or assign.max() >= centres.shape[0]):
+        raise ValueError(f"The 'clusters' assignment must hold cluster indices in [0, {centres.shape[0]}). Got values outside instead.")
+    return centres, assign
 
 
 def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ typiclust          cold start, no model needed: the most typical row of each of 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -107,6 +107,7 @@ class Pool:
     labels: np.ndarray
     candidates: np.ndarray
     novelty: Mapping[str, np.ndarray] = field(default_factory=dict)
+    clusters: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None
 
     def novelty_scores(self, params: dict[str, Any], wanted: tuple[str, ...], chunk_size: int) -> dict[str, np.ndarray]:
         """The ``wanted`` novelty components (``fre``, ``knn``) float32 ``[N]``: given ones
@@ -135,6 +136,7 @@ def _check_pool(
     num_classes: object,
     exclude: object,
     novelty: Mapping[str, np.ndarray] | None = None,
+    clusters: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Pool:
     p = check_probs(probs)
     n_rows, c = p.shape
@@ -168,7 +170,7 @@ def _check_pool(
                 f"The 'exclude' parameter must be a bool mask of shape ({n_rows},). Got shape {ex.shape} and dtype {ex.dtype} instead."
             )
         candidates = np.flatnonzero(~ex).astype(np.int64)
-    return Pool(p, source, l2_normalize(lab), y, candidates, _check_novelty(novelty, n_rows))
+    return Pool(p, source, l2_normalize(lab), y, candidates, _check_novelty(novelty, n_rows), clusters)
 
 
 def _check_novelty(novelty: Mapping[str, np.ndarray] | None, n_rows: int) -> dict[str, np.ndarray]:
@@ -226,13 +228,14 @@ class QueryStrategy:
         chunk_size: int = 65536,
         exclude: np.ndarray | None = None,
         novelty: Mapping[str, np.ndarray] | None = None,
+        clusters: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> Selection:
         """Pick up to ``n`` pool rows; see ``edge_al.acquisition.select`` for the arguments."""
         n = check_int("n", n)
         chunk_size = check_int("chunk_size", chunk_size)
         seed = check_int("seed", seed, low=0)
         params = self._check_params()
-        pool = _check_pool(probs, embeddings, labeled_embeddings, labeled_labels, num_classes, exclude, novelty)
+        pool = _check_pool(probs, embeddings, labeled_embeddings, labeled_labels, num_classes, exclude, novelty, clusters)
         if pool.candidates.size == 0:
             return _empty(self.name)
         return self._select(pool, min(n, pool.candidates.size), params, seed=seed, chunk_size=chunk_size)
@@ -431,7 +434,7 @@ class Hybrid(QueryStrategy):
         sel = typical_diverse(
             pool.source, n, labeled=pool.labeled, exclude=exclude, seed=seed, chunk_size=chunk_size,
             priority=uncertainty, priority_weight=weight,
-            labeled_distance=None if knn is None else np.sqrt(2.0 * np.maximum(knn, 0.0)),
+            labeled_distance=None if knn is None else np.sqrt(2.0 * np.maximum(knn, 0.0)), clusters=pool.clusters,
         )  # fmt: skip
         components = {
             **sel.components,
@@ -510,11 +513,14 @@ class TypiClust(QueryStrategy):
         chunk_size: int = 65536,
         exclude: np.ndarray | None = None,
         novelty: Mapping[str, np.ndarray] | None = None,
+        clusters: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> Selection:
         from .coldstart import typical_diverse  # here, not at the top: coldstart imports Selection from this module
 
         params = self._check_params()
-        return typical_diverse(embeddings, n, labeled=labeled_embeddings, exclude=exclude, seed=seed, chunk_size=chunk_size, **params)
+        return typical_diverse(
+            embeddings, n, labeled=labeled_embeddings, exclude=exclude, seed=seed, chunk_size=chunk_size, clusters=clusters, **params
+        )
 
 
 _REGISTRY: dict[str, type[QueryStrategy]] = {
@@ -552,6 +558,7 @@ def select(
     chunk_size: int = 65536,
     exclude: np.ndarray | None = None,
     novelty: Mapping[str, np.ndarray] | None = None,
+    clusters: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
     **params: Any,
 ) -> Selection:
     """Choose the next ``n`` pool rows to annotate.
@@ -571,6 +578,9 @@ def select(
         exclude: optional bool ``[N]``; True rows are never selected.
         novelty: optional precomputed novelty of these pool rows, ``"knn"``/``"fre"`` -> float
             ``[N]`` (e.g. ``NoveltyCache.knn``'s cached distances); used instead of computing them.
+        clusters: optional ``k -> (centres [k, D], assignment int64 [N])``, a k-means of these pool
+            rows fitted elsewhere (``NoveltyCache.clusters``); ``hybrid`` and ``typiclust`` use it
+            for pools larger than their ``max_fit`` (20,000) instead of clustering per call.
         **params: strategy parameters (see each strategy class).
 
     Returns:
@@ -590,6 +600,7 @@ def select(
         chunk_size=chunk_size,
         exclude=exclude,
         novelty=novelty,
+        clusters=clusters,
     )
 
 
