@@ -19,6 +19,7 @@ from .store import Store
 __all__ = ["Candidate", "cold_start", "select_next"]
 
 _RESIDENT_POOL = 20000  # typiclust's default max_fit: larger pools are read in chunks
+_MAX_CLUSTERS = 500  # typiclust's default max_clusters
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,11 @@ def select_next(
         source = IdEmbeddings(emb_file, ids)
         novelty = None
         # the version's cached k-NN distances (kept up to date by scoring, extended for new labels):
-        # knn ranks by them; hybrid's farthest-first fill-up of a large pool starts from them
+        # knn ranks by them; hybrid's farthest-first fill-up of a large pool starts from them (it
+        # needs them once the labels outnumber its clusters, which they then mostly cover)
         cache = novelty_cache(settings, mv)
-        if len(lab_ids) and (strategy == "knn" or (strategy == "hybrid" and len(ids) > _RESIDENT_POOL)):
+        fill_up = strategy == "hybrid" and len(ids) > _RESIDENT_POOL and len(lab_ids) >= _MAX_CLUSTERS
+        if len(lab_ids) and (strategy == "knn" or fill_up):
             novelty = {"knn": cache.knn(ids, source, lab_ids, lab_emb)}
         # hybrid and typiclust cluster a large pool: once per model version, not per call
         clusters = (lambda k: cache.clusters(ids, source, k, seed=seed)) if len(ids) > _RESIDENT_POOL else None
