@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from . import acquisition
+from .acquisition.cache import NoveltyCache
 from .config import Settings
 from .errors import NoActiveModel
 from .features import Backbone, FeatureCache, find_backbone
@@ -82,16 +83,7 @@ def select_next(
     try:
         lab_ids, lab_emb, lab_cls = labeled_reference(store, mv, emb_file)
         source = IdEmbeddings(emb_file, ids)
-        novelty = None
-        # the version's cached k-NN distances (kept up to date by scoring, extended for new labels):
-        # knn ranks by them; hybrid's farthest-first fill-up of a large pool starts from them (it
-        # needs them once the labels outnumber its clusters, which they then mostly cover)
-        cache = novelty_cache(settings, mv)
-        fill_up = strategy == "hybrid" and len(ids) > _RESIDENT_POOL and len(lab_ids) >= _MAX_CLUSTERS
-        if len(lab_ids) and (strategy == "knn" or fill_up):
-            novelty = {"knn": cache.knn(ids, source, lab_ids, lab_emb)}
-        # hybrid and typiclust cluster a large pool: once per model version, not per call
-        clusters = (lambda k: cache.clusters(ids, source, k, seed=seed)) if len(ids) > _RESIDENT_POOL else None
+        novelty, clusters = _cached_inputs(novelty_cache(settings, mv), strategy, ids, source, lab_ids, lab_emb, seed)
         sel = acquisition.select(
             strategy,
             n,
@@ -127,6 +119,24 @@ def select_next(
             )
         )
     return out
+
+
+def _cached_inputs(
+    cache: NoveltyCache, strategy: str, ids: np.ndarray, source: IdEmbeddings, lab_ids: np.ndarray, lab_emb: np.ndarray, seed: int
+) -> tuple[dict[str, np.ndarray] | None, Callable[[int], tuple[np.ndarray, np.ndarray]] | None]:
+    """What ``strategy`` takes from the version's novelty cache for the pool rows ``ids``:
+    (``novelty`` for ``acquisition.select``, its ``clusters`` provider).
+
+    The cached k-NN distances (kept up to date by scoring, extended for new labels): knn ranks by
+    them; hybrid's farthest-first fill-up of a large pool starts from them, which it needs once the
+    labels outnumber its clusters (they then mostly cover them). Hybrid and typiclust cluster a
+    large pool once per model version, not per call.
+    """
+    fill_up = strategy == "hybrid" and len(ids) > _RESIDENT_POOL and len(lab_ids) >= _MAX_CLUSTERS
+    novelty = {"knn": cache.knn(ids, source, lab_ids, lab_emb)} if len(lab_ids) and (strategy == "knn" or fill_up) else None
+    if len(ids) <= _RESIDENT_POOL:
+        return novelty, None
+    return novelty, lambda k: cache.clusters(ids, source, k, seed=seed)
 
 
 def cold_start(
