@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -326,12 +327,6 @@ def cmd_status(ctx: Context) -> int:
     return EXIT_OK
 
 
-def cmd_demo(ctx: Context) -> int:
-    from .demo import run_demo
-
-    return run_demo(ctx)
-
-
 # -- parser -----------------------------------------------------------------------------------
 def _add_train_args(p: argparse.ArgumentParser, retrain: bool = False) -> None:
     d = None if retrain else DEFAULT_ARCH
@@ -438,32 +433,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="pool, labels per class, active model")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("demo", help="the main job on a demo pool built from sklearn's digits")
-    # The default: a linear head on EfficientNet-Lite0's frozen ImageNet features, seconds to train.
-    p.add_argument("--per-class", type=positive_int, default=5, help="seed labels per class (default 5)")
-    p.add_argument("--epochs", type=positive_int, default=15, help="epochs when fine-tuning (--mode finetune; default 15)")
-    p.add_argument("--image-size", type=positive_int, default=None, help="model input size (default: the architecture's, 224)")
-    p.add_argument("--mode", choices=["auto", "head", "finetune"], default=None, help="training mode (default auto: head)")
-    p.add_argument("-n", type=positive_int, default=10)
-    p.set_defaults(func=cmd_demo)
+    from .api.cli import register as register_service_verbs
 
+    register_service_verbs(sub)
     for extra in _extra_verbs():
         extra(sub)
     return parser
 
 
 def _extra_verbs() -> list[Callable[[Any], None]]:
-    """Verbs registered by optional modules (serve, worker, keys, simulate, bench)."""
-    out: list[Callable[[Any], None]] = []
-    for mod in ("edge_al.api.cli", "edge_al.sim_cli", "edge_al.bench_cli"):
-        try:
-            m = __import__(mod, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name and mod.startswith(exc.name):
-                continue
-            raise
-        out.append(m.register)
-    return out
+    """``register(sub)`` of every installed ``edge_al.verbs`` entry point (``demo``, ``simulate`` and
+    ``bench`` come from the build side's :mod:`export.tools.verbs`): the line side names no build-side module."""
+    return [ep.load() for ep in sorted(entry_points(group="edge_al.verbs"), key=lambda ep: ep.name)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

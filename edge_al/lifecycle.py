@@ -1,15 +1,16 @@
 """The model lifecycle steps that the CLI and the job worker share: train, export, retrain.
 
-The training side lives in the ``export`` package (torch, onnx, nncf); it is imported here
-lazily, with an install hint when the ``train`` extra is missing.
+The training side (torch, onnx, nncf) is a plugin: the installed distribution names its workflow
+module under the ``edge_al.build`` entry point, loaded only when a verb trains, with an install
+hint when the ``train`` extra is missing. This package names no build-side module.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,15 +30,22 @@ log = logging.getLogger(__name__)
 
 
 def workflow() -> ModuleType:
-    """``export.workflow``, or a clear hint to install the training extra."""
+    """The build side's workflow module (``export.workflow``, found through the ``edge_al.build``
+    entry point named ``workflow``), or a clear hint to install the training extra."""
+    found = [ep for ep in entry_points(group="edge_al.build") if ep.name == "workflow"]
+    if not found:
+        raise MissingDependency(
+            "No build side is installed (entry point edge_al.build:workflow): reinstall edge-al (pip install 'edge-al[train]')."
+        )
     try:
-        return importlib.import_module("export.workflow")
+        module: ModuleType = found[0].load()
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in {"torch", "torchvision", "onnx", "nncf", "onnxscript"}:
             raise MissingDependency(
                 f"Training and export need {exc.name}: install edge-al[train] (pip install 'edge-al[train]')."
             ) from None
         raise
+    return module
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:

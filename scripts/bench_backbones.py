@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_al.bench import benchmark_app, machine_info
 from edge_al.config import Settings
 from export.backbone import ensure_backbone
 from export.convert import _quantization_settings, build_reference_ir, export_onnx, quantize_int8
+from export.tools.bench import benchmark_app, machine_info
 from export.train import IMAGENET_MEAN, IMAGENET_STD, build_model
 
 

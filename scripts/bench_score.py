@@ -40,10 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from edge_al import bench  # noqa: E402
 from edge_al.config import DEFAULT_ARCH, Settings  # noqa: E402
 from edge_al.registry import Registry  # noqa: E402
 from edge_al.store import Store  # noqa: E402
+from export.tools import bench  # noqa: E402
 
 PARTS = ("throughput", "int8", "memory")
 

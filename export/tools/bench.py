@@ -49,10 +49,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .config import DEFAULT_ARCH, Settings
-from .errors import EdgeALError, InvalidInput, MissingDependency
-from .registry import ModelVersion, Registry
-from .store import Store
+from edge_al.config import DEFAULT_ARCH, Settings
+from edge_al.errors import EdgeALError, InvalidInput, MissingDependency
+from edge_al.registry import ModelVersion, Registry
+from edge_al.store import Store
 
 __all__ = [
     "BenchRow",
@@ -266,8 +266,8 @@ def build_workspace(
     alike (top-1 agreement 0.975 for resnet18), and the export rightly falls back to FP32.
     Needs ``edge-al[train]``.
     """
-    from .lifecycle import workflow
-    from .pool import ingest
+    from edge_al.pool import ingest
+    from export import workflow as wf
 
     t0 = time.perf_counter()
     settings = Settings(home=Path(home).resolve())
@@ -288,7 +288,6 @@ def build_workspace(
             return Workspace(settings, mv, ckpts[-1], store.count_samples(), time.perf_counter() - t0)
         _say(log, f"ingesting {len(pool)} images into {settings.home}")
         ingest(store, settings, [str(p) for p in pool], workers=os.cpu_count() or 2)
-        wf = workflow()
         ids = store.sample_ids()
         rng = np.random.default_rng(0)
         chosen = rng.choice(ids, size=min(labeled, len(ids)), replace=False)
@@ -342,8 +341,8 @@ def score_passes(
     cache, inference, SQLite writes and the novelty update. ``cli_images_per_s`` is the
     figure ``edge-al score`` prints for the same work (it stops before the novelty update).
     """
-    from .engine import Engine
-    from .scoring import score_pool
+    from edge_al.engine import Engine
+    from edge_al.scoring import score_pool
 
     store = Store(settings.db_path)
     registry = Registry(settings.registry_dir)
@@ -384,7 +383,7 @@ def score_passes(
 def decode_only(paths: Sequence[str | Path], size: tuple[int, int], *, workers: int | None = None, limit: int = 2000) -> dict[str, Any]:
     """JPEG decode + resize alone (no inference, no I/O but reads), on ``workers`` threads: the bound
     on a first pass on this CPU."""
-    from .images import decode_resized, probe
+    from edge_al.images import decode_resized, probe
 
     items = [Path(p) for p in paths[:limit]]
     datas = [p.read_bytes() for p in items]
@@ -424,7 +423,7 @@ def torch_eager(checkpoint: str | Path, *, batch: int, seconds: float = 10) -> d
     and again with one thread; the faster of the two is the figure (on a busy machine
     OpenMP's barriers with one thread per core can be 10x slower than one thread)."""
     try:
-        import torch  # noqa: TID251 - lazy: only this benchmark row needs torch
+        import torch
 
         from export.train import load_checkpoint, model_from_checkpoint
     except ImportError as exc:

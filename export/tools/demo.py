@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from .annotations import apply_annotations
-from .config import DEFAULT_ARCH
-from .pool import ingest
+from edge_al.annotations import apply_annotations
+from edge_al.config import DEFAULT_ARCH
+from edge_al.pool import ingest
 
 if TYPE_CHECKING:
-    from .cli import Context
+    from edge_al.cli import Context
 
 __all__ = ["run_demo", "write_digits_pool"]
 
@@ -50,9 +50,9 @@ def write_digits_pool(root: Path, size: int = 32, limit: int | None = None) -> l
 
 
 def run_demo(ctx: Context) -> int:
-    from .lifecycle import workflow
-    from .scoring import score_pool
-    from .selection import select_next
+    from edge_al.scoring import score_pool
+    from edge_al.selection import select_next
+    from export import workflow as wf
 
     args = ctx.args
     say = (lambda *a: None) if ctx.json else print
@@ -72,7 +72,6 @@ def run_demo(ctx: Context) -> int:
             seed_rows.append({"path": str(by_label[lab][int(j)]), "label": lab, "action": "correct", "annotator": "demo-seed"})
     res = apply_annotations(ctx.store, ctx.registry, seed_rows)
     say(f"[3/6] seed labels: {len(seed_rows)} ({args.per_class} per class; {res.written} new)")
-    wf = workflow()
     verbose = not ctx.json and not args.quiet
     if ctx.registry.active() is None:
         ckpt = wf.train_from_store(

@@ -39,12 +39,12 @@ from typing import Any
 
 import numpy as np
 
-from . import acquisition
-from .config import DEFAULT_ARCH, PACKAGED_WEIGHTS, Settings
-from .errors import InvalidInput
-from .pool import IMAGE_SUFFIXES, ImageCache, ingest
-from .registry import ModelVersion, Registry
-from .store import Store
+from edge_al import acquisition
+from edge_al.config import DEFAULT_ARCH, PACKAGED_WEIGHTS, Settings
+from edge_al.errors import InvalidInput
+from edge_al.pool import IMAGE_SUFFIXES, ImageCache, ingest
+from edge_al.registry import ModelVersion, Registry
+from edge_al.store import Store
 
 __all__ = [
     "DatasetSplit",
@@ -339,7 +339,7 @@ def _train_export_score(
     wf: Any, ws: Workspace, cfg: SimConfig, seed: int, *, init: Path | None, epochs: int, tag: str, score: bool = True
 ) -> RoundResult:
     """train_from_store -> export_from_store (gates) -> promote -> score_pool."""
-    from .scoring import score_pool
+    from edge_al.scoring import score_pool
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -372,7 +372,7 @@ def _evaluate(mv: ModelVersion, images: np.ndarray, truth: np.ndarray, classes: 
 
     ``truth`` int64 [N] indices into ``classes``; a class the model was never taught has recall 0.
     """
-    from .engine import Engine
+    from edge_al.engine import Engine
 
     eng = Engine(mv.xml, device=device, batch=8)
     probs, _ = eng.infer(images)
@@ -417,7 +417,7 @@ def _pool_features(wf: Any, base: Workspace, cfg: SimConfig, pool_ids: np.ndarra
     (computed once; every workspace of the run shares them). None when the run trains no head."""
     if not _uses_features(cfg):
         return None
-    from .features import FeatureCache
+    from edge_al.features import FeatureCache
 
     side = cfg.image_size or base.settings.image_size_for(cfg.arch)
     backbone = wf.workspace_backbone(base.settings, base.store, cfg.arch, side, calibration_size=cfg.calibration_size)
@@ -429,8 +429,8 @@ def _pool_features(wf: Any, base: Workspace, cfg: SimConfig, pool_ids: np.ndarra
 
 
 def _test_features(base: Workspace, cfg: SimConfig, images: np.ndarray) -> np.ndarray:
-    from .engine import Engine
-    from .features import find_backbone
+    from edge_al.engine import Engine
+    from edge_al.features import find_backbone
 
     backbone = find_backbone(base.settings)
     assert backbone is not None
@@ -484,12 +484,11 @@ def _reveal(ws: Workspace, ids: Iterable[int], oracle: dict[int, str], version: 
 
 def run_simulation(cfg: SimConfig, log_line: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the whole simulation; writes the reports into ``cfg.out`` and returns ``results.json``'s content."""
-    from .lifecycle import workflow
-    from .selection import select_next
+    from edge_al.selection import select_next
+    from export import workflow as wf
 
     cfg = cfg.validate()
     say = log_line or (lambda text: None)
-    wf = workflow()
     started = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
