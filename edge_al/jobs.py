@@ -355,7 +355,7 @@ class JobManager:
         self.on_model_change = on_model_change
         self.stale_s = float(stale_s)
         self.heartbeat_s = float(heartbeat_s)
-        self.huey_url = huey_url if huey_url is not None else (settings.extra.get("huey_url") or os.environ.get("EDGE_AL_HUEY_URL") or None)
+        self.huey_url = huey_url if huey_url is not None else (settings.extra.get("huey_url") or settings.huey_url)
         with self.store.tx() as c:
             for stmt in _SCHEMA.strip().split(";"):
                 if stmt.strip():
