@@ -308,7 +308,9 @@ def _size(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edge-al-bench-score", help="generated pools and workspaces (reused)")
+    ap.add_argument(
+        "--work", type=Path, default=Path(tempfile.gettempdir()) / "edge-al-bench-score", help="generated pools and workspaces (reused)"
+    )
     ap.add_argument("--images", type=int, default=5000)
     ap.add_argument("--source-size", type=_size, default=(640, 480))
     ap.add_argument("--batch", type=int, default=8)

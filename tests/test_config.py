@@ -13,7 +13,7 @@ from edge_al.config import Settings, env_values, load_settings
 def test_env_values_converts_skips_empty_and_names_a_bad_variable() -> None:
     env = {"EDGE_AL_MAX_BATCH": "16", "EDGE_AL_DEVICE": "", "EDGE_AL_MAX_WAIT_MS": "2.5", "OTHER": "1"}
     assert env_values({"MAX_BATCH": int, "DEVICE": str, "MAX_WAIT_MS": float}, env) == {"MAX_BATCH": 16, "MAX_WAIT_MS": 2.5}
-    with pytest.raises(ValueError, match="EDGE_AL_MAX_BATCH must be int. Got 'many'"):
+    with pytest.raises(ValueError, match=r"EDGE_AL_MAX_BATCH must be int\. Got 'many'"):
         env_values({"MAX_BATCH": int}, {"EDGE_AL_MAX_BATCH": "many"})
 
 
