@@ -570,7 +570,7 @@ class JobManager:
         """A huey consumer with thread workers; it sets signal handlers only on the main thread."""
         from huey.consumer import Consumer
 
-        class _Consumer(Consumer):  # type: ignore[misc]
+        class _Consumer(Consumer):
             def _set_signal_handlers(self) -> None:
                 if threading.current_thread() is threading.main_thread():
                     super()._set_signal_handlers()

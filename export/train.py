@@ -145,7 +145,7 @@ def build_model(arch: str, num_classes: int, weights: str = "none") -> Embedding
     if arch in LITE_WEIGHTS:
         net = efficientnet_lite(arch)
         if weights == "imagenet":
-            load_imagenet(net, arch)  # type: ignore[arg-type]
+            load_imagenet(net, arch)
     else:
         net = torchvision.models.get_model(arch, weights=None)
     if weights == "imagenet" and arch not in LITE_WEIGHTS:
@@ -576,10 +576,10 @@ def fit_linear_head(
         opt.zero_grad()
         logits = x @ weight.T + bias + mask
         loss = (F.cross_entropy(logits, y, reduction="none") * w_t).mean() + alpha * (weight * weight).sum()
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         return loss
 
-    opt.step(closure)  # type: ignore[no-untyped-call]
+    opt.step(closure)
     with torch.no_grad():
         b = bias + mask
     return weight.detach().numpy().astype(np.float32), b.numpy().astype(np.float32)

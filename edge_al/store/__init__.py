@@ -159,6 +159,15 @@ class Store:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         return list(self._conn().execute(sql, params))
 
+    def backup_to(self, path: Path) -> None:
+        """A consistent copy of this live store at ``path`` (SQLite's backup API: a file copy under WAL is not one)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        dst = sqlite3.connect(path)
+        try:
+            self._conn().backup(dst)
+        finally:
+            dst.close()
+
     def create_tables(self, script: str) -> None:
         """Run a ``CREATE ... IF NOT EXISTS`` script (a part's own tables, such as ``jobs``)."""
         with self.tx() as c:
