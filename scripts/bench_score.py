@@ -57,7 +57,7 @@ def _median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def _workspace(args: argparse.Namespace) -> bench.Workspace:
+def _workspace(args: argparse.Namespace) -> bench.BenchWorkspace:
     log(f"pool: {args.images} generated {args.source_size[0]}x{args.source_size[1]} JPEGs under {args.work}")
     pool = bench.generate_jpegs(args.work / f"pool-{args.source_size[0]}x{args.source_size[1]}", args.images, size=args.source_size)
     return bench.build_workspace(
@@ -65,7 +65,7 @@ def _workspace(args: argparse.Namespace) -> bench.Workspace:
     )
 
 
-def part_throughput(args: argparse.Namespace, ws: bench.Workspace) -> dict[str, Any]:
+def part_throughput(args: argparse.Namespace, ws: bench.BenchWorkspace) -> dict[str, Any]:
     """(1): ceiling between passes; first pass and cached, medians of ``--repeat``."""
     from edge_al.engine import Engine
 
@@ -142,7 +142,7 @@ def part_throughput(args: argparse.Namespace, ws: bench.Workspace) -> dict[str, 
     return out
 
 
-def part_int8(args: argparse.Namespace, ws: bench.Workspace) -> dict[str, Any]:
+def part_int8(args: argparse.Namespace, ws: bench.BenchWorkspace) -> dict[str, Any]:
     """(2): INT8 vs FP32 IR at f32 and at the default precision, interleaved, medians of 2."""
     mv = ws.version
     size = ws.size[0]
@@ -183,7 +183,7 @@ def _peak_rss_of(cmd: list[str]) -> tuple[int, float, str]:
     return proc.returncode, usage.ru_maxrss / 1024, out + f"\n#wall {time.perf_counter() - t0:.1f}"
 
 
-def part_memory(args: argparse.Namespace, ws: bench.Workspace) -> dict[str, Any]:
+def part_memory(args: argparse.Namespace, ws: bench.BenchWorkspace) -> dict[str, Any]:
     """(4): peak RSS of ``edge-al score`` on a --big-pool pool of small distinct JPEGs."""
     n = args.big_pool
     t0 = time.perf_counter()
