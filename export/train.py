@@ -373,20 +373,8 @@ def train(
     from tqdm.auto import tqdm
 
     labels = np.asarray(labels, dtype=np.int64)
-    _validate(images, labels, label_names, image_size)
-    if balance not in BALANCE_MODES:
-        raise InvalidInput(f"The 'balance' parameter must be one of {', '.join(BALANCE_MODES)}. Got {balance!r} instead.")
-    for name, value, lo in (("epochs", epochs, 1), ("batch_size", batch_size, 2)):
-        if not isinstance(value, int) or value < lo:
-            raise InvalidInput(f"The '{name}' parameter must be an int >= {lo}. Got {value!r} instead.")
-    if val_mask is None:
-        val_mask = np.zeros(len(images), dtype=bool)
-    val_mask = np.asarray(val_mask, dtype=bool)
-    if val_mask.shape != labels.shape:
-        raise InvalidInput(f"The 'val_mask' parameter must be bool [{len(labels)}]. Got shape {val_mask.shape} instead.")
+    val_mask = _check_train_args(images, labels, label_names, image_size, balance, epochs, batch_size, val_mask)
     train_idx = np.flatnonzero(~val_mask)
-    if len(train_idx) < 2:
-        raise InvalidInput(f"Training needs at least 2 training samples. Got {len(train_idx)}.")
     num_classes = len(label_names)
 
     prev_det = torch.are_deterministic_algorithms_enabled()
@@ -412,13 +400,6 @@ def train(
         torch.set_num_threads(prev_threads)
 
     model.eval()
-    val_metrics: dict[str, Any] = {"n": 0}
-    if val_mask.any():
-        probs, _ = predict(model, images[val_mask])
-        val_metrics = classification_metrics(labels[val_mask], probs.argmax(1))
-    train_probs, _ = predict(model, images[train_idx])
-    train_metrics: dict[str, Any] = classification_metrics(labels[train_idx], train_probs.argmax(1))
-    train_metrics["final_loss"] = history[-1]["loss"] if history else float("nan")
     checkpoint: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "arch": arch,
@@ -438,13 +419,45 @@ def train(
         "num_train": len(train_idx),
         "num_val": int(val_mask.sum()),
         "class_counts": [int(c) for c in np.bincount(labels[train_idx], minlength=num_classes)],
-        "train_metrics": train_metrics,
-        "val_metrics": val_metrics,
+        **_fit_metrics(model, images, labels, val_mask, history),
         "created_at": time.time(),
         "torch_version": str(torch.__version__),
         "extra": {},
     }
     return TrainResult(model, checkpoint, history)
+
+
+def _check_train_args(
+    images: np.ndarray, labels: np.ndarray, label_names: Sequence[str], image_size: int, balance: str, epochs: int,
+    batch_size: int, val_mask: np.ndarray | None,
+) -> np.ndarray:  # fmt: skip
+    """Validate ``train``'s arguments; returns ``val_mask`` as bool [N] (all False when None)."""
+    _validate(images, labels, label_names, image_size)
+    if balance not in BALANCE_MODES:
+        raise InvalidInput(f"The 'balance' parameter must be one of {', '.join(BALANCE_MODES)}. Got {balance!r} instead.")
+    for name, value, lo in (("epochs", epochs, 1), ("batch_size", batch_size, 2)):
+        if not isinstance(value, int) or value < lo:
+            raise InvalidInput(f"The '{name}' parameter must be an int >= {lo}. Got {value!r} instead.")
+    mask = np.zeros(len(images), dtype=bool) if val_mask is None else np.asarray(val_mask, dtype=bool)
+    if mask.shape != labels.shape:
+        raise InvalidInput(f"The 'val_mask' parameter must be bool [{len(labels)}]. Got shape {mask.shape} instead.")
+    if int((~mask).sum()) < 2:
+        raise InvalidInput(f"Training needs at least 2 training samples. Got {int((~mask).sum())}.")
+    return mask
+
+
+def _fit_metrics(
+    model: EmbeddingClassifier, images: np.ndarray, labels: np.ndarray, val_mask: np.ndarray, history: list[dict[str, float]]
+) -> dict[str, dict[str, Any]]:
+    """``train_metrics`` (with the final loss) and ``val_metrics`` (``{"n": 0}`` without held-out samples)."""
+    val_metrics: dict[str, Any] = {"n": 0}
+    if val_mask.any():
+        probs, _ = predict(model, images[val_mask])
+        val_metrics = classification_metrics(labels[val_mask], probs.argmax(1))
+    train_probs, _ = predict(model, images[~val_mask])
+    train_metrics: dict[str, Any] = classification_metrics(labels[~val_mask], train_probs.argmax(1))
+    train_metrics["final_loss"] = history[-1]["loss"] if history else float("nan")
+    return {"train_metrics": train_metrics, "val_metrics": val_metrics}
 
 
 def _fit(
