@@ -23,6 +23,7 @@ state guard, so a duplicate or late task message never runs a job twice.
 from __future__ import annotations
 
 import builtins
+import io
 import json
 import logging
 import os
@@ -31,8 +32,11 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from tqdm import tqdm
 
 from .config import Settings
 from .errors import Conflict, EdgeALError, InvalidInput, MissingDependency, NotFound
@@ -124,59 +128,35 @@ def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class _Bar:
-    """A tqdm-compatible progress bar that reports into a job (``update``, ``close``, iteration)."""
+class _JobBar(tqdm):
+    """tqdm whose display is a job's progress (mapped into ``[lo, hi]``) and, every 5 s and at the
+    end, a line in its log tail, instead of a terminal: what tqdm-driven steps report inside a job."""
 
-    def __init__(
-        self, ctx: JobContext, lo: float, hi: float, iterable: Iterable[Any] | None = None, total: float | None = None, **kw: Any
-    ) -> None:
-        self.ctx, self.lo, self.hi = ctx, lo, hi
-        self.iterable = iterable
-        if total is None and isinstance(iterable, Sized):
-            total = len(iterable)
-        self.total = total
-        self.desc = str(kw.get("desc") or "")
-        self.unit = str(kw.get("unit") or "it")
-        self.n = 0.0
-        self._last_log = 0.0
-        self._t0 = time.monotonic()
-        if self.desc:
-            ctx.log(f"{self.desc}: started ({int(total) if total else '?'} {self.unit})")
+    LOG_EVERY_S = 5.0
 
-    def update(self, n: float = 1) -> None:
-        self.n += n
+    def __init__(self, *args: Any, ctx: JobContext, lo: float, hi: float, **kw: Any) -> None:
+        self._ctx, self._lo, self._hi, self._logged, self._closing = ctx, lo, hi, 0.0, False
+        kw.pop("file", None)
+        kw.setdefault("bar_format", "{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}]")
+        super().__init__(*args, file=io.StringIO(), mininterval=0.5, dynamic_ncols=False, **kw)
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        """Report progress; a cancel request raises ``JobCancelled`` from ``update``, never from ``close``."""
         frac = min(1.0, self.n / self.total) if self.total else 0.0
+        try:
+            self._ctx.set_progress(self._lo + (self._hi - self._lo) * frac)
+        except JobCancelled:
+            if not self._closing:
+                raise
         now = time.monotonic()
-        if now - self._last_log >= 5.0:
-            self._last_log = now
-            self.ctx.log(f"{self.desc or 'progress'}: {int(self.n)}/{int(self.total) if self.total else '?'} {self.unit}")
-        self.ctx.set_progress(self.lo + (self.hi - self.lo) * frac)
-
-    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
-        self.desc = str(desc or "")
-
-    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def refresh(self) -> None:
-        pass
+        if now - self._logged >= self.LOG_EVERY_S or (self.total and self.n >= self.total):
+            self._logged = now
+            self._ctx.log(str(self).strip())
+        return True
 
     def close(self) -> None:
-        if self.desc:
-            self.ctx.log(f"{self.desc}: {int(self.n)} {self.unit} in {time.monotonic() - self._t0:.1f} s")
-
-    def __iter__(self) -> Iterator[Any]:
-        if self.iterable is None:
-            return
-        for x in self.iterable:
-            yield x
-            self.update(1)
-
-    def __enter__(self) -> _Bar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        self._closing = True
+        super().close()
 
 
 class JobContext:
@@ -225,11 +205,11 @@ class JobContext:
             progress = self.progress_value
         self.cancel_requested = self.manager._report(self.job_id, progress, lines)
 
-    def progress(self, lo: float = 0.0, hi: float = 1.0) -> Callable[..., _Bar]:
-        """A tqdm-like factory whose bars move the job's progress within ``[lo, hi]``."""
+    def progress(self, lo: float = 0.0, hi: float = 1.0) -> Callable[..., _JobBar]:
+        """A tqdm factory whose bars move the job's progress within ``[lo, hi]``."""
 
-        def make(iterable: Iterable[Any] | None = None, **kw: Any) -> _Bar:
-            return _Bar(self, lo, hi, iterable, **kw)
+        def make(iterable: Iterable[Any] | None = None, **kw: Any) -> _JobBar:
+            return _JobBar(iterable, ctx=self, lo=lo, hi=hi, **kw)
 
         return make
 
@@ -479,6 +459,23 @@ class JobManager:
             return None
         jid = job["id"]
         ctx = JobContext(self, jid)
+        active_before = self.registry.active_version()
+        with self._attached(ctx, jid):
+            ctx.log(f"job {jid} ({job['kind']}) started on {_worker_id()}")
+            state, message, result, progress = self._run_runner(job, ctx)
+        ctx.log(f"job {jid} {state}: {message}")
+        self._finish(jid, state, message, result, list(ctx.lines), progress)
+        if self.on_model_change is not None and self.registry.active_version() != active_before:
+            try:
+                self.on_model_change()
+            except Exception:
+                log.warning("job %s: the model-change hook failed", jid, exc_info=True)
+        return self.get(jid)
+
+    @contextmanager
+    def _attached(self, ctx: JobContext, jid: int) -> Iterator[None]:
+        """While a job runs: its thread's edge_al/export log lines go to its log tail, and a heartbeat
+        thread flushes progress every ``heartbeat_s`` (what ``recover`` reads to find dead workers)."""
         handler = _JobLogHandler(ctx, threading.get_ident())
         loggers = [logging.getLogger(name) for name in ("edge_al", "export")]
         for lg in loggers:
@@ -494,38 +491,31 @@ class JobManager:
 
         beater = threading.Thread(target=beat, name=f"edge-al-job-{jid}-heartbeat", daemon=True)
         beater.start()
-        ctx.log(f"job {jid} ({job['kind']}) started on {_worker_id()}")
-        active_before = self.registry.active_version()
-        state, message, result, progress = "failed", "", None, None
         try:
-            runner = self.runners[job["kind"]]
-            result = runner(self.settings, self.store, self.registry, job["params"], ctx)
-            state, progress = "succeeded", 1.0
-            message = str(result.get("summary") or "done") if isinstance(result, dict) else "done"
-            if ctx.cancel_requested:
-                message += " (the cancel request came after the last step; the job had finished)"
-        except JobCancelled:
-            state, message = "cancelled", "cancelled while running"
-            ctx.log(message)
-        except EdgeALError as exc:
-            message = str(exc)
-            ctx.log(traceback.format_exc())
-        except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}"
-            ctx.log(traceback.format_exc())
+            yield
         finally:
             stop_beat.set()
             beater.join(timeout=5)
             for lg in loggers:
                 lg.removeHandler(handler)
-        ctx.log(f"job {jid} {state}: {message}")
-        self._finish(jid, state, message, result, list(ctx.lines), progress)
-        if self.on_model_change is not None and self.registry.active_version() != active_before:
-            try:
-                self.on_model_change()
-            except Exception:
-                log.warning("job %s: the model-change hook failed", jid, exc_info=True)
-        return self.get(jid)
+
+    def _run_runner(self, job: dict[str, Any], ctx: JobContext) -> tuple[str, str, Any, float | None]:
+        """``(state, message, result, progress)`` of running the job's runner; never raises."""
+        try:
+            result = self.runners[job["kind"]](self.settings, self.store, self.registry, job["params"], ctx)
+        except JobCancelled:
+            ctx.log("cancelled while running")
+            return "cancelled", "cancelled while running", None, None
+        except EdgeALError as exc:
+            ctx.log(traceback.format_exc())
+            return "failed", str(exc), None, None
+        except Exception as exc:
+            ctx.log(traceback.format_exc())
+            return "failed", f"{type(exc).__name__}: {exc}", None, None
+        message = str(result.get("summary") or "done") if isinstance(result, dict) else "done"
+        if ctx.cancel_requested:
+            message += " (the cancel request came after the last step; the job had finished)"
+        return "succeeded", message, result, 1.0
 
     def _execute(self, job_id: int) -> None:
         try:

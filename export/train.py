@@ -400,22 +400,10 @@ def train(
         torch.set_num_threads(prev_threads)
 
     model.eval()
-    checkpoint: dict[str, Any] = {
-        "format": CHECKPOINT_FORMAT,
-        "arch": arch,
-        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "label_names": list(label_names),
-        "image_size": int(image_size),
-        "input": "uint8 NHWC BGR",
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "embedding_dim": model.embedding_dim,
-        "seed": int(seed),
-        "epochs": int(epochs),
-        "batch_size": int(batch_size),
-        "lr": float(lr),
-        "balance": balance,
-        "weights": "init_state" if init_state is not None else str(weights),
+    run = {"seed": int(seed), "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "balance": balance,
+           "weights": "init_state" if init_state is not None else str(weights)}  # fmt: skip
+    checkpoint = {
+        **_checkpoint(model, arch, label_names, image_size, run),
         "num_train": len(train_idx),
         "num_val": int(val_mask.sum()),
         "class_counts": [int(c) for c in np.bincount(labels[train_idx], minlength=num_classes)],
@@ -425,6 +413,22 @@ def train(
         "extra": {},
     }
     return TrainResult(model, checkpoint, history)
+
+
+def _checkpoint(model: EmbeddingClassifier, arch: str, label_names: Sequence[str], image_size: int, run: dict[str, Any]) -> dict[str, Any]:
+    """The model part of a checkpoint: weights, labels, input contract, and the run's settings."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "arch": arch,
+        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "label_names": list(label_names),
+        "image_size": int(image_size),
+        "input": "uint8 NHWC BGR",
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "embedding_dim": model.embedding_dim,
+        **run,
+    }
 
 
 def _check_train_args(

@@ -930,8 +930,9 @@ def _n(v: float | None, fmt: str = "{:.0f}") -> str:
     return "not reached" if v is None else fmt.format(v)
 
 
-def _summary_md(results: dict[str, Any]) -> str:
-    cfg, ds, sm = results["config"], results["dataset"], results["summary"]
+def _summary_header(results: dict[str, Any]) -> list[str]:
+    """The run's data set, budget, model and wall time."""
+    cfg, ds = results["config"], results["dataset"]
     seeds = sorted({p["seed"] for p in results["points"]})
     rounds = max(p["round"] for p in results["points"])
     lines = [
@@ -953,6 +954,13 @@ def _summary_md(results: dict[str, Any]) -> str:
         f"- Wall time: {results['elapsed_s'] / 60:.1f} min.",
         "",
     ]
+    return lines
+
+
+def _summary_tables(results: dict[str, Any]) -> list[str]:
+    """The reference, each strategy against random, the frozen-feature baseline and the curve shapes."""
+    sm = results["summary"]
+    lines: list[str] = []
     if sm["reference_balanced_accuracy"] is not None:
         refs = results["references"]
         lines += [
@@ -992,6 +1000,14 @@ def _summary_md(results: dict[str, Any]) -> str:
     ]
     for name, s in sm["strategies"].items():
         lines.append(f"| {name} | {s['initial_classes_mean']:.1f} | {s['largest_drop']:+.3f} ({s['largest_drop_se']:.3f}) |")
+    return lines
+
+
+def _summary_rarest(results: dict[str, Any]) -> list[str]:
+    """When each strategy first labeled the rarest class."""
+    ds, sm = results["dataset"], results["summary"]
+    seeds = sorted({p["seed"] for p in results["points"]})
+    lines: list[str] = []
     lines += [
         "",
         f"## Rarest class ({ds['rarest']})",
@@ -1010,6 +1026,11 @@ def _summary_md(results: dict[str, Any]) -> str:
             f"{s['rarest_first_mean_censored']:.1f} | {s['rarest_speedup_vs_random']:.2f}x | {s['rarest_labeled_final']:.1f} | "
             f"{s['rarest_recall_final']:.3f} |"
         )
+    return lines
+
+
+def _summary_md(results: dict[str, Any]) -> str:
+    lines = [*_summary_header(results), *_summary_tables(results), *_summary_rarest(results)]
     lines += [
         "",
         "- BA: balanced accuracy (mean per-class recall on the test set, every class counted, unknown ones as 0).",
