@@ -27,6 +27,7 @@ import numpy as np
 
 from edge_al.errors import InvalidInput, MissingDependency
 from edge_al.fsutil import atomic_write
+from edge_al.lifecycle import balanced_accuracy
 
 try:
     import torch
@@ -276,9 +277,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
     y_pred = np.asarray(y_pred)
     if len(y_true) == 0:
         return {"accuracy": float("nan"), "balanced_accuracy": float("nan"), "n": 0}
-    acc = float(np.mean(y_true == y_pred))
-    recalls = [float(np.mean(y_pred[y_true == c] == c)) for c in np.unique(y_true)]
-    return {"accuracy": acc, "balanced_accuracy": float(np.mean(recalls)), "n": len(y_true)}
+    return {"accuracy": float(np.mean(y_true == y_pred)), "balanced_accuracy": balanced_accuracy(y_true, y_pred), "n": len(y_true)}
 
 
 @torch.no_grad()

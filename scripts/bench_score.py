@@ -37,14 +37,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from edge_al.config import DEFAULT_ARCH, Settings
+from edge_al.registry import Registry
+from edge_al.store import Store
+from export.tools import bench
 
-from edge_al.config import DEFAULT_ARCH, Settings  # noqa: E402
-from edge_al.registry import Registry  # noqa: E402
-from edge_al.store import Store  # noqa: E402
-from export.tools import bench  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # where docs/benchmarks is
 
 PARTS = ("throughput", "int8", "memory")
 

@@ -29,15 +29,13 @@ LABELS = ["zero", "one", "two", "three"]
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    from export.tools.digits import digit_images
 
-    d = load_digits()
-    keep = np.isin(d.target, CLASSES)
-    imgs = np.stack([cv2.resize((x * 255 / 16).astype(np.uint8), (SIZE, SIZE), interpolation=cv2.INTER_LINEAR) for x in d.images[keep]])
+    imgs, digits, _ = digit_images(SIZE, classes=CLASSES)
     bgr = np.repeat(imgs[..., None], 3, axis=3)
     # A little colour so that a BGR/RGB swap in the IR would show up in the parity gate.
     bgr[..., 0] = (bgr[..., 0].astype(np.int32) * 3 // 4).astype(np.uint8)
-    return bgr, d.target[keep].astype(np.int64)
+    return bgr, digits
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -41,9 +41,12 @@ import numpy as np
 from edge_al import acquisition
 from edge_al.config import DEFAULT_ARCH, PACKAGED_WEIGHTS, Settings
 from edge_al.errors import InvalidInput
+from edge_al.lifecycle import balanced_accuracy
 from edge_al.pool import IMAGE_SUFFIXES, ImageCache, ingest
 from edge_al.registry import ModelVersion, Registry
 from edge_al.store import Store
+
+from .digits import write_digits
 
 __all__ = [
     "DatasetSplit",
@@ -239,21 +242,7 @@ def write_digits_folders(root: Path, size: int = 32, classes: Sequence[int] | No
 
     ``classes`` keeps only those digits; ``limit`` keeps the first ``limit`` images after that.
     """
-    import cv2
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    keep = [i for i in range(len(digits.images)) if classes is None or int(digits.target[i]) in set(classes)]
-    if limit is not None:
-        keep = keep[:limit]
-    for i in keep:
-        img = (digits.images[i] * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-        path = Path(root) / f"d{int(digits.target[i])}" / f"digit_{i:04d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            cv2.imwrite(str(path), img)
-    return len(keep)
+    return len(write_digits(root, size, by_class=True, classes=classes, limit=limit))
 
 
 # -- workspaces ----------------------------------------------------------------------------------
@@ -443,7 +432,7 @@ def _feature_baselines(
     def fit_score(idx: np.ndarray) -> float:
         m = LogisticRegression(C=0.05, max_iter=3000, class_weight="balanced").fit(features[idx], y[idx])
         pred = m.predict(test_features)
-        return float(np.mean([np.mean(pred[test_truth == k] == k) for k in np.unique(test_truth)]))
+        return balanced_accuracy(test_truth, pred)
 
     budget = cfg.initial + cfg.rounds * cfg.batch
     draws = []
