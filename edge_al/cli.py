@@ -453,9 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_verbs() -> list[Callable[[Any], None]]:
-    """Verbs registered by optional modules (serve, worker, keys, simulate, bench)."""
+    """Verbs registered by optional modules (serve, worker, keys, simulate, bench, predict)."""
     out: list[Callable[[Any], None]] = []
-    for mod in ("edge_al.api.cli", "edge_al.sim_cli", "edge_al.bench_cli"):
+    for mod in ("edge_al.api.cli", "edge_al.sim_cli", "edge_al.bench_cli", "edge_al.predict_cli"):
         try:
             m = __import__(mod, fromlist=["register"])
         except ModuleNotFoundError as exc:
