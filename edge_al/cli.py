@@ -185,9 +185,21 @@ def cmd_rollback(ctx: Context) -> int:
 def cmd_score(ctx: Context) -> int:
     from .scoring import score_pool
 
-    report = score_pool(
-        ctx.settings, ctx.store, ctx.registry, device=ctx.args.device, batch=ctx.args.batch, progress=ctx.progress(), limit=ctx.args.limit
-    )
+    if ctx.args.ray is not None:  # the same scoring as an actor pool on a Ray cluster (edge-al[ray])
+        from .predict_ray import score_pool_ray
+
+        report = score_pool_ray(ctx.settings, ctx.store, ctx.registry, address=ctx.args.ray or None, batch=ctx.args.batch,
+                                limit=ctx.args.limit, quiet=ctx.json or ctx.args.quiet)  # fmt: skip
+    else:
+        report = score_pool(
+            ctx.settings,
+            ctx.store,
+            ctx.registry,
+            device=ctx.args.device,
+            batch=ctx.args.batch,
+            progress=ctx.progress(),
+            limit=ctx.args.limit,
+        )
 
     def human() -> None:
         e = report.engine
@@ -407,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="CPU", help="CPU, GPU, GPU.N or AUTO (built from the devices present)")
     p.add_argument("--batch", type=positive_int, default=8)
     p.add_argument("--limit", type=positive_int, default=None, help="score at most this many samples now")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="score on a Ray cluster (install edge-al[ray]; image paths on a shared filesystem); default address: RAY_ADDRESS or a local one")  # fmt: skip
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("embed", help="embed the pool with the pretrained backbone: a cold-start selection before any label")

@@ -122,7 +122,7 @@ def _count_errors(report: PredictReport, errors: list[tuple[str, str]], bar: Any
 
 
 def cmd_predict(ctx: Any) -> int:
-    from .predict import Predictor, resolve_model
+    from .predict import Predictor, _reference, resolve_model
 
     a = ctx.args
     mv = resolve_model(a.model, ctx.settings)
@@ -130,7 +130,8 @@ def cmd_predict(ctx: Any) -> int:
         from .predict_ray import predict_ray
 
         report = predict_ray(a.paths, a.out, mv, ctx.settings, address=a.ray or None, top_k=a.top_k, embedding=a.embedding,
-                             batch=a.batch, cpus_per_actor=a.cpus_per_actor, quiet=ctx.json or a.quiet)  # fmt: skip
+                             batch=a.batch, cpus_per_actor=a.cpus_per_actor, quiet=ctx.json or a.quiet,
+                             reference=None if a.no_novelty else _reference(ctx.settings, mv))  # fmt: skip
     else:
         predictor = Predictor(mv, settings=ctx.settings, device=a.device, batch=a.batch, novelty=not a.no_novelty)
         report = run_predict(a.paths, a.out, predictor=predictor, fmt=a.format, top_k=a.top_k, embedding=a.embedding,
