@@ -10,6 +10,8 @@ output already holds. ``--ray [ADDRESS]`` runs the same job on a Ray cluster
 from __future__ import annotations
 
 import argparse
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from typing import Any
 
 from .argtypes import positive_int
 
-__all__ = ["PredictReport", "register", "run_predict"]
+__all__ = ["PredictReport", "RowWriter", "register", "run_predict"]
 
 
 @dataclass
@@ -87,7 +89,7 @@ def run_predict(
 ) -> PredictReport:
     """Score ``inputs`` with a ``Predictor`` into ``out``, skipping what ``out`` holds already."""
     from .predict import stream_files
-    from .predict_io import error_table, format_for, open_sink, result_table
+    from .predict_io import error_table, format_for, open_sink
 
     t0 = time.perf_counter()
     kind = format_for(out, fmt)
@@ -95,23 +97,87 @@ def run_predict(
     report = PredictReport(str(out), predictor.version, kind, engine=predictor.engine.describe())
     todo, problems, report.already = todo_paths(inputs, sink.done)
     bar = progress(total=len(todo) + len(problems), unit="img", desc=f"predict {predictor.version}") if progress else None
-    complete = False
+    writer = RowWriter(sink, top_k=top_k, embedding=embedding)
     try:
         if problems:
             sink.write(error_table([p for p, _ in problems], [r for _, r in problems], predictor.version, embedding=embedding))
             _count_errors(report, problems, bar)
         stream = stream_files(predictor.engine, iter(todo), predictor.settings, workers=workers, reference=predictor.reference)
         for part, preds, bad in stream:
-            sink.write(result_table(part, preds, bad, top_k=top_k, embedding=embedding))
+            writer.put(part, preds, bad)
             report.written += len(part) - len(bad)
             _count_errors(report, [(part[i], r) for i, r in bad.items()], bar, len(part) - len(bad))
-        complete = True
+    except BaseException:
+        writer.close(complete=False)  # keep what was scored (a rerun resumes), then re-raise the cause
+        raise
+    else:
+        writer.close(complete=True)
     finally:
-        sink.close(complete)
         if bar is not None:
             bar.close()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+class RowWriter:
+    """Builds result tables and hands them to a sink on its own thread, so the thread that feeds
+    the engine never waits for Arrow or the disk (as ``scoring._Writer`` does for SQLite).
+
+    Engine batches are grouped into tables of about ``group`` rows (one Arrow build per group,
+    not per batch of 8). ``put`` blocks while 64 batches wait; the thread's first error is raised
+    by ``put`` or ``close``.
+    """
+
+    def __init__(self, sink: Any, *, top_k: int, embedding: bool, group: int = 1024) -> None:
+        self.sink, self.top_k, self.embedding, self.group = sink, top_k, embedding, group
+        self._queue: queue.Queue[tuple[list[str], Any, dict[int, str]] | None] = queue.Queue(maxsize=64)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="edge-al-predict-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, paths: list[str], preds: Any, errors: dict[int, str]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((paths, preds, errors))
+
+    def close(self, complete: bool) -> None:
+        """Write what is queued, close the sink (``complete``: the run finished), re-raise an error."""
+        self._queue.put(None)
+        self._thread.join()
+        self.sink.close(complete and self._error is None)
+        if self._error is not None and complete:
+            raise self._error
+
+    def _run(self) -> None:
+        from .predict_io import result_table
+        from .results import Predictions
+
+        pending: list[tuple[list[str], Any, dict[int, str]]] = []
+
+        def flush() -> None:
+            paths = [p for part, _, _ in pending for p in part]
+            errors, offset = {}, 0
+            for part, _, bad in pending:
+                errors.update({offset + i: r for i, r in bad.items()})
+                offset += len(part)
+            preds = Predictions.concat([pr for _, pr, _ in pending])
+            self.sink.write(result_table(paths, preds, errors, top_k=self.top_k, embedding=self.embedding))
+            pending.clear()
+
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain after a failure so that ``put`` never blocks
+            try:
+                pending.append(item)
+                if sum(len(p) for p, _, _ in pending) >= self.group:
+                    flush()
+            except BaseException as exc:
+                self._error = exc
+        try:
+            if pending and self._error is None:
+                flush()
+        except BaseException as exc:
+            self._error = exc
 
 
 def _count_errors(report: PredictReport, errors: list[tuple[str, str]], bar: Any, scored: int = 0) -> None:

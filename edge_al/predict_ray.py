@@ -57,23 +57,23 @@ class RayScorer:
         self.settings, self.options, self.reference = settings, options, reference
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
-        import pyarrow as pa
-
         from .predict import stream_files
         from .predict_io import result_table, schema
+        from .results import Predictions
 
         paths = [str(p) for p in batch["path"]]
         extra = {k: v for k, v in batch.items() if k != "path"}
-        tables = []
-        done = 0
+        parts: list[Predictions] = []
+        errors: dict[int, str] = {}
         workers = self.options["threads"]
-        for part, preds, bad in stream_files(self.engine, paths, self.settings, workers=workers, reference=self.reference):
-            cols = {k: v[done : done + len(part)] for k, v in extra.items()}
-            tables.append(result_table(part, preds, bad, top_k=self.options["top_k"], embedding=self.options["embedding"], **cols))
-            done += len(part)
-        if not tables:
+        for _, preds, bad in stream_files(self.engine, paths, self.settings, workers=workers, reference=self.reference):
+            offset = sum(len(pr) for pr in parts)
+            errors.update({offset + i: r for i, r in bad.items()})
+            parts.append(preds)
+        if not parts:
             return schema(self.options["embedding"]).empty_table()
-        return pa.concat_tables(tables)
+        opts = self.options
+        return result_table(paths, Predictions.concat(parts), errors, top_k=opts["top_k"], embedding=opts["embedding"], **extra)
 
 
 def _connect(address: str | None, quiet: bool) -> tuple[Any, bool]:

@@ -103,6 +103,20 @@ class Predictions:
     def with_novelty(self, fre: np.ndarray | None, knn: np.ndarray | None) -> Predictions:
         return Predictions(self.probs, self.embedding, self.labels, self.version, fre, knn, self._unc)
 
+    @staticmethod
+    def concat(parts: Sequence[Predictions]) -> Predictions:
+        """One batch of the rows of ``parts`` (same model), in order."""
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+
+        def cat(name: str) -> np.ndarray | None:
+            values = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in values) else np.concatenate(values)
+
+        probs, emb = np.concatenate([p.probs for p in parts]), np.concatenate([p.embedding for p in parts])
+        return Predictions(probs, emb, first.labels, first.version, cat("fre"), cat("knn"))
+
     def take(self, rows: np.ndarray) -> Predictions:
         """The rows ``rows`` (int or bool index [M]) as a new batch."""
         pick = lambda a: None if a is None else a[rows]  # noqa: E731

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -19,6 +18,7 @@ from edge_al.engine import Engine
 from edge_al.errors import Conflict, ImageError, InvalidInput, NoActiveModel
 from edge_al.images import decode_resized
 from edge_al.predict import Predictor, expand_inputs, resolve_model
+from edge_al.predict_cli import run_predict
 from edge_al.predict_io import ParquetSink, schema
 from edge_al.registry import Registry
 from edge_al.results import Predictions
@@ -188,30 +188,31 @@ def test_predict_writes_one_row_per_image_and_counts_bad_files(
     assert len(_read(out)) == 44
 
 
-def test_parquet_resume_after_a_kill_leaves_readable_parts(settings: Settings, pool: list[Path], tmp_path: Path) -> None:
-    """A run that stops part-way (here: an exception from the writer after some parts) leaves the
-    parts readable; the rerun scores only the rest and the merged file equals a clean run."""
+def test_parquet_resume_after_an_interrupt_leaves_readable_parts(settings: Settings, pool: list[Path], tmp_path: Path) -> None:
+    """A run stopped part-way (Ctrl-C after three engine batches) leaves what it scored as complete
+    Parquet parts; a temp file a kill left mid-write is ignored; the rerun scores only the rest
+    and its merged file equals a clean run."""
     out = tmp_path / "out.parquet"
-    calls = {"n": 0}
-    real_write = ParquetSink.write
 
-    def failing(self: ParquetSink, table: pa.Table) -> None:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        real_write(self, table)
-        self._flush()  # a part per batch, so the stop lands between parts
+    class StopAfterThree:
+        def __init__(self, **kw: Any) -> None:
+            self.batches = 0
 
-    ParquetSink.write = failing  # type: ignore[method-assign]
-    try:
-        assert _cli(settings, "predict", str(tmp_path / "pool"), "--out", str(out)) == 130  # the CLI's "interrupted"
-    finally:
-        ParquetSink.write = real_write  # type: ignore[method-assign]
+        def update(self, n: int) -> None:
+            self.batches += 1
+            if self.batches == 3:
+                raise KeyboardInterrupt
+
+        def close(self) -> None:
+            pass
+
+    predictor = Predictor.load(None, home=settings.home)
+    with pytest.raises(KeyboardInterrupt):
+        run_predict([str(tmp_path / "pool")], out, predictor=predictor, progress=StopAfterThree)
     parts = out.with_name("out.parquet.parts")
-    assert not out.exists() and len(list(parts.glob("part-*.parquet"))) == 2
+    assert not out.exists() and len(list(parts.glob("part-*.parquet"))) == 1
+    assert pq.read_table(parts).num_rows == 24
     (parts / ".part-000009.parquet.x.tmp").write_bytes(b"PAR1 torn")  # what a kill mid-write leaves
-    held = pq.read_table(parts).num_rows
-    assert held == 16
     assert _cli(settings, "--json", "predict", str(tmp_path / "pool"), "--out", str(out)) == 0
     assert not parts.exists()
     resumed = pq.read_table(out).sort_by("path")
@@ -231,6 +232,17 @@ def test_line_formats_drop_a_torn_last_line(settings: Settings, pool: list[Path]
         _cli(settings, "predict", *[str(p) for p in pool[:8]], "--out", str(out))
         rows = _read(out)
         assert [r["path"] for r in rows] == [str(p) for p in pool[:8]], suffix
+
+
+def test_missing_ray_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from edge_al.errors import MissingDependency
+    from edge_al.predict_ray import _ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(MissingDependency, match=r"install edge-al\[ray\]"):
+        _ray()
 
 
 def test_output_of_another_version_or_schema_is_refused(settings: Settings, registry: Registry, pool: list[Path], tmp_path: Path) -> None:
