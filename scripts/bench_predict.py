@@ -68,7 +68,6 @@ def make_pool(root: Path, n: int, per_dir: int = 1000) -> Path:
     stamp = root / f".done-{n}"
     if stamp.exists():
         return root
-    rng = np.random.default_rng(0)
     for i in range(n):
         folder = root / f"d{i // per_dir:04d}"
         p = folder / f"img_{i:06d}.jpg"
@@ -76,6 +75,7 @@ def make_pool(root: Path, n: int, per_dir: int = 1000) -> Path:
             folder.mkdir(parents=True, exist_ok=True)
         if p.exists():
             continue
+        rng = np.random.default_rng(i)  # per image: a pool grown later stays distinct (ingest dedupes by content)
         img = np.full((96, 96, 3), rng.integers(0, 255, 3), dtype=np.uint8)
         cv2.circle(
             img,
@@ -337,7 +337,8 @@ def main() -> None:
     for part in parts:
         res[part] = {"throughput": part_throughput, "memory": part_memory, "ray": part_ray, "errors": part_errors}[part](args, pool, models)
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "predict.json").write_text(json.dumps(res, indent=2, default=str))
+        res = json.loads(json.dumps(res, default=str).replace(str(args.work.resolve()), "BENCH_WORK"))  # no machine paths in docs
+        (args.out / "predict.json").write_text(json.dumps(res, indent=2))
         write_md(res, args.out)
     print((args.out / "predict.md").read_text())
 

@@ -265,3 +265,24 @@ def test_predict_ingests_nothing(tmp_path: Path, registry: Registry, pool: list[
     store = Store(home / "edge-al.sqlite3")
     assert store.count_samples() == 0 and not (home / "embeddings").exists() and not (home / "cache").exists()
     store.close()
+
+
+def test_jpeg_size_agrees_with_pil_and_defers_to_it_on_anything_odd() -> None:
+    """``images.jpeg_size`` (probe's fast path) reads what PIL reads, or says None."""
+    import io as _io
+
+    import cv2
+    from PIL import Image
+
+    from edge_al.images import jpeg_size
+
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        w, h = int(rng.integers(1, 400)), int(rng.integers(1, 300))
+        img = rng.integers(0, 255, (h, w, 3) if i % 3 else (h, w), dtype=np.uint8)
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, i % 2])
+        assert ok and jpeg_size(buf.tobytes()) == Image.open(_io.BytesIO(buf.tobytes())).size == (w, h)
+    b = _io.BytesIO()
+    Image.new("RGB", (123, 45)).save(b, "JPEG", icc_profile=b"\0" * 3000)  # a long APP2 segment before the frame
+    assert jpeg_size(b.getvalue()) == (123, 45)
+    assert jpeg_size(b.getvalue()[:20]) is None and jpeg_size(b"\x89PNG\r\n") is None and jpeg_size(b"\xff\xd8\xff\xda\x00") is None
