@@ -150,8 +150,8 @@ class Engine:
         version: str | None = None,
     ) -> None:
         """``threads``: INFERENCE_NUM_THREADS (default: the runtime's, every core), for several
-        engines sharing a box (one per Ray actor). ``version``: the model version results name
-        when the IR's rt_info does not carry one."""
+        engines sharing a box (one per Ray actor). ``version``: the model version that results
+        name (default: the one in the IR's rt_info; a registry passes its folder's name)."""
         if not 1 <= int(batch) <= 1024:
             raise InvalidInput(f"The 'batch' parameter must be an int in [1, 1024]. Got {batch!r} instead.")
         core = get_core()

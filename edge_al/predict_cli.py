@@ -230,5 +230,6 @@ def register(sub: Any) -> None:
     p.add_argument("--workers", type=positive_int, default=None, help="decoding threads (default: cores, at most 4)")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run on a Ray cluster (install edge-al[ray]); ADDRESS as ray.init takes it, default: RAY_ADDRESS or a local one")  # fmt: skip
-    p.add_argument("--cpus-per-actor", type=positive_int, default=None, help="with --ray: CPUs per model actor (default 2, or the node's)")
+    p.add_argument("--cpus-per-actor", type=positive_int, default=None, help="with --ray: CPUs per model actor, and its engine's threads (default 2); actors = cluster CPUs / this. "
+                   "A Ray run writes Parquet shards (--format is ignored) on the workers' CPUs (--device is ignored)")  # fmt: skip
     p.set_defaults(func=cmd_predict)

@@ -25,7 +25,7 @@ LABELS = ["a", "b", "c", "d"]
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     """One local Ray cluster for the module: starting one costs seconds and hundreds of MB."""
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, object_store_memory=256 << 20)
     try:
         yield ray
     finally:
