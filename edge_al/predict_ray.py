@@ -5,8 +5,9 @@ dataset -> ``map_batches`` with a class-based actor pool: each actor compiles th
 (``RayScorer``) and runs the local pipeline (``predict.stream_files``: loader threads overlap
 decoding with inference) on its batches -> rows of ``predict_io.SCHEMA``:
 
-- ``predict_ray``: written as Parquet shards into a folder, by the workers; a rerun skips the
-  paths that readable shards hold.
+- ``predict_ray``: each actor call writes its rows as one Parquet shard into the ``--out`` folder
+  (a temp file renamed into place, so a kill never leaves a torn shard) and returns only path and
+  error to the driver, which counts; a rerun skips the paths the shards hold.
 - ``score_pool_ray``: the workspace's unscored samples; rows stream back to the driver, which
   lands them in the store exactly as ``scoring.score_pool`` does (embeddings, then predictions,
   then novelty).
@@ -18,7 +19,6 @@ decoding thread), each engine limited to that many threads so actors do not over
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -70,10 +70,28 @@ class RayScorer:
             offset = sum(len(pr) for pr in parts)
             errors.update({offset + i: r for i, r in bad.items()})
             parts.append(preds)
-        if not parts:
-            return schema(self.options["embedding"]).empty_table()
         opts = self.options
-        return result_table(paths, Predictions.concat(parts), errors, top_k=opts["top_k"], embedding=opts["embedding"], **extra)
+        if not parts:
+            table = schema(opts["embedding"]).empty_table()
+        else:
+            table = result_table(paths, Predictions.concat(parts), errors, top_k=opts["top_k"], embedding=opts["embedding"], **extra)
+        if not opts.get("out"):
+            return table
+        # the actor writes its own shard (temp file, rename: a kill never leaves a torn one) and returns only
+        # what the driver counts, so no result crosses the object store and no write task waits for a CPU
+        write_shard(Path(opts["out"]), table)
+        return table.select(["path", "error"])
+
+
+def write_shard(folder: Path, table: Any) -> Path:
+    """Write ``table`` as ``folder/part-<random>.parquet``, complete or not at all."""
+    import uuid
+
+    import pyarrow.parquet as pq
+
+    from .fsutil import atomic_write
+
+    return atomic_write(folder / f"part-{uuid.uuid4().hex}.parquet", lambda f: pq.write_table(table, f))
 
 
 def _connect(address: str | None, quiet: bool) -> tuple[Any, bool]:
@@ -105,12 +123,15 @@ def _dataset(ray: Any, items: list[dict[str, Any]], mv: ModelVersion, settings: 
 
 
 def _held_paths(folder: Path) -> set[str]:
-    """Paths in the readable shards of ``folder``; a shard a kill left unreadable is removed."""
+    """Paths in the shards of ``folder`` (each written whole: ``write_shard``); a leftover temp file is
+    removed, and so is a shard that does not read (one written by another tool)."""
     import pyarrow.parquet as pq
 
     held: set[str] = set()
     if not folder.is_dir():
         return held
+    for tmp in folder.glob(".*.tmp"):  # a shard a kill interrupted: never renamed, never counted
+        tmp.unlink()
     for shard in sorted(folder.glob("*.parquet")):
         try:
             held.update(pq.read_table(shard, columns=["path"]).column("path").to_pylist())
@@ -135,7 +156,6 @@ def predict_ray(
 ) -> Any:
     """Score ``inputs`` (as ``edge-al predict`` expands them) on Ray into the folder ``out`` of
     Parquet shards; returns a ``predict_cli.PredictReport``."""
-    import pyarrow.parquet as pq
 
     from .predict_cli import PredictReport, todo_paths
     from .predict_io import error_table
@@ -147,30 +167,30 @@ def predict_ray(
     todo, problems, already = todo_paths(inputs, _held_paths(folder))
     report = PredictReport(str(folder), mv.version, "parquet", already=already)
     ray, started = _connect(address, quiet)
-    options = {"batch": batch, "threads": cpus_per_actor or 2, "top_k": top_k, "embedding": embedding, "quiet": quiet}
+    options: dict[str, Any] = {"batch": batch, "threads": cpus_per_actor or 2, "top_k": top_k, "embedding": embedding, "quiet": quiet}
     try:
         report.engine = {"ray_cpus": int(ray.cluster_resources().get("CPU", 0)), "cpus_per_actor": options["threads"]}
         folder.mkdir(parents=True, exist_ok=True)
         if problems:
-            pq.write_table(error_table([p for p, _ in problems], [r for _, r in problems], mv.version, embedding=embedding),
-                           folder / f"errors-{int(time.time() * 1000)}-{os.getpid()}.parquet")  # fmt: skip
+            write_shard(folder, error_table([p for p, _ in problems], [r for _, r in problems], mv.version, embedding=embedding))
+            _count(report, problems)
         if todo:
+            options["out"] = str(folder)
             ds = _dataset(ray, [{"path": p} for p in todo], mv, settings, options, reference)
-            # writes are I/O: they must not wait for a CPU that the model actors hold
-            ds.write_parquet(str(folder), ray_remote_args={"num_cpus": 0})
+            for rows in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                failed = rows.filter(rows.column("error").is_valid())
+                _count(report, list(zip(failed.column("path").to_pylist(), failed.column("error").to_pylist(), strict=True)))
     finally:
         if started:
             ray.shutdown()
-    fresh = set(todo) | {p for p, _ in problems}
-    table = pq.read_table(folder, columns=["path", "error"])
-    for path, err in zip(table.column("path").to_pylist(), table.column("error").to_pylist(), strict=True):
-        if path in fresh and err is not None:
-            report.errors += 1
-            if len(report.error_samples) < 20:
-                report.error_samples.append((path, err))
     report.written = len(todo) + len(problems) - report.errors
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _count(report: Any, errors: list[tuple[str, str]]) -> None:
+    report.errors += len(errors)
+    report.error_samples += errors[: max(0, 20 - len(report.error_samples))]
 
 
 def score_pool_ray(
