@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import json
 import logging
 import os
@@ -185,21 +186,14 @@ def cmd_rollback(ctx: Context) -> int:
 def cmd_score(ctx: Context) -> int:
     from .scoring import score_pool
 
-    if ctx.args.ray is not None:  # the same scoring as an actor pool on a Ray cluster (edge-al[ray])
+    score: Any = score_pool
+    if ctx.args.ray is not None:  # the same scoring as a Ray actor pool (edge-al[ray]); results land in the store alike
         from .predict_ray import score_pool_ray
 
-        report = score_pool_ray(ctx.settings, ctx.store, ctx.registry, address=ctx.args.ray or None, batch=ctx.args.batch,
-                                limit=ctx.args.limit, quiet=ctx.json or ctx.args.quiet)  # fmt: skip
-    else:
-        report = score_pool(
-            ctx.settings,
-            ctx.store,
-            ctx.registry,
-            device=ctx.args.device,
-            batch=ctx.args.batch,
-            progress=ctx.progress(),
-            limit=ctx.args.limit,
-        )
+        score = functools.partial(score_pool_ray, address=ctx.args.ray or None, quiet=ctx.json or ctx.args.quiet)
+    report = score(
+        ctx.settings, ctx.store, ctx.registry, device=ctx.args.device, batch=ctx.args.batch, progress=ctx.progress(), limit=ctx.args.limit
+    )
 
     def human() -> None:
         e = report.engine

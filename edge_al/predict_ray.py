@@ -199,13 +199,18 @@ def score_pool_ray(
     registry: Registry,
     *,
     address: str | None = None,
+    device: str = "CPU",
     batch: int = 8,
     cpus_per_actor: int | None = None,
     limit: int | None = None,
+    progress: Any = None,
     quiet: bool = False,
 ) -> Any:
     """``edge-al score --ray``: score the active version's unscored samples on Ray and land them in
-    the store as ``score_pool`` does; returns a ``scoring.ScoreReport``."""
+    the store as ``score_pool`` does; returns a ``scoring.ScoreReport``. The actors run on their
+    nodes' CPUs (``device`` must be CPU); ``progress`` makes a bar as in ``score_pool``."""
+    if device.upper() != "CPU":
+        raise InvalidInput(f"score --ray runs on the workers' CPUs. Got --device {device!r}: drop it or use CPU.")
     from .scoring import EmbeddingFile, ScoreReport, _Writer, update_novelty
 
     mv = registry.active()
@@ -225,9 +230,14 @@ def score_pool_ray(
     writer = _Writer(store, mv.version, emb_file, 256)
     try:
         report.engine = {"ray_cpus": int(ray.cluster_resources().get("CPU", 0)), "cpus_per_actor": options["threads"]}
+        bar = progress(total=len(items), unit="img", desc=f"score {mv.version} on Ray") if progress and items else None
         if items:
             for rows in _dataset(ray, items, mv, settings, options, None).iter_batches(batch_size=1024, batch_format="pyarrow"):
                 _land(rows, writer, report)
+                if bar is not None:
+                    bar.update(rows.num_rows)
+        if bar is not None:
+            bar.close()
     except BaseException:
         writer.close(raise_error=False)  # keep what was scored (resumable), then re-raise the cause
         raise
