@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import json
 import logging
 import os
@@ -186,7 +187,12 @@ def cmd_rollback(ctx: Context) -> int:
 def cmd_score(ctx: Context) -> int:
     from .scoring import score_pool
 
-    report = score_pool(
+    score: Any = score_pool
+    if ctx.args.ray is not None:  # the same scoring as a Ray actor pool (edge-al[ray]); results land in the store alike
+        from .predict_ray import score_pool_ray
+
+        score = functools.partial(score_pool_ray, address=ctx.args.ray or None, quiet=ctx.json or ctx.args.quiet)
+    report = score(
         ctx.settings, ctx.store, ctx.registry, device=ctx.args.device, batch=ctx.args.batch, progress=ctx.progress(), limit=ctx.args.limit
     )
 
@@ -402,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="CPU", help="CPU, GPU, GPU.N or AUTO (built from the devices present)")
     p.add_argument("--batch", type=positive_int, default=8)
     p.add_argument("--limit", type=positive_int, default=None, help="score at most this many samples now")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="score on a Ray cluster (install edge-al[ray]; image paths on a shared filesystem); default address: RAY_ADDRESS or a local one")  # fmt: skip
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("embed", help="embed the pool with the pretrained backbone: a cold-start selection before any label")
@@ -434,8 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     from .api.cli import register as register_service_verbs
+    from .predict_cli import register as register_predict
 
     register_service_verbs(sub)
+    register_predict(sub)
     for extra in _extra_verbs():
         extra(sub)
     return parser

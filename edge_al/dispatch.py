@@ -47,10 +47,11 @@ from .acquisition import fit_fre, knn_distance, l2_normalize, uncertainty_scores
 from .config import Settings
 from .errors import InvalidInput, NoActiveModel
 from .images import decode_resized, resize_to
-from .registry import Registry
+from .registry import ModelVersion, Registry
+from .results import label_name
 from .store import Store
 
-__all__ = ["ModelHolder", "NoveltyReference", "Scored", "acquisition_scores"]
+__all__ = ["ModelHolder", "NoveltyReference", "Scored", "acquisition_scores", "build_novelty_reference", "live_novelty"]
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,7 @@ class Scored:
 
     @property
     def label(self) -> str:
-        i = int(np.argmax(self.probs))
-        return self.labels[i] if i < len(self.labels) else str(i)
+        return label_name(self.labels, int(np.argmax(self.probs)))
 
     @property
     def confidence(self) -> float:
@@ -75,7 +75,7 @@ class Scored:
 
     def top_k(self, k: int = 3) -> list[tuple[str, float]]:
         order = np.argsort(-self.probs, kind="stable")[: max(1, int(k))]
-        return [(self.labels[i] if i < len(self.labels) else str(i), float(self.probs[i])) for i in order]
+        return [(label_name(self.labels, int(i)), float(self.probs[i])) for i in order]
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,20 @@ class NoveltyReference:
     built_at: float
 
 
+def live_novelty(
+    reference: NoveltyReference | None, version: str, probs: np.ndarray, embedding: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(fre f32 [N], knn f32 [N])`` of images scored by ``version`` (probs f32 [N, C], embedding
+    f32 [N, D]) against a labeled ``reference``; ``(None, None)`` without a reference of that version
+    and embedding width."""
+    if reference is None or reference.version != version or embedding.ndim != 2 or embedding.shape[1] != reference.labeled.shape[1]:
+        return None, None
+    x = l2_normalize(np.array(embedding, dtype=np.float32, copy=True))
+    predicted = np.argmax(probs, axis=1).astype(np.int64)
+    fre = np.asarray(reference.fre.score(x, predicted), dtype=np.float32)
+    return fre, np.asarray(knn_distance(x, reference.labeled), dtype=np.float32)
+
+
 def acquisition_scores(scored: Scored, reference: NoveltyReference | None = None) -> dict[str, float | None]:
     """``{"entropy", "margin", "least_confidence", "fre", "knn"}`` of one scored image.
 
@@ -98,13 +112,28 @@ def acquisition_scores(scored: Scored, reference: NoveltyReference | None = None
     """
     unc = uncertainty_scores(scored.probs[None, :].astype(np.float32, copy=False))
     out: dict[str, float | None] = {k: float(v[0]) for k, v in unc.items()}
-    out["fre"] = None
-    out["knn"] = None
-    if reference is not None and reference.version == scored.version and scored.embedding.shape[0] == reference.labeled.shape[1]:
-        x = l2_normalize(scored.embedding[None, :].astype(np.float32, copy=True))
-        out["fre"] = float(reference.fre.score(x, np.array([int(np.argmax(scored.probs))]))[0])
-        out["knn"] = float(knn_distance(x, reference.labeled)[0])
+    fre, knn = live_novelty(reference, scored.version, scored.probs[None, :], scored.embedding[None, :])
+    out["fre"] = None if fre is None else float(fre[0])
+    out["knn"] = None if knn is None else float(knn[0])
     return out
+
+
+def build_novelty_reference(settings: Settings, store: Store, mv: ModelVersion, annotation_count: int = -1) -> NoveltyReference | None:
+    """The labeled reference of version ``mv`` in a workspace: the labeled samples' embeddings that
+    pool scoring wrote (normalised f32 [M, D]) and a class-aware FRE fitted on them; ``None`` when
+    no labeled sample has an embedding for it."""
+    from .scoring import embedding_file, labeled_reference
+
+    emb_file = embedding_file(settings, mv)
+    try:
+        _, emb, classes = labeled_reference(store, mv, emb_file)
+    finally:
+        emb_file.close()
+    if len(emb) == 0:
+        return None
+    labeled = l2_normalize(np.ascontiguousarray(emb, dtype=np.float32))
+    fre = fit_fre(labeled, classes, max(len(mv.labels), int(classes.max()) + 1))
+    return NoveltyReference(mv.version, fre, labeled, annotation_count, time.time())
 
 
 @dataclass
@@ -594,8 +623,6 @@ class ModelHolder:
         return self._novelty.get(version)
 
     def _build_novelty(self, version: str, old: NoveltyReference | None) -> None:
-        from .scoring import embedding_file, labeled_reference
-
         try:
             if self._store is None:
                 self._store = Store(self.settings.db_path)
@@ -603,18 +630,11 @@ class ModelHolder:
             count = store.annotation_count()
             if old is not None and old.annotation_count == count:
                 return
-            mv = self.registry.get(version)
-            emb_file = embedding_file(self.settings, mv)
-            try:
-                _, emb, classes = labeled_reference(store, mv, emb_file)
-            finally:
-                emb_file.close()
-            if len(emb) == 0:
+            ref = build_novelty_reference(self.settings, store, self.registry.get(version), count)
+            if ref is None:
                 self._novelty.pop(version, None)
                 return
-            labeled = l2_normalize(np.ascontiguousarray(emb, dtype=np.float32))
-            fre = fit_fre(labeled, classes, max(len(mv.labels), int(classes.max()) + 1))
-            self._novelty[version] = NoveltyReference(version, fre, labeled, count, time.time())
+            self._novelty[version] = ref
         except Exception:
             log.exception("could not build the novelty reference of %s; serving uncertainty only", version)
         finally:
