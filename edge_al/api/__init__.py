@@ -139,6 +139,7 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     from . import errors, openapi
     from ._util import SafeJSONProvider, require_json_content
     from .auth import check_request
+    from .limits import init_limiter
     from .metrics import Metrics
 
     settings = settings or load_settings()
@@ -185,6 +186,8 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
         require_json_content()
         if app.config["START_MODEL"] == "lazy" and request.endpoint != "health.healthz":
             svc.start_model()
+
+    init_limiter(app)  # after _before: limits are per key, so the key must be known
 
     @app.after_request
     def _after(resp: Response) -> Response:
