@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import current_app, request
 from flask.json.provider import DefaultJSONProvider
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
 from edge_al.errors import EdgeALError, ImageTooLarge, InvalidInput
 from edge_al.images import ImageInfo, probe
@@ -33,6 +34,7 @@ __all__ = [
     "json_body",
     "json_request",
     "model_row",
+    "multipart_parts",
     "parse_json",
     "query_bool",
     "query_int",
@@ -62,12 +64,11 @@ def read_uploads(max_pixels: int, max_bytes: int) -> list[Upload]:
     if ctype.startswith("image/"):
         parts.append((request.args.get("filename", "") or "", request.get_data(cache=False)))
     elif ctype == "multipart/form-data":
-        files = [f for key in request.files for f in request.files.getlist(key)]
-        if len(files) > limit:
-            raise Problem(413, f"The request has {len(files)} images; the limit is {limit} per request.", slug="too-many-images")
-        parts = [(f.filename or f.name or "", f.read()) for f in files]
+        parts = multipart_parts()
+        if len(parts) > limit:
+            raise Problem(413, f"The request has {len(parts)} images; the limit is {limit} per request.", slug="too-many-images")
         if not parts:
-            raise InvalidInput("The multipart body has no file parts: send each image as a file part (e.g. curl -F image=@a.jpg).")
+            raise InvalidInput("The multipart body has no parts: send each image as a part (e.g. curl -F image=@a.jpg).")
     else:
         raise Problem(
             415,
@@ -93,6 +94,30 @@ def read_uploads(max_pixels: int, max_bytes: int) -> list[Upload]:
         slug = "image-too-large" if worst == 413 else "undecodable-image"
         raise Problem(worst, f"{where}: {first['detail']}{more}", slug=slug, errors=errors)
     return out
+
+
+def multipart_parts() -> list[tuple[str, bytes]]:
+    """``(filename or field name, bytes)`` of every part of a multipart body, file or not: an image sent
+    as a plain field (no filename) is still an image. A malformed or truncated body: 400."""
+    boundary = request.mimetype_params.get("boundary", "")
+    if not boundary or len(boundary) > 70:
+        raise Problem(400, "The multipart body needs a boundary of 1-70 characters in its Content-Type.", slug="malformed-multipart")
+    decoder = MultipartDecoder(boundary.encode("latin-1", "replace"))
+    decoder.receive_data(request.get_data(cache=False))
+    decoder.receive_data(None)
+    parts: list[tuple[str, bytearray]] = []
+    while True:
+        try:
+            event = decoder.next_event()
+        except ValueError:
+            raise Problem(400, "The multipart body is malformed or cut short: send complete parts, each ending with the "
+                          "boundary, and a closing boundary.", slug="malformed-multipart") from None  # fmt: skip
+        if isinstance(event, (Field, File)):
+            parts.append((getattr(event, "filename", None) or event.name, bytearray()))
+        elif isinstance(event, Data) and parts:
+            parts[-1][1].extend(event.data)
+        elif isinstance(event, (Epilogue, NeedData)):
+            return [(name, bytes(data)) for name, data in parts]
 
 
 def query_int(name: str, default: int, lo: int, hi: int) -> int:

@@ -34,8 +34,9 @@ def _manager() -> Any:
 @require("admin")
 @json_request
 def submit(body: JobCreate) -> tuple[Response, int]:
-    job = _manager().submit(str(body.kind), dict(body.params or {}))
-    return jsonify(clean(job)), 202
+    job = body.root
+    job_doc = _manager().submit(job.kind, job.params.model_dump(exclude_none=True) if job.params else {})
+    return jsonify(clean(job_doc)), 202
 
 
 @bp.get("/v1/jobs", **op("Recent jobs, newest first", "admin", {200: JobList}, 422, 503))

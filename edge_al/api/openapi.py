@@ -81,7 +81,8 @@ def image_body() -> dict[str, Any]:
     """The request body of the image routes: one raw image of an accepted type, or multipart."""
     binary = {"schema": {"type": "string", "format": "binary"}}
     content: dict[str, Any] = {t: binary for t in IMAGE_TYPES}
-    content["multipart/form-data"] = {"schema": {"type": "object", "additionalProperties": {"type": "string", "format": "binary"}}}
+    parts = {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string", "format": "binary"}}
+    content["multipart/form-data"] = {"schema": parts}
     return {"requestBody": {"required": True, "content": content}}
 
 

@@ -12,9 +12,10 @@ Limits live here, next to the fields: ids are SQLite rowids (1 .. 2**63-1), name
 
 from __future__ import annotations
 
+import copy
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
 from edge_al import acquisition
 
@@ -72,9 +73,40 @@ class _Request(BaseModel):
 
 
 class _Body(BaseModel):
-    """JSON bodies: the JSON types the schema names (no "1" for 1); unknown properties refused."""
+    """JSON bodies: the JSON types the schema names (no "1" for 1, no true for 1); unknown properties
+    refused. An integral number such as 7.0 is an integer, as JSON Schema has it."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return {k: int(v) if isinstance(v, float) and v.is_integer() and abs(v) <= ID_MAX else v for k, v in data.items()}
+
+
+def _sample_or_path(schema: dict[str, Any]) -> None:
+    """An item names its sample by id or by path: one of the two is required, and neither is null."""
+    for key in ("sample_id", "path"):
+        prop = schema["properties"][key]
+        prop.update(next(s for s in prop.pop("anyOf") if s.get("type") != "null"))
+    schema["anyOf"] = [{"required": ["sample_id"]}, {"required": ["path"]}]
+
+
+class _Query(BaseModel):
+    """Query parameters (unknown names ignored). flask-openapi3 asks for the model's JSON schema on
+    every request (about 0.3 ms); it is computed once here and copied out."""
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        key = (cls, args, tuple(sorted(kwargs.items())))
+        if key not in _SCHEMA_CACHE:
+            _SCHEMA_CACHE[key] = super().model_json_schema(*args, **kwargs)
+        return copy.deepcopy(_SCHEMA_CACHE[key])
+
+
+_SCHEMA_CACHE: dict[Any, dict[str, Any]] = {}
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -108,33 +140,37 @@ class JobPath(_Request):
 
 
 class VersionPath(_Request):
-    version: str = Field(max_length=32, description="a version name such as v0003")
+    version: str = Field(max_length=32, pattern=r"^v[0-9]{4,}$", description="a version name such as v0003")
 
 
-class ScoreQuery(BaseModel):
+class ScoreQuery(_Query):
     store: bool = Field(False, description="also add the images to the pool (deduplicated)")
     top_k: int = Field(3, ge=1, le=1000, description="how many classes in top_k")
     filename: str = Field("", max_length=255, description="a name for a raw-body image")
 
 
-class ImageQuery(BaseModel):
+class ImageQuery(_Query):
     size: int = Field(0, ge=0, le=4096, description="0: the original bytes; else a JPEG thumbnail at most this many pixels wide and high")
 
 
-class QueueQuery(BaseModel):
+class QueueQuery(_Query):
     n: int = Field(20, ge=1, le=QUEUE_N_MAX, description="how many")
     strategy: Strategy = Field(acquisition.DEFAULT_STRATEGY)  # type: ignore[valid-type]
     annotator: str = Field("", max_length=NAME_MAX, description="lease holder (default: the key's name)")
 
 
-class JobsQuery(BaseModel):
+class JobsQuery(_Query):
     limit: int = Field(50, ge=1, le=1000)
 
 
 # -- request bodies ---------------------------------------------------------------------------
 class AnnotationItem(_Body):
+    model_config = ConfigDict(json_schema_extra=_sample_or_path)
+
     sample_id: Id | None = Field(None, description="the sample (or give path)")
-    path: str | None = Field(None, max_length=4096, description="the sample's path as ingested (instead of sample_id)")
+    path: str | None = Field(
+        None, min_length=1, max_length=4096, pattern=r"^[^\x00]*$", description="the sample's path as ingested (instead of sample_id)"
+    )
     action: Action
     label: str | None = Field(None, max_length=NAME_MAX, description="needed for correct; accept defaults to the model's guess")
     annotator: str | None = Field(None, max_length=NAME_MAX, description="default: the key's name")
@@ -155,12 +191,37 @@ class UndoRequest(_Body):
 
 
 class LabelCreate(_Body):
-    name: Name
+    # the store's rule: printable (no control characters), not blank, at most 128 characters
+    name: Name = Field(pattern=r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$")
 
 
-class JobCreate(_Body):
-    kind: Literal["retrain", "score"]
-    params: dict[str, Any] | None = None
+class ScoreParams(_Body):
+    device: str | None = Field(None, max_length=64, description="CPU, GPU or AUTO (default: the service's)")
+    batch: int | None = Field(None, ge=1, le=256)
+    limit: int | None = Field(None, ge=1, le=ID_MAX, description="score at most this many samples")
+
+
+class RetrainParams(_Body):
+    train_options: dict[str, Any] | None = None
+    export_options: dict[str, Any] | None = None
+    tolerance: float | None = Field(None, ge=0, le=1)
+    device: str | None = Field(None, max_length=64)
+    batch: int | None = Field(None, ge=1, le=256)
+    rescore: bool | None = None
+
+
+class ScoreJob(_Body):
+    kind: Literal["score"]
+    params: ScoreParams | None = None
+
+
+class RetrainJob(_Body):
+    kind: Literal["retrain"]
+    params: RetrainParams | None = None
+
+
+class JobCreate(RootModel[Annotated[ScoreJob | RetrainJob, Field(discriminator="kind")]]):
+    """A job to queue; null parameters mean the defaults."""
 
 
 # -- responses --------------------------------------------------------------------------------
