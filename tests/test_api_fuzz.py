@@ -60,17 +60,18 @@ def _summary(exc: BaseException) -> str:
     return " | ".join(keep)[:700] or lines[0][:300]
 
 
-def _fuzz(operation: Any, keys: dict[str, str]) -> list[str]:
-    """Run one operation's examples as every role; the failures found (hypothesis does not shrink them)."""
+def _fuzz(operation: Any, keys: dict[str, str], examples: int = EXAMPLES, **call: Any) -> list[str]:
+    """Run one operation's examples as every role; the failures found (hypothesis does not shrink them).
+    ``call``: passed to ``case.call_and_validate`` (``base_url=`` for a real server)."""
     found: list[str] = []
 
     @given(case=operation.as_strategy())
-    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None,
               phases=[Phase.explicit, Phase.generate])  # fmt: skip
     def run(case: Any) -> None:
         for role in ROLES:
             try:
-                case.call_and_validate(headers={"Authorization": f"Bearer {keys[role]}"})
+                case.call_and_validate(headers={"Authorization": f"Bearer {keys[role]}"}, **call)
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt):
                     raise

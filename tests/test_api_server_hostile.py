@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import pytest
+import schemathesis
 
+from tests.test_api_fuzz import CONFIG, _fuzz
 from tests.test_api_server import Server, _png, _start, _stop
 
 BIG = "9" * 30
@@ -335,3 +337,13 @@ def test_made_up_methods_do_not_grow_metrics(server: Server) -> None:
     text = server.call("GET", "/metrics").body.decode()
     assert 'method="NEW' not in text and 'method="ODD' not in text and "/nowhere/" not in text
     assert text.count("\n") - before <= 40  # the histogram's buckets of one new series at most, not 120 series
+
+
+@pytest.mark.slow
+def test_fuzz_from_the_document_against_the_real_server(server: Server) -> None:
+    """The run of tests/test_api_fuzz.py (every check, three roles), through waitress and its header-time checks."""
+    schema = schemathesis.openapi.from_url(server.base + "/v1/openapi.json", config=CONFIG)
+    failures: list[str] = []
+    for result in schema.get_all_operations():
+        failures += _fuzz(result.ok(), server.keys, 3, base_url=server.base, timeout=30)
+    assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:40])

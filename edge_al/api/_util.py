@@ -36,8 +36,6 @@ __all__ = [
     "model_row",
     "multipart_parts",
     "parse_json",
-    "query_bool",
-    "query_int",
     "read_uploads",
     "require_json_content",
 ]
@@ -118,31 +116,6 @@ def multipart_parts() -> list[tuple[str, bytes]]:
             parts[-1][1].extend(event.data)
         elif isinstance(event, (Epilogue, NeedData)):
             return [(name, bytes(data)) for name, data in parts]
-
-
-def query_int(name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidInput(f"The '{name}' parameter must be an int in [{lo}, {hi}]. Got {raw!r} instead.") from None
-    if not lo <= value <= hi:
-        raise InvalidInput(f"The '{name}' parameter must be an int in [{lo}, {hi}]. Got {value} instead.")
-    return value
-
-
-def query_bool(name: str, default: bool = False) -> bool:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    text = raw.strip().lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off"}:
-        return False
-    raise InvalidInput(f"The '{name}' parameter must be true or false. Got {raw!r} instead.")
 
 
 MAX_JSON_DEPTH = 32

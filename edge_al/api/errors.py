@@ -180,6 +180,8 @@ def register_error_handlers(app: Flask) -> None:
             detail = f"The request body is over the limit of {limit:,} bytes." if limit else detail
         elif status == 404:
             detail = f"There is no resource at {request.path}."
+        elif status == 429:
+            detail = f"This API key is over its request budget ({exc.description}): retry after Retry-After seconds."
         elif status == 405:
             allowed = exc.valid_methods if hasattr(exc, "valid_methods") else None  # type: ignore[attr-defined]
             detail = f"{request.method} is not allowed on {request.path}" + (f"; allowed: {', '.join(allowed)}." if allowed else ".")

@@ -16,11 +16,9 @@ from .auth import require
 from .openapi import op
 from .schemas import Job, JobCreate, JobList, JobPath, JobsQuery
 
-__all__ = ["JOB_KINDS", "bp"]
+__all__ = ["bp"]
 
 bp = APIBlueprint("jobs", __name__)
-
-JOB_KINDS = ("retrain", "score")
 
 
 def _manager() -> Any:
