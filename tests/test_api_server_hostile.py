@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -112,15 +112,9 @@ def _multipart(parts: list[tuple[str, str, bytes]], boundary: str = "xyz") -> by
     return out + f"--{boundary}--\r\n".encode()
 
 
-def _corpus(server: Server) -> list[tuple[str, bytes]]:
-    admin, annotator, scorer = server.keys["admin"], server.keys["annotator"], server.keys["scorer"]
-    png = _png(server, 0)
-    j = "application/json"
-    cases: list[tuple[str, bytes]] = []
-
-    def add(name: str, raw: bytes) -> None:
-        cases.append((name, raw))
-
+def _path_and_query_cases(keys: dict[str, str], png: bytes, add: Callable[[str, bytes], None]) -> None:
+    """Cases: ids in paths and query values."""
+    admin, annotator, scorer = keys["admin"], keys["annotator"], keys["scorer"]
     # ids in paths
     for sid in ("9223372036854775808", BIG, "0", "-1", "00000000000000000000000000001", "1e3", "%31", "١٢٣", "1" * 5000, str(ID_MAX)):
         add(f"sample {sid[:12]}", request("GET", f"/v1/samples/{sid}", key=admin))
@@ -148,6 +142,11 @@ def _corpus(server: Server) -> list[tuple[str, bytes]]:
     add("score top_k huge", request("POST", f"/v1/score?top_k={BIG}", key=scorer, body=png, ctype="image/png"))
     add("score store=maybe", request("POST", "/v1/score?store=maybe", key=scorer, body=png, ctype="image/png"))
     add("thumbnail size -1", request("GET", "/v1/samples/1/image?size=-1", key=admin))
+
+
+def _json_cases(keys: dict[str, str], png: bytes, add: Callable[[str, bytes], None]) -> None:
+    """Cases: JSON shapes, numbers and strings."""
+    admin, annotator, j = keys["admin"], keys["annotator"], "application/json"
     # JSON shapes and numbers
     bodies = {
         "deep 100k": b"[" * 100_000 + b"]" * 100_000,
@@ -190,6 +189,11 @@ def _corpus(server: Server) -> list[tuple[str, bytes]]:
     for name in ("\\ud800", "\\udfff\\ud800", "x" * 200, "", " ", "\\u0000"):
         add(f"label name {name[:10]!r}", request("POST", "/v1/labels", key=admin, body=f'{{"name": "{name}"}}'.encode(), ctype=j))
     add("jobs params not an object", request("POST", "/v1/jobs", key=admin, body=b'{"kind": "score", "params": [1]}', ctype=j))
+
+
+def _type_and_image_cases(keys: dict[str, str], png: bytes, add: Callable[[str, bytes], None]) -> None:
+    """Cases: content types, images and multipart bodies."""
+    admin, annotator, scorer = keys["admin"], keys["annotator"], keys["scorer"]
     # content types
     for ctype in ("text/plain", "application/x-www-form-urlencoded", "application/json; charset=utf-16", "application/jsonx",
                   "image/gif", "image/", "image/svg+xml", "multipart/form-data", "multipart/form-data; boundary=", "", "\x7f"):  # fmt: skip
@@ -218,6 +222,11 @@ def _corpus(server: Server) -> list[tuple[str, bytes]]:
         request("POST", "/v1/samples", key=admin, body=_multipart([("f", "../../etc/x.png", gif)]), ctype=mp),
     )
     add("multipart gif part", request("POST", "/v1/score", key=scorer, body=_multipart([("f", "a.gif", gif)]), ctype=mp))
+
+
+def _header_and_method_cases(keys: dict[str, str], png: bytes, add: Callable[[str, bytes], None]) -> None:
+    """Cases: headers, request lines and methods."""
+    admin, annotator, scorer, j = keys["admin"], keys["annotator"], keys["scorer"], "application/json"
     # headers
     add("header of 300 KB", request("GET", "/v1/stats", key=annotator, headers={"X-Big": "a" * 300_000}))
     add("2,000 headers", request("GET", "/v1/stats", key=annotator, headers={f"X-H{i}": "v" for i in range(2000)}))
@@ -250,6 +259,12 @@ def _corpus(server: Server) -> list[tuple[str, bytes]]:
         add(f"method {method[:10]}", request(method, "/v1/samples/1", key=admin))
     add("OPTIONS", request("OPTIONS", "/v1/score", key=scorer))
     add("HEAD image", request("HEAD", "/v1/samples/1/image", key=admin))
+
+
+def _corpus(server: Server) -> list[tuple[str, bytes]]:
+    cases: list[tuple[str, bytes]] = []
+    for build in (_path_and_query_cases, _json_cases, _type_and_image_cases, _header_and_method_cases):
+        build(server.keys, _png(server, 0), lambda name, raw: cases.append((name, raw)))
     return cases
 
 
@@ -325,6 +340,25 @@ def test_expect_continue_is_not_granted_to_a_refused_request(server: Server) -> 
         while chunk := sock.recv(65536):
             data += chunk
     assert _parse(data).status == 200
+
+
+def test_uploads_cut_short_leave_the_server_serving(server: Server) -> None:
+    png = _png(server, 2)
+    for raw in (
+        request("POST", "/v1/score", key=server.keys["scorer"], ctype="image/png", length=len(png))[: -len(png) // 2],
+        request("POST", "/v1/score", key=server.keys["scorer"], ctype="multipart/form-data; boundary=xyz", length=100_000)
+        + _multipart([("f", "a.png", png)])[:500],
+        request("POST", "/v1/labels", key=server.keys["admin"], ctype="application/json", length=50) + b'{"name": "tr',
+    ):
+        with socket.create_connection(_address(server), timeout=10) as sock:
+            sock.sendall(raw)
+            sock.shutdown(socket.SHUT_WR)  # the client goes away mid-body
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert not data or _parse(data).status < 500
+    assert server.call("POST", "/v1/score", role="scorer", data=png, content_type="image/png").status == 200
+    assert "Traceback" not in server.log.read_text()
 
 
 def test_made_up_methods_do_not_grow_metrics(server: Server) -> None:
