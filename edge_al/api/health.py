@@ -9,13 +9,13 @@ from flask_openapi3 import APIBlueprint
 from . import service
 from .auth import public
 from .errors import problem_response
-from .openapi import op
+from .openapi import binary_response, op
 from .schemas import Health, Ready
 
 __all__ = ["bp"]
 
 bp = APIBlueprint("health", __name__)
-_TEXT = {200: {"description": "Prometheus text exposition", "content": {"text/plain": {"schema": {"type": "string"}}}}}
+_TEXT = {200: binary_response("Prometheus text exposition", ("text/plain",))}
 
 
 @bp.get("/healthz", **op("The process answers", None, {200: Health}))

@@ -25,7 +25,7 @@ from . import schemas
 from .auth import public
 from .errors import validation_problem
 
-__all__ = ["IMAGE_TYPES", "bp", "document", "image_body", "new_app", "op"]
+__all__ = ["IMAGE_TYPES", "binary_response", "bp", "document", "image_body", "new_app", "op"]
 
 _REF = "#/components/schemas/"
 #: what the service decodes: one media type per accepted format (image/* would promise GIF too)
@@ -75,6 +75,11 @@ def op(summary: str, role: str | None, ok: dict[int, Any], *problems: int, **ext
         kwargs["security"] = [{"bearer": []}, {"apiKey": []}]
         kwargs["openapi_extensions"]["x-role"] = role
     return kwargs
+
+
+def binary_response(description: str, media_types: tuple[str, ...]) -> dict[str, Any]:
+    """A success response whose body is bytes of one of ``media_types`` (images, Prometheus text)."""
+    return {"description": description, "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in media_types}}
 
 
 def image_body() -> dict[str, Any]:

@@ -17,7 +17,7 @@ from edge_al.pool import ingest_bytes
 from . import service
 from ._util import read_uploads
 from .auth import require
-from .openapi import IMAGE_TYPES, image_body, op
+from .openapi import IMAGE_TYPES, binary_response, image_body, op
 from .schemas import ImageQuery, Sample, SamplePath, SamplesCreated
 
 __all__ = ["bp", "sample_doc"]
@@ -77,10 +77,9 @@ def sample_doc(sample_id: int) -> dict[str, Any]:
 
 _SAMPLE_OP = op("One sample with its standing decision and the active model's prediction", "annotator", {200: Sample}, 404, 422)
 _IMAGE_OK = {
-    200: {"description": "the image bytes (original type), or a JPEG thumbnail with ?size",
-          "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_TYPES}},
+    200: binary_response("the image bytes (original type), or a JPEG thumbnail with ?size", IMAGE_TYPES),
     304: {"description": "not modified (If-None-Match)"},
-}  # fmt: skip
+}
 
 
 @bp.get("/v1/samples/<int:sample_id>", **_SAMPLE_OP)

@@ -14,6 +14,7 @@ late to save the reading. Here they are made when the headers are complete:
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from flask import Flask
@@ -29,6 +30,8 @@ from .auth import authenticate, has_role
 from .errors import PROBLEM_MIME, TYPE_BASE
 
 __all__ = ["create_server", "early_problem"]
+
+log = logging.getLogger(__name__)
 
 
 class _ProblemError(Error):
@@ -80,6 +83,15 @@ def early_problem(app: Flask, store: Store, method: str, path: str, headers: dic
     return None
 
 
+def _early_or_none(app: Flask, store: Store, parser: Any) -> _ProblemError | None:
+    """:func:`early_problem`, or None when it cannot decide (the app then checks as usual)."""
+    try:
+        return early_problem(app, store, parser.command, parser.path, parser.headers)
+    except Exception:  # this runs in waitress's I/O thread: never let it take the loop down
+        log.exception("header-time check failed; the app checks the request instead")
+        return None
+
+
 def _channel_class(app: Flask, store: Store) -> type[HTTPChannel]:
     class Parser(HTTPRequestParser):  # type: ignore[misc]
         checked = False  # the header-time check runs once, not once per body chunk
@@ -90,7 +102,7 @@ def _channel_class(app: Flask, store: Store) -> type[HTTPChannel]:
             if state.headers_finished and not self.checked:
                 self.checked = True
                 if state.error is None and not state.completed and (state.content_length > 0 or state.chunked):
-                    state.error = early_problem(app, store, state.command, state.path, state.headers)
+                    state.error = _early_or_none(app, store, state)
                     state.completed = state.error is not None
             if state.error is not None:
                 state.expect_continue = False  # no "100 Continue" for a request that is refused
