@@ -37,8 +37,11 @@ bp = APIBlueprint("annotations", __name__)
 
 def _items(body: Any) -> list[Any]:
     if isinstance(body, Mapping) and "annotations" in body:
+        extra = sorted(str(k) for k in body if k != "annotations")
+        if extra:
+            raise InvalidInput(f"Unknown field(s) {', '.join(extra)} beside 'annotations': send {{\"annotations\": [...]}} only.")
         body = body["annotations"]
-    elif isinstance(body, Mapping) and "sample_id" in body:
+    elif isinstance(body, Mapping):  # one item (by sample_id or path), validated as such
         body = [body]
     if not isinstance(body, list):
         raise InvalidInput('The body must be {"annotations": [{"sample_id", "action", "label", "annotator"}, ...]} or a bare list.')

@@ -176,11 +176,14 @@ class AnnotationItem(_Body):
     annotator: str | None = Field(None, max_length=NAME_MAX, description="default: the key's name")
 
 
+AnnotationItems = Annotated[list[AnnotationItem], Field(max_length=1000, description="at most MAX_ANNOTATIONS_PER_REQUEST (1000)")]
+
+
 class AnnotationsEnvelope(_Body):
-    annotations: list[AnnotationItem] = Field(max_length=1000)
+    annotations: AnnotationItems
 
 
-class AnnotationsRequest(RootModel[AnnotationsEnvelope | list[AnnotationItem] | AnnotationItem]):
+class AnnotationsRequest(RootModel[AnnotationsEnvelope | AnnotationItems | AnnotationItem]):
     """A batch (``{"annotations": [...]}``), a bare list, or one item. Each item is validated on its
     own: valid items are committed even when others are refused (listed in the 422 problem)."""
 
