@@ -8,7 +8,8 @@ environment variable is read by :func:`env_values` here, and nowhere else:
 - workspace: ``EDGE_AL_HOME``, ``EDGE_AL_MODELS``, ``EDGE_AL_MAX_PIXELS``, ``EDGE_AL_MAX_FILE_BYTES``,
   ``EDGE_AL_IMAGE_SIZE``, ``EDGE_AL_RETRAIN_AFTER``, ``EDGE_AL_HUEY_URL`` (:func:`load_settings`);
 - service: ``EDGE_AL_MAX_CONTENT_LENGTH``, ``EDGE_AL_MAX_IMAGES_PER_REQUEST``, ``EDGE_AL_LEASE_SECONDS``,
-  ``EDGE_AL_DEVICE``, ``EDGE_AL_MAX_BATCH``, ``EDGE_AL_MAX_WAIT_MS`` (``edge_al.api.ENV_KEYS``).
+  ``EDGE_AL_DEVICE``, ``EDGE_AL_MAX_BATCH``, ``EDGE_AL_MAX_WAIT_MS``, ``EDGE_AL_RATE_LIMIT_SCORER``,
+  ``EDGE_AL_RATE_LIMIT_ANNOTATOR``, ``EDGE_AL_RATE_LIMIT_ADMIN``, ``EDGE_AL_RATE_LIMIT_STORAGE`` (``edge_al.api.ENV_KEYS``).
 
 An empty variable counts as unset; a value of the wrong type is an error that names the variable.
 """

@@ -19,10 +19,11 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageError, ImageTooLarge
 
-__all__ = ["ImageInfo", "decode", "decode_resized", "jpeg_size", "probe", "resize_to", "sha256_of"]
+__all__ = ["FORMATS", "ImageInfo", "decode", "decode_resized", "jpeg_size", "probe", "resize_to", "sha256_of"]
 
 _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 _FORMATS = {"JPEG", "PNG", "BMP", "TIFF", "WEBP"}
+FORMATS = frozenset(_FORMATS)  # what probe() accepts (PIL format names)
 
 
 @dataclass(frozen=True)

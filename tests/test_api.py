@@ -154,8 +154,9 @@ def test_score_limits(workspace: Any, tmp_path: Path) -> None:
         files = {f"f{i}": (io.BytesIO(b"x"), f"{i}.png") for i in range(3)}
         resp = c.post("/v1/score", data=files, content_type="multipart/form-data")
         assert resp.status_code == 413 and "limit is 2" in check_response(resp, "/v1/score", "POST")["detail"]
+        # every part is an image, file or plain field (the document's multipart schema): this one does not decode
         resp = c.post("/v1/score", data={"field": "value"}, content_type="multipart/form-data")
-        assert resp.status_code == 422
+        assert resp.status_code == 400 and check_response(resp, "/v1/score", "POST")["errors"][0]["filename"] == "field"
 
 
 def test_score_multipart_reports_each_bad_part(client: FlaskClient, workspace: Any) -> None:

@@ -29,12 +29,14 @@ from edge_al.registry import Registry
 from edge_al.store import Store
 
 if TYPE_CHECKING:
+    from flask_openapi3 import OpenAPI
+
     from edge_al.dispatch import ModelHolder
     from edge_al.jobs import JobManager
 
     from .metrics import Metrics
 
-__all__ = ["DEFAULTS", "ENV_KEYS", "Service", "create_app", "service"]
+__all__ = ["DEFAULTS", "ENV_KEYS", "Service", "create_app", "register_routes", "service"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,10 @@ ENV_KEYS: dict[str, Callable[[str], Any]] = {
     "DEVICE": str,
     "MAX_BATCH": int,
     "MAX_WAIT_MS": float,
+    "RATE_LIMIT_SCORER": str,
+    "RATE_LIMIT_ANNOTATOR": str,
+    "RATE_LIMIT_ADMIN": str,
+    "RATE_LIMIT_STORAGE": str,
 }
 
 
@@ -115,22 +121,33 @@ def _config(settings: Settings, test_config: dict[str, Any] | None) -> dict[str,
     return cfg
 
 
-def create_app(settings: Settings | None = None, test_config: dict[str, Any] | None = None) -> Flask:
-    """The Flask app for a workspace (``settings`` default: ``load_settings()`` from the environment)."""
-    from . import errors, health, jobs, labels, models, openapi, queue, samples, score, stats, ui
+def register_routes(app: OpenAPI) -> None:
+    """Every blueprint of the service on ``app`` (also what the OpenAPI document is generated from)."""
+    from . import health, jobs, labels, models, openapi, queue, samples, score, stats, ui
 
     # "annotations" is also the __future__ feature bound in this module: import it by full name
     annotations = importlib.import_module("edge_al.api.annotations")
+    for api in (score.bp, samples.bp, queue.bp, annotations.bp, labels.bp, jobs.bp, models.bp, stats.bp, health.bp, openapi.bp):
+        app.register_api(api)
+    app.register_blueprint(ui.bp)
+
+
+def create_app(settings: Settings | None = None, test_config: dict[str, Any] | None = None) -> Flask:
+    """The Flask app for a workspace (``settings`` default: ``load_settings()`` from the environment)."""
+    from . import errors, openapi
+    from ._util import SafeJSONProvider, require_json_content
     from .auth import check_request
+    from .limits import init_limiter
     from .metrics import Metrics
 
     settings = settings or load_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     cfg = _config(settings, test_config)
 
-    app = Flask(__name__, static_folder=None)
+    app = openapi.new_app(__name__)
     app.config.update(cfg)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = SafeJSONProvider(app)
+    app.json.sort_keys = False
 
     store = Store(settings.db_path)
     registry = Registry(settings.registry_dir)
@@ -158,27 +175,17 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     app.extensions["edge_al"] = svc
 
     errors.register_error_handlers(app)
-    for bp in (
-        score.bp,
-        samples.bp,
-        queue.bp,
-        annotations.bp,
-        labels.bp,
-        jobs.bp,
-        models.bp,
-        stats.bp,
-        health.bp,
-        openapi.bp,
-        ui.bp,
-    ):
-        app.register_blueprint(bp)
+    register_routes(app)
 
     @app.before_request
     def _before() -> None:
         g.t0 = time.perf_counter()
         check_request(store, bool(app.config["AUTH_REQUIRED"]))
+        require_json_content()
         if app.config["START_MODEL"] == "lazy" and request.endpoint != "health.healthz":
             svc.start_model()
+
+    init_limiter(app)  # after _before: limits are per key, so the key must be known
 
     @app.after_request
     def _after(resp: Response) -> Response:

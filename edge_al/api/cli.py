@@ -35,9 +35,8 @@ def is_loopback(host: str) -> bool:
 
 
 def cmd_serve(ctx: Any) -> int:
-    from waitress import create_server
-
     from . import create_app
+    from .wsgi_server import create_server
 
     a = ctx.args
     if a.no_auth and not is_loopback(a.host):

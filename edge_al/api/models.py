@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, jsonify
+from flask import jsonify
 from flask.wrappers import Response
+from flask_openapi3 import APIBlueprint
 
 from edge_al.registry import ModelVersion
 
@@ -15,15 +16,17 @@ from . import Service, service
 from ._util import clean, model_row
 from .auth import require
 from .errors import Problem
+from .openapi import op
+from .schemas import Activated, Models, VersionPath
 
 __all__ = ["bp"]
 
 log = logging.getLogger(__name__)
 
-bp = Blueprint("models", __name__)
+bp = APIBlueprint("models", __name__)
 
 
-@bp.get("/v1/models")
+@bp.get("/v1/models", **op("Model versions", "admin", {200: Models}))
 @require("admin")
 def list_models() -> Response:
     svc = service()
@@ -52,14 +55,18 @@ def _activated(svc: Service, mv: ModelVersion) -> dict[str, Any]:
     return {"active": mv.version, "serving": svc.holder.version if svc.holder else None, "reloaded": reloaded, "rescore_job": job}
 
 
-@bp.post("/v1/models/<version>/promote")
+_PROMOTE_OP = op("Activate a version; the scorer swaps at once and the pool is rescored in the background", "admin",
+                 {200: Activated}, 404, 409, 422, 503)  # fmt: skip
+
+
+@bp.post("/v1/models/<version>/promote", **_PROMOTE_OP)
 @require("admin")
-def promote(version: str) -> Response:
+def promote(path: VersionPath) -> Response:
     svc = service()
-    return jsonify(clean(_activated(svc, svc.registry.promote(version))))
+    return jsonify(clean(_activated(svc, svc.registry.promote(path.version))))
 
 
-@bp.post("/v1/models/rollback")
+@bp.post("/v1/models/rollback", **op("Activate the previously active version", "admin", {200: Activated}, 409, 503))
 @require("admin")
 def rollback() -> Response:
     svc = service()

@@ -11,32 +11,37 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import current_app, jsonify
 from flask.wrappers import Response
+from flask_openapi3 import APIBlueprint
 
-from edge_al import acquisition
 from edge_al.errors import InvalidInput, NoActiveModel
 from edge_al.features import find_backbone
 from edge_al.selection import select_next
 
 from . import service
-from ._util import clean, query_int
+from ._util import clean
 from .auth import current_principal, require
+from .openapi import op
+from .schemas import Queue, QueueQuery
 
 __all__ = ["bp"]
 
-bp = Blueprint("queue", __name__)
+bp = APIBlueprint("queue", __name__)
 
 
-@bp.get("/v1/queue")
+_QUEUE_OP = op("The next samples to annotate, leased to the caller", "annotator", {200: Queue}, 409, 422, 503)
+
+
+@bp.get("/v1/queue", **_QUEUE_OP)
 @require("annotator")
-def next_items() -> Response:
+def next_items(query: QueueQuery) -> Response:
     svc = service()
-    n = query_int("n", 20, 1, int(current_app.config["MAX_QUEUE_N"]))
-    strategy = request.args.get("strategy", acquisition.DEFAULT_STRATEGY) or acquisition.DEFAULT_STRATEGY
-    if strategy not in acquisition.STRATEGIES:
-        raise InvalidInput(f"The 'strategy' parameter must be one of {', '.join(acquisition.STRATEGIES)}. Got {strategy!r} instead.")
-    annotator = (request.args.get("annotator") or "").strip()[:128]
+    n, strategy = query.n, str(query.strategy)
+    most = int(current_app.config["MAX_QUEUE_N"])
+    if n > most:
+        raise InvalidInput(f"The 'n' parameter must be an int in [1, {most}]. Got {n} instead.")
+    annotator = query.annotator.strip()
     holder = annotator or current_principal().holder
     seconds = int(current_app.config["LEASE_SECONDS"])
     mv = svc.registry.active()
