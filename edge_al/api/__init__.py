@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_ANNOTATIONS_PER_REQUEST": 1000,
     "MAX_QUEUE_N": 200,
     "LEASE_SECONDS": 600,
+    "MAX_LEASES_PER_KEY": 200,  # live leases one annotator (key) may hold
     "RETRAIN_AFTER": None,  # None: settings.retrain_after
     "SCORE_TIMEOUT_S": 30.0,
     "START_MODEL": "lazy",  # True | False | "lazy"
@@ -62,6 +63,7 @@ _ENV_KEYS = {
     "MAX_CONTENT_LENGTH": int,
     "MAX_IMAGES_PER_REQUEST": int,
     "LEASE_SECONDS": int,
+    "MAX_LEASES_PER_KEY": int,
     "DEVICE": str,
     "MAX_BATCH": int,
     "MAX_WAIT_MS": float,

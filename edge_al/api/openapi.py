@@ -54,7 +54,12 @@ _SCHEMAS: dict[str, Any] = {
                 "items": {
                     "type": "object",
                     "required": ["index", "detail"],
-                    "properties": {"index": {"type": "integer"}, "filename": {"type": "string"}, "detail": {"type": "string"}},
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "status": {"type": "integer", "description": "this item's status (409: leased to another annotator)"},
+                        "filename": {"type": "string"},
+                        "detail": {"type": "string"},
+                    },
                 },
             },
         },
@@ -174,8 +179,10 @@ _SCHEMAS: dict[str, Any] = {
                 "description": "null before the first model: a cold start over the embedded pool (edge-al embed), predicted ''",
             },
             "strategy": {"enum": list(acquisition.STRATEGIES)},
-            "holder": {"type": "string", "description": "who holds the leases (annotator, else the key's name)"},
+            "holder": {"type": "string", "description": "who holds the leases: the key's annotator (an admin may name one)"},
             "lease_seconds": {"type": "integer"},
+            "lease_limit": {"type": "integer", "description": "live leases one annotator may hold (MAX_LEASES_PER_KEY)"},
+            "leases_held": {"type": "integer", "description": "live leases the holder holds after this call"},
             "labels": {"type": "array", "items": {"type": "string"}},
             "items": {"type": "array", "items": _ref("QueueItem")},
         },
@@ -187,7 +194,7 @@ _SCHEMAS: dict[str, Any] = {
             "sample_id": {"type": "integer"},
             "action": {"enum": ["accept", "correct", "reject"]},
             "label": {"type": ["string", "null"], "description": "needed for correct; accept defaults to the model's guess"},
-            "annotator": {"type": "string", "description": "default: the key's name"},
+            "annotator": {"type": "string", "description": "honoured from admin keys only; others record under the key's name"},
         },
         "additionalProperties": False,
     },
@@ -431,7 +438,7 @@ _PATHS: dict[str, Any] = {
             parameters=[
                 _q("n", {"type": "integer", "minimum": 1}, "how many (default 20)"),
                 _q("strategy", {"enum": list(acquisition.STRATEGIES)}, "default hybrid"),
-                _q("annotator", {"type": "string"}, "lease holder (default: the key's name)"),
+                _q("annotator", {"type": "string"}, "lease holder, admin keys only (others: ignored, the key's name)"),
             ],
         )
     },
@@ -442,6 +449,7 @@ _PATHS: dict[str, Any] = {
             {
                 "200": _json(_ref("AnnotationsResult")),
                 "415": _problem("not JSON"),
+                "409": _problem("every failed item is on a sample leased to another annotator (the valid ones were committed)"),
                 "422": _problem("invalid items (listed in errors; the valid ones were committed)"),
             },
             requestBody=_body("AnnotationsRequest"),
@@ -451,7 +459,12 @@ _PATHS: dict[str, Any] = {
         "post": _op(
             "Withdraw the annotator's latest decision on a sample",
             "annotator",
-            {"200": _json(_ref("UndoResult")), "415": _problem("not JSON"), "422": _problem("invalid body or unknown sample")},
+            {
+                "200": _json(_ref("UndoResult")),
+                "403": _problem("the standing decision is another annotator's (admins may undo any)"),
+                "415": _problem("not JSON"),
+                "422": _problem("invalid body or unknown sample"),
+            },
             requestBody=_body("UndoRequest"),
         )
     },
@@ -496,7 +509,12 @@ _PATHS: dict[str, Any] = {
         "post": _op(
             "Activate a version; the scorer swaps at once and the pool is rescored in the background",
             "admin",
-            {"200": _json(_ref("Activated")), "404": _problem("unknown version"), "422": _problem("malformed version")},
+            {
+                "200": _json(_ref("Activated")),
+                "404": _problem("unknown version"),
+                "409": _problem("the version cannot be loaded: the active and served versions are unchanged"),
+                "422": _problem("malformed version"),
+            },
             parameters=[_p("version", {"type": "string", "pattern": "^v[0-9]{4,}$"})],
         )
     },
@@ -504,7 +522,7 @@ _PATHS: dict[str, Any] = {
         "post": _op(
             "Activate the previously active version",
             "admin",
-            {"200": _json(_ref("Activated")), "409": _problem("no earlier version")},
+            {"200": _json(_ref("Activated")), "409": _problem("no earlier version, or it cannot be loaded (nothing changed)")},
         )
     },
     "/v1/stats": {"get": _op("Pool, labels per class, the learning curve", "annotator", {"200": _json(_ref("Stats"))})},
