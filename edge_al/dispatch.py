@@ -47,7 +47,7 @@ from .acquisition import fit_fre, knn_distance, l2_normalize, uncertainty_scores
 from .config import Settings
 from .errors import InvalidInput, NoActiveModel
 from .images import decode_resized, resize_to
-from .registry import Registry
+from .registry import ModelVersion, Registry
 from .store import Store
 
 __all__ = ["ModelHolder", "NoveltyReference", "Scored", "acquisition_scores"]
@@ -196,6 +196,7 @@ class ModelHolder:
         self._pid: int | None = None
         self._closed = False
         self._failed_version: str | None = None
+        self._prepared: _Loaded | None = None  # compiled by prepare(), not yet active
         self._start_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self._batches = 0
@@ -368,9 +369,21 @@ class ModelHolder:
         """
         return self._load_active(direct=False, timeout=timeout)
 
-    def _load_active(self, *, direct: bool, timeout: float = 60.0, watcher: bool = False) -> bool:
+    def prepare(self, mv: ModelVersion) -> None:
+        """Compile ``mv`` now, before it is active (raises what compiling raises); the next reload
+        to that version swaps it in without compiling again. ``Registry.promote(v, load=prepare)``
+        so a version that cannot load is never activated."""
+        with self._reload_lock:
+            self._prepared = None
+            self._prepared = self._compile(mv)
+
+    def _compile(self, mv: ModelVersion) -> _Loaded:
         from .engine import Engine  # lazily: openvino is loaded after start-up (and after fork)
 
+        engines = {size: Engine(mv.xml, device=self.device, batch=size) for size in self.batch_sizes}
+        return _Loaded(engines, mv.version, list(engines[self.max_batch].labels or mv.labels))
+
+    def _load_active(self, *, direct: bool, timeout: float = 60.0, watcher: bool = False) -> bool:
         with self._reload_lock:
             version = self.registry.active_version()
             cur = self._current
@@ -378,15 +391,14 @@ class ModelHolder:
                 return False
             if watcher and version == self._failed_version:
                 return False  # tried and failed: the watcher waits for another version (reload() retries)
-            mv = self.registry.get(version)
+            prepared, self._prepared = self._prepared, None
             try:
-                engines = {size: Engine(mv.xml, device=self.device, batch=size) for size in self.batch_sizes}
+                loaded = prepared if prepared is not None and prepared.version == version else self._compile(self.registry.get(version))
             except Exception:
                 self._failed_version = version
                 raise
             self._failed_version = None
-            engine = engines[self.max_batch]
-            loaded = _Loaded(engines, version, list(engine.labels or mv.labels))
+            engine = loaded.engine
             dispatcher_alive = bool(self._threads) and self._threads[0].is_alive()
             if direct or not dispatcher_alive:
                 self._current = loaded

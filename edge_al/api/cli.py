@@ -151,7 +151,11 @@ def register(sub: Any) -> None:
     ks = p.add_subparsers(dest="keys_verb", required=True, metavar="ACTION")
     k = ks.add_parser("add", help="create a key and print it once")
     k.add_argument("--role", required=True, choices=ROLES)
-    k.add_argument("--name", default="", help="who or what uses it (shown in lists, used as the default annotator)")
+    k.add_argument(
+        "--name",
+        default="",
+        help="who or what uses it; an annotator key needs the person's name: decisions and leases are recorded under it",
+    )
     k.set_defaults(func=cmd_keys_add)
     k = ks.add_parser("list", help="list keys (never their secrets)")
     k.set_defaults(func=cmd_keys_list)
