@@ -53,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_BATCH": 8,
     "MAX_WAIT_MS": 5.0,
     "BATCHING": True,
+    "BATCH_POLICY": "adaptive",  # or "fixed" (edge_al.serving.batcher)
     "POLL_S": 2.0,
     "JOBS": True,  # False: no job manager (POST /v1/jobs answers 503)
     "HOLDER": None,  # an object with the ModelHolder interface, instead of building one
@@ -153,6 +154,7 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
             max_batch=int(cfg["MAX_BATCH"]),
             max_wait_ms=float(cfg["MAX_WAIT_MS"]),
             batching=bool(cfg["BATCHING"]),
+            adaptive=str(cfg["BATCH_POLICY"]) != "fixed",
             poll_s=float(cfg["POLL_S"]),
             store=store,
         )
