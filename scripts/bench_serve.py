@@ -400,7 +400,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--clients", default="1,2,4,8,16", help="comma-separated client counts (default 1,2,4,8,16)")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)} (default all)")
-    p.add_argument("--seconds", type=float, default=6.0, help="seconds per setting (default 6)")
+    p.add_argument("--seconds", type=float, default=4.0, help="seconds per round of a setting (default 4)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per setting, modes in turn (default 3)")
     p.add_argument("--max-requests", type=int, default=20000, help="upper bound of requests per client per setting")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
@@ -420,45 +421,75 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--clients must be integers in [1, 256]")
     if not args.mode_list or set(args.mode_list) - set(MODES) or "batch-1" not in args.mode_list:
         p.error(f"--modes must name some of {', '.join(MODES)}, batch-1 among them (the baseline)")
+    if not 1 <= args.rounds <= 50:
+        p.error("--rounds must be in [1, 50]")
     if not 0.5 <= args.seconds <= 600:
         p.error("--seconds must be in [0.5, 600]")
     return args
 
 
-def measure_mode(home: Path, mode: str, args: argparse.Namespace, bodies: list[bytes], body_files: list[Path]) -> list[dict[str, Any]]:
-    """One server in ``mode``, driven at each client count; one row per count."""
-    label = f"{mode}(max {args.max_batch}, {args.max_wait_ms:g} ms)" if mode != "batch-1" else mode
-    port = free_port()
-    server = Server(home, port, mode, args)
+def measure(home: Path, args: argparse.Namespace, bodies: list[bytes], body_files: list[Path]) -> list[dict[str, Any]]:
+    """Every mode's server at once, measured in turns: for each client count, ``--rounds`` rounds
+    of each mode one after the other, so a change in the (shared) machine's background load hits
+    every mode alike. One row per mode and client count: medians over the rounds, and the median
+    of the per-round ratios to batch-1 (``ratio``)."""
+    servers = {mode: Server(home, free_port(), mode, args) for mode in args.mode_list}
     rows = []
     try:
-        ready = server.wait_ready()
-        drive(port, bodies, min(4, max(args.client_counts)), 1.0, 200)  # warm-up
+        ready = {mode: srv.wait_ready() for mode, srv in servers.items()}
+        for srv in servers.values():
+            drive(srv.port, bodies, min(4, max(args.client_counts)), 1.0, 200)  # warm-up
         for c in args.client_counts:
-            before = metrics_snapshot(port)
-            if args.load == "wrk":
-                r = drive_wrk(port, body_files, c, args.seconds, home)
-            else:
-                r = drive(port, bodies, c, args.seconds, args.max_requests)
-            r.update(mean_batch=_mean_batch(before, metrics_snapshot(port)), mode=mode, model_version=ready.get("model_version"))
-            rows.append(r)
-            mb = f"{r['mean_batch']:.2f}" if r["mean_batch"] else "-"
-            print(f"  {label:<28} clients {c:>3}: {r['req_s']:8.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "
-                  f"p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}  mean batch {mb}", flush=True)  # fmt: skip
-            for e in r["error_samples"]:
-                print(f"    error: {e}")
+            runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in servers}
+            for _ in range(args.rounds):
+                for mode, srv in servers.items():
+                    before = metrics_snapshot(srv.port)
+                    if args.load == "wrk":
+                        r = drive_wrk(srv.port, body_files, c, args.seconds, home)
+                    else:
+                        r = drive(srv.port, bodies, c, args.seconds, args.max_requests)
+                    r["mean_batch"] = _mean_batch(before, metrics_snapshot(srv.port))
+                    runs[mode].append(r)
+            for mode, rs in runs.items():
+                row = _aggregate(mode, c, rs, runs["batch-1"], ready[mode].get("model_version"))
+                rows.append(row)
+                mb = f"{row['mean_batch']:.2f}" if row["mean_batch"] else "-"
+                print(f"  {mode:<9} clients {c:>3}: {row['req_s']:8.1f} req/s  p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
+                      f"errors {row['errors']}  mean batch {mb}  / batch-1 {row['ratio']:.2f}x", flush=True)  # fmt: skip
     finally:
-        server.stop()
+        for srv in servers.values():
+            srv.stop()
     return rows
+
+
+def _aggregate(mode: str, clients: int, rs: list[dict[str, Any]], base: list[dict[str, Any]], version: Any) -> dict[str, Any]:
+    def med(key: str, runs: list[dict[str, Any]]) -> float:
+        vals = [float(r[key]) for r in runs if r.get(key) is not None]
+        return float(np.median(vals)) if vals else float("nan")
+
+    ratios = [r["req_s"] / b["req_s"] for r, b in zip(rs, base, strict=True) if b["req_s"]]
+    return {
+        "mode": mode,
+        "clients": clients,
+        "rounds": len(rs),
+        "req_s": med("req_s", rs),
+        "p50_ms": med("p50_ms", rs),
+        "p99_ms": med("p99_ms", rs),
+        "mean_batch": med("mean_batch", rs) if any(r.get("mean_batch") for r in rs) else None,
+        "errors": sum(int(r["errors"]) for r in rs),
+        "ratio": float(np.median(ratios)) if ratios else float("inf"),
+        "ratios": ratios,
+        "model_version": version,
+        "error_samples": [s for r in rs for s in r["error_samples"]][:3],
+    }
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> tuple[bool, dict[str, dict[int, float]]]:
     """Print the table and the ratios to batch-1; returns (targets met, {mode: {clients: ratio}})."""
     print(f"\n{'clients':>7}  {'mode':<9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'mean batch':>10} {'/ batch-1':>9}")
-    base = {r["clients"]: r["req_s"] for r in rows if r["mode"] == "batch-1"}
     ratios: dict[str, dict[int, float]] = {}
     for r in sorted(rows, key=lambda r: (r["clients"], MODES.index(r["mode"]))):
-        ratio = r["req_s"] / base[r["clients"]] if base.get(r["clients"]) else float("inf")
+        ratio = r["ratio"]
         ratios.setdefault(r["mode"], {})[r["clients"]] = ratio
         mb = f"{r['mean_batch']:.2f}" if r["mean_batch"] else "-"
         print(f"{r['clients']:>7}  {r['mode']:<9} {r['req_s']:>9.1f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['errors']:>6} "
@@ -499,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         precision = _precision(home)
         print(f"runtime: {precision}")
         print(f"payload: {len(bodies)} JPEGs, {np.mean([len(b) for b in bodies]) / 1024:.1f} KiB mean, 320x240; load: {args.load}")
-        rows = [r for mode in args.mode_list for r in measure_mode(home, mode, args, bodies, body_files)]
+        rows = measure(home, args, bodies, body_files)
         ok, ratios = report(rows, args)
         server = "stand-in (ModelHolder only)" if args.stand_in else "edge-al serve"
         print(f"host: {os.cpu_count()} CPUs, {_isa()}; {precision}; server: {server}; {desc}")

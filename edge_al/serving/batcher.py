@@ -6,8 +6,10 @@ Request threads ``put`` work items; the dispatcher thread (``edge_al.dispatch.Mo
 1. waits until one of the ``slots`` infer requests is free (GIL released), so that under load
    the queue fills while every request is busy;
 2. takes the first item, then whatever is already queued, up to the target size;
-3. while the batch is short of the target, waits for more until ``max_wait_s`` after the first
-   item's arrival (an item that already waited that long does not wait again).
+3. while the batch is short of the target and it would take the last free infer request, waits
+   for more until ``max_wait_s`` after the first item's arrival (an item that already waited
+   that long does not wait again); with another infer request free it goes at once, since the
+   next arrivals can use that one.
 
 The target adapts to the load: ``ceil(concurrency / slots)`` clamped to ``[1, max_batch]``, where
 ``concurrency`` is the number of requests in the system (queued or running), its peak over the
@@ -133,8 +135,8 @@ class Batcher:
     def fill(self, first: Item, slots: int) -> list[Item]:
         """``first`` plus what is queued, up to the target; waits for more as the policy says."""
         target = self.target(slots)
-        if self.adaptive:
-            deadline = first.arrived + self.max_wait_s if target > 1 else 0.0
+        if self.adaptive:  # wait only when this batch takes the last free infer request
+            deadline = first.arrived + self.max_wait_s if target > 1 and self.inflight + 1 >= slots else 0.0
         else:  # the fixed policy: wait only while the device is busy anyway
             deadline = first.arrived + self.max_wait_s if self.inflight > 0 else 0.0
         batch = [first]
