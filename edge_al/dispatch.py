@@ -30,7 +30,7 @@ import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ from .config import Settings
 from .errors import InvalidInput, NoActiveModel
 from .images import decode_resized, resize_to
 from .registry import ModelVersion, Registry
-from .serving.batcher import Batcher, Item
+from .serving.batcher import Batcher, Item, useful_batch
 from .store import Store
 
 __all__ = ["ModelHolder", "NoveltyReference", "Scored", "acquisition_scores"]
@@ -108,10 +108,36 @@ class _Loaded:
     engines: dict[int, Any]  # batch size -> edge_al.engine.Engine (imported lazily, after start-up)
     version: str
     labels: list[str]
+    per_image_s: dict[int, float] = field(default_factory=dict)  # batch size -> seconds per image, measured at load
+
+    @property
+    def useful_batch(self) -> int:
+        return useful_batch(self.per_image_s) if self.per_image_s else max(self.engines)
 
     @property
     def engine(self) -> Any:
         return self.engines[max(self.engines)]
+
+
+def _time_per_image(engines: dict[int, Any], rounds: int = 5, budget_s: float = 0.5) -> dict[int, float]:
+    """Seconds per image of each compiled batch size: synchronous runs on zeros, the sizes in
+    turns, at least ``rounds`` rounds and more within ``budget_s``; the best run of each size
+    counts, so that other processes' load (the sizes in turns meet it alike) hides less of it."""
+    inputs = {}
+    for size, engine in engines.items():
+        w, h = engine.size
+        inputs[size] = np.zeros((size, h, w, 3), np.uint8)
+        engine.infer(inputs[size])  # warm-up
+    best = dict.fromkeys(engines, float("inf"))
+    start = time.perf_counter()
+    n = 0
+    while n < rounds or (time.perf_counter() - start < budget_s and n < 50):
+        for size, engine in engines.items():
+            t0 = time.perf_counter()
+            engine.infer(inputs[size])
+            best[size] = min(best[size], (time.perf_counter() - t0) / size)
+        n += 1
+    return best
 
 
 class _Runners:
@@ -344,7 +370,12 @@ class ModelHolder:
         from .engine import Engine  # lazily: openvino is loaded after start-up (and after fork)
 
         engines = {size: Engine(mv.xml, device=self.device, batch=size) for size in self.batch_sizes}
-        return _Loaded(engines, mv.version, list(engines[self.max_batch].labels or mv.labels))
+        loaded = _Loaded(engines, mv.version, list(engines[self.max_batch].labels or mv.labels))
+        if len(engines) > 1:
+            loaded.per_image_s = _time_per_image(engines)
+            log.info("model %s: seconds per image by batch size %s; batches up to %d", mv.version,
+                     {b: round(t, 6) for b, t in loaded.per_image_s.items()}, loaded.useful_batch)  # fmt: skip
+        return loaded
 
     def _load_active(self, *, direct: bool, timeout: float = 60.0, watcher: bool = False) -> bool:
         with self._reload_lock:
@@ -427,6 +458,8 @@ class ModelHolder:
                 self._swap_count += 1
             loaded = self._current
             new = _Runners(loaded, self._on_done, self.nireq) if loaded is not None else None
+            if loaded is not None:
+                self._batcher.cap = loaded.useful_batch
             self._swapped.notify_all()
         return new
 
