@@ -98,6 +98,18 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def host_available_mib() -> float:
+    """The host's MemAvailable in MiB: a soak on a shared machine can starve for memory that
+    another process took, which shows here and not in the server's own RSS."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
 def start_server(home: Path, port: int, threads: int) -> tuple[subprocess.Popen[bytes], str, Path]:
     """A scorer key and `edge-al serve` with authentication on; returns (process, key, log path)."""
     from edge_al.api.auth import create_key
@@ -136,7 +148,7 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: flo
 
 def soak(proc: subprocess.Popen[bytes], load: Load, minutes: float, every: float) -> list[dict[str, Any]]:
     """Run the load for ``minutes``; one sample of counters and RSS every ``every`` seconds."""
-    print(f"{'t s':>6} {'requests':>9} {'req/s':>7} {'errors':>6} {'RSS MiB':>8}", flush=True)
+    print(f"{'t s':>6} {'requests':>9} {'req/s':>7} {'errors':>6} {'RSS MiB':>8} {'host free MiB':>13}", flush=True)
     samples: list[dict[str, Any]] = []
     t0 = time.monotonic()
     last_ok, last_t = 0, t0
@@ -146,10 +158,11 @@ def soak(proc: subprocess.Popen[bytes], load: Load, minutes: float, every: float
         time.sleep(max(0.0, min(every, end - time.monotonic())))
         now = time.monotonic()
         ok, errors = load.counts()
-        row = {"t": now - t0, "requests": ok, "req_s": (ok - last_ok) / max(1e-9, now - last_t), "errors": errors, "rss": rss_mib(proc.pid)}
+        row = {"t": now - t0, "requests": ok, "req_s": (ok - last_ok) / max(1e-9, now - last_t), "errors": errors,
+               "rss": rss_mib(proc.pid), "host_free": host_available_mib()}  # fmt: skip
         samples.append(row)
         last_ok, last_t = ok, now
-        print(f"{row['t']:>6.0f} {ok:>9} {row['req_s']:>7.1f} {errors:>6} {row['rss']:>8.1f}", flush=True)
+        print(f"{row['t']:>6.0f} {ok:>9} {row['req_s']:>7.1f} {errors:>6} {row['rss']:>8.1f} {row['host_free']:>13.0f}", flush=True)
     load.join()
     if proc.poll() is not None:
         print(f"the server exited with {proc.returncode} during the soak")
@@ -209,7 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if proc is not None and proc.poll() is None:
             proc.terminate()
-            proc.wait(30)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
