@@ -172,14 +172,21 @@ def cmd_models(ctx: Context) -> int:
     return EXIT_OK
 
 
+def _compiles(mv: Any) -> None:
+    """Compile a version on the CPU: a version that cannot load is never made active."""
+    from .engine import Engine
+
+    Engine(mv.xml, device="CPU", batch=1)
+
+
 def cmd_promote(ctx: Context) -> int:
-    mv = ctx.registry.promote(ctx.args.version)
+    mv = ctx.registry.promote(ctx.args.version, load=_compiles)
     ctx.emit({"active": mv.version}, lambda: print(f"active: {mv.version} (rescore with `edge-al score`)"))
     return EXIT_OK
 
 
 def cmd_rollback(ctx: Context) -> int:
-    mv = ctx.registry.rollback()
+    mv = ctx.registry.rollback(load=_compiles)
     ctx.emit({"active": mv.version}, lambda: print(f"active: {mv.version}"))
     return EXIT_OK
 

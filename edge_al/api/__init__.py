@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_ANNOTATIONS_PER_REQUEST": 1000,
     "MAX_QUEUE_N": 200,
     "LEASE_SECONDS": 600,
+    "MAX_LEASES_PER_KEY": 200,  # live leases one annotator (key) may hold
     "RETRAIN_AFTER": None,  # None: settings.retrain_after
     "SCORE_TIMEOUT_S": 30.0,
     "START_MODEL": "lazy",  # True | False | "lazy"
@@ -54,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_BATCH": 8,
     "MAX_WAIT_MS": 5.0,
     "BATCHING": True,
+    "BATCH_POLICY": "adaptive",  # or "fixed" (edge_al.serving.batcher)
     "POLL_S": 2.0,
     "JOBS": True,  # False: no job manager (POST /v1/jobs answers 503)
     "HOLDER": None,  # an object with the ModelHolder interface, instead of building one
@@ -64,6 +66,7 @@ ENV_KEYS: dict[str, Callable[[str], Any]] = {
     "MAX_CONTENT_LENGTH": int,
     "MAX_IMAGES_PER_REQUEST": int,
     "LEASE_SECONDS": int,
+    "MAX_LEASES_PER_KEY": int,
     "DEVICE": str,
     "MAX_BATCH": int,
     "MAX_WAIT_MS": float,
@@ -162,6 +165,7 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
             max_batch=int(cfg["MAX_BATCH"]),
             max_wait_ms=float(cfg["MAX_WAIT_MS"]),
             batching=bool(cfg["BATCHING"]),
+            adaptive=str(cfg["BATCH_POLICY"]) != "fixed",
             poll_s=float(cfg["POLL_S"]),
             store=store,
         )

@@ -4,6 +4,13 @@ Each item is validated and committed on its own (a synchronous WAL commit: once 
 is sent, the decision survives a kill -9). Repeating a decision is a no-op (``unchanged``).
 Invalid items are answered with a 422 problem listing them, while the valid items of the same
 request are committed and counted. After a write the job manager may queue a retrain.
+
+Identity: decisions are recorded under the key's annotator; an item's ``annotator`` field is
+honoured only from an admin key (and ignored from any other). A decision on a sample that
+another annotator holds a live lease on fails (409 ``leased-to-another``) unless the key is an
+admin's; when every failed item failed that way the answer is 409, else 422; each entry of
+``errors`` carries its own ``status``. Undo withdraws the sample's standing decision, which must
+be the caller's own (else 403 ``not-permitted``) unless the key is an admin's.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from edge_al.errors import InvalidInput, NotFound
 from . import service
 from ._util import annotations_since_model, json_body, json_request
 from .auth import current_principal, require
-from .errors import Problem, short
+from .errors import Problem, short, status_for
 from .openapi import json_body as documented_body
 from .openapi import op
 from .schemas import AnnotationItem, AnnotationsRequest, AnnotationsResult, UndoRequest, UndoResult
@@ -82,10 +89,12 @@ def annotate() -> tuple[Response, int]:
         if row is not None:
             rows.append((i, row))
         else:
-            errors.append({"index": i, **(error or {})})
-    result = apply_annotations(svc.store, svc.registry, [r for _, r in rows], default_annotator=current_principal().holder)
-    for e in result.errors:
-        errors.append({"index": rows[int(e["row"]) - 1][0], "detail": str(e["reason"])})
+            errors.append({"index": i, "status": 422, **(error or {})})
+    who = current_principal()
+    result = apply_annotations(svc.store, svc.registry, [r for _, r in rows], default_annotator=who.holder,
+                               annotator=None if who.is_admin else who.holder, respect_leases=not who.is_admin)  # fmt: skip
+    for e, cause in zip(result.errors, result.causes, strict=True):
+        errors.append({"index": rows[int(e["row"]) - 1][0], "status": status_for(cause)[0], "detail": str(e["reason"])})
     errors.sort(key=lambda e: int(e["index"]))
     job = None
     if svc.jobs is not None:
@@ -106,7 +115,9 @@ def annotate() -> tuple[Response, int]:
         n = len(errors)
         detail = f"{n} of {len(items)} annotation(s) are invalid (the other {len(items) - n} were processed): "
         detail += f"item {errors[0]['index']}: {errors[0]['detail']}"
-        raise Problem(422, detail, slug="invalid-annotations", extra={"errors": errors, **doc})
+        leased = all(e["status"] == 409 for e in errors)
+        raise Problem(409 if leased else 422, detail, slug="leased-to-another" if leased else "invalid-annotations",
+                      extra={"errors": errors, **doc})  # fmt: skip
     return jsonify(doc), 200
 
 
@@ -123,5 +134,6 @@ def undo(body: UndoRequest) -> Response:
         svc.store.sample(sid)
     except NotFound as exc:
         raise InvalidInput(str(exc)) from None
-    undone = svc.store.undo_annotation(sid, annotator or current_principal().holder)
+    who = current_principal()
+    undone = svc.store.undo_annotation(sid, who.acting_as(annotator), any_annotator=who.is_admin)
     return jsonify({"undone": undone, "sample_id": sid})

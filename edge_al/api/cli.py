@@ -57,6 +57,7 @@ def cmd_serve(ctx: Any) -> int:
             "MAX_BATCH": a.max_batch,
             "MAX_WAIT_MS": a.max_wait_ms,
             "BATCHING": not a.no_batching,
+            "BATCH_POLICY": a.batch_policy,
         },
     )
     svc = app.extensions["edge_al"]
@@ -140,6 +141,8 @@ def register(sub: Any) -> None:
     p.add_argument("--max-batch", type=positive_int, default=8, help="largest batch the dispatcher forms (default 8)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request may wait for a batch to fill (default 5)")
     p.add_argument("--no-batching", action="store_true", help="one inference per image (benchmark baseline)")
+    p.add_argument("--batch-policy", choices=("adaptive", "fixed"), default="adaptive",
+                   help="adaptive: batch size follows the number of concurrent requests (default); fixed: fill to --max-batch")  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run the job worker (retrain, score jobs)")
@@ -150,7 +153,11 @@ def register(sub: Any) -> None:
     ks = p.add_subparsers(dest="keys_verb", required=True, metavar="ACTION")
     k = ks.add_parser("add", help="create a key and print it once")
     k.add_argument("--role", required=True, choices=ROLES)
-    k.add_argument("--name", default="", help="who or what uses it (shown in lists, used as the default annotator)")
+    k.add_argument(
+        "--name",
+        default="",
+        help="who or what uses it; an annotator key needs the person's name: decisions and leases are recorded under it",
+    )
     k.set_defaults(func=cmd_keys_add)
     k = ks.add_parser("list", help="list keys (never their secrets)")
     k.set_defaults(func=cmd_keys_list)

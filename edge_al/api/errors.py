@@ -8,6 +8,9 @@ raised                         status  when
 ``UnknownLabel``               422     a label the project does not have
 ``InvalidInput``               422     a field or parameter of the wrong form
 ``NotFound``                   404     unknown sample, model version or job
+``NotPermitted``               403     an annotator acting on another's decision
+``LeaseConflict``              409     a sample leased to another annotator
+``ModelLoadFailed``            409     a version that cannot load is not activated
 ``Conflict`` / ``GateFailed``  409     the state does not allow it
 ``NoActiveModel``              503     nothing to score with yet (``Retry-After``)
 ``MissingDependency``          503     an optional extra is not installed here
@@ -38,9 +41,12 @@ from edge_al.errors import (
     ImageError,
     ImageTooLarge,
     InvalidInput,
+    LeaseConflict,
     MissingDependency,
+    ModelLoadFailed,
     NoActiveModel,
     NotFound,
+    NotPermitted,
     UnknownLabel,
 )
 
@@ -74,6 +80,9 @@ _DOMAIN: list[tuple[type[EdgeALError], int, str]] = [
     (UnknownLabel, 422, "unknown-label"),
     (InvalidInput, 422, "invalid-input"),
     (NotFound, 404, "not-found"),
+    (NotPermitted, 403, "not-permitted"),
+    (LeaseConflict, 409, "leased-to-another"),
+    (ModelLoadFailed, 409, "model-load-failed"),
     (Conflict, 409, "conflict"),
     (GateFailed, 409, "gate-failed"),
     (NoActiveModel, 503, "no-active-model"),

@@ -1,9 +1,14 @@
 """Model versions: list, promote, roll back. A change swaps the served model at once
-(``ModelHolder.reload``; in-flight requests finish on the old one) and queues a rescore."""
+(``ModelHolder.reload``; in-flight requests finish on the old one) and queues a rescore.
+
+All or nothing: the version is compiled (``ModelHolder.prepare``) before the registry makes it
+active; one that cannot load answers 409 ``model-load-failed`` and changes neither the
+registry's active version nor the served one."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from flask import jsonify
@@ -35,6 +40,13 @@ def list_models() -> Response:
                           "versions": [model_row(mv, active) for mv in svc.registry.versions()]}))  # fmt: skip
 
 
+def _loader(svc: Service) -> Callable[[ModelVersion], None] | None:
+    if svc.holder is None:
+        return None
+    svc.start_model()
+    return svc.holder.prepare
+
+
 def _activated(svc: Service, mv: ModelVersion) -> dict[str, Any]:
     reloaded = False
     if svc.holder is not None:
@@ -63,11 +75,11 @@ _PROMOTE_OP = op("Activate a version; the scorer swaps at once and the pool is r
 @require("admin")
 def promote(path: VersionPath) -> Response:
     svc = service()
-    return jsonify(clean(_activated(svc, svc.registry.promote(path.version))))
+    return jsonify(clean(_activated(svc, svc.registry.promote(path.version, load=_loader(svc)))))
 
 
 @bp.post("/v1/models/rollback", **op("Activate the previously active version", "admin", {200: Activated}, 409, 503))
 @require("admin")
 def rollback() -> Response:
     svc = service()
-    return jsonify(clean(_activated(svc, svc.registry.rollback())))
+    return jsonify(clean(_activated(svc, svc.registry.rollback(load=_loader(svc)))))

@@ -114,6 +114,7 @@ class ProblemItem(BaseModel):
     """One item of a request that failed (an image, an annotation, a field)."""
 
     index: int | None = Field(None, description="the item's position in the request")
+    status: int | None = Field(None, description="this item's status (409: leased to another annotator; 422: malformed)")
     filename: str | None = None
     field: str | None = Field(None, description="where in the request, e.g. body.sample_id or query.n")
     detail: str
@@ -312,8 +313,10 @@ class QueueItem(BaseModel):
 class Queue(BaseModel):
     model_version: str | None = Field(description="null before the first model: a cold start over the embedded pool, predicted ''")
     strategy: Strategy
-    holder: str | None = Field(None, description="who holds the leases")
+    holder: str | None = Field(None, description="who holds the leases: the key's annotator (an admin may name another)")
     lease_seconds: int
+    lease_limit: int | None = Field(None, description="most live leases one annotator may hold (MAX_LEASES_PER_KEY)")
+    leases_held: int | None = Field(None, description="live leases the holder holds after this call")
     labels: list[str]
     items: list[QueueItem]
 
