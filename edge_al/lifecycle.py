@@ -177,7 +177,10 @@ def retrain(
         else:
             result.reason = f"kept {active.version}: new balanced accuracy {new:.3f} < active {old:.3f} - {tolerance}"
     if result.promoted:
-        registry.promote(mv.version)
+        from .engine import Engine
+
+        # loaded before it becomes active: a version that cannot compile raises ModelLoadFailed, nothing changes
+        registry.promote(mv.version, load=lambda v: Engine(v.xml, device=device, batch=1))
         if rescore:
             result.score = score_pool(settings, store, registry, device=device, batch=batch, progress=progress)
     log.info("retrain: %s", result.reason)
