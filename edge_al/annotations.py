@@ -28,6 +28,7 @@ class AnnotationResult:
     written: int = 0
     unchanged: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
+    causes: list[EdgeALError] = field(default_factory=list)  # the error of each ``errors`` entry
 
     @property
     def ok(self) -> bool:
@@ -71,9 +72,16 @@ def apply_annotations(
     rows: Iterable[Mapping[str, Any]],
     *,
     default_annotator: str = "",
+    annotator: str | None = None,
     create_labels: bool = False,
+    respect_leases: bool = False,
 ) -> AnnotationResult:
-    """Validate and commit each row on its own; invalid rows are collected with their reasons."""
+    """Validate and commit each row on its own; invalid rows are collected with their reasons.
+
+    Each row is recorded under ``annotator`` when given (the API's key identity; a row's own
+    ``annotator`` is then ignored), else under the row's ``annotator``, else ``default_annotator``.
+    ``respect_leases``: a row on a sample another annotator has leased fails (``LeaseConflict``).
+    """
     result = AnnotationResult()
     mv = registry.active()
     for line, row in enumerate(rows, start=1):
@@ -97,11 +105,12 @@ def apply_annotations(
                     raise InvalidInput(f"sample {sample.id} has no prediction from {mv.version} to accept; give the label.")
                 label = mv.labels[pred.label_index]
                 version = mv.version
-            annotator = str(row.get("annotator") or default_annotator)
-            if store.add_annotation(sample.id, action, label, annotator, version, create_label=create_labels):
+            who = annotator if annotator is not None else str(row.get("annotator") or default_annotator)
+            if store.add_annotation(sample.id, action, label, who, version, create_label=create_labels, respect_leases=respect_leases):
                 result.written += 1
             else:
                 result.unchanged += 1
         except EdgeALError as exc:
             result.errors.append({"row": line, "ref": str(row.get("sample_id") or row.get("path") or ""), "reason": str(exc)})
+            result.causes.append(exc)
     return result

@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -170,14 +172,21 @@ def cmd_models(ctx: Context) -> int:
     return EXIT_OK
 
 
+def _compiles(mv: Any) -> None:
+    """Compile a version on the CPU: a version that cannot load is never made active."""
+    from .engine import Engine
+
+    Engine(mv.xml, device="CPU", batch=1)
+
+
 def cmd_promote(ctx: Context) -> int:
-    mv = ctx.registry.promote(ctx.args.version)
+    mv = ctx.registry.promote(ctx.args.version, load=_compiles)
     ctx.emit({"active": mv.version}, lambda: print(f"active: {mv.version} (rescore with `edge-al score`)"))
     return EXIT_OK
 
 
 def cmd_rollback(ctx: Context) -> int:
-    mv = ctx.registry.rollback()
+    mv = ctx.registry.rollback(load=_compiles)
     ctx.emit({"active": mv.version}, lambda: print(f"active: {mv.version}"))
     return EXIT_OK
 
@@ -185,7 +194,12 @@ def cmd_rollback(ctx: Context) -> int:
 def cmd_score(ctx: Context) -> int:
     from .scoring import score_pool
 
-    report = score_pool(
+    score: Any = score_pool
+    if ctx.args.ray is not None:  # the same scoring as a Ray actor pool (edge-al[ray]); results land in the store alike
+        from .predict_ray import score_pool_ray
+
+        score = functools.partial(score_pool_ray, address=ctx.args.ray or None, quiet=ctx.json or ctx.args.quiet)
+    report = score(
         ctx.settings, ctx.store, ctx.registry, device=ctx.args.device, batch=ctx.args.batch, progress=ctx.progress(), limit=ctx.args.limit
     )
 
@@ -326,12 +340,6 @@ def cmd_status(ctx: Context) -> int:
     return EXIT_OK
 
 
-def cmd_demo(ctx: Context) -> int:
-    from .demo import run_demo
-
-    return run_demo(ctx)
-
-
 # -- parser -----------------------------------------------------------------------------------
 def _add_train_args(p: argparse.ArgumentParser, retrain: bool = False) -> None:
     d = None if retrain else DEFAULT_ARCH
@@ -407,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="CPU", help="CPU, GPU, GPU.N or AUTO (built from the devices present)")
     p.add_argument("--batch", type=positive_int, default=8)
     p.add_argument("--limit", type=positive_int, default=None, help="score at most this many samples now")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="score on a Ray cluster (install edge-al[ray]; image paths on a shared filesystem); default address: RAY_ADDRESS or a local one")  # fmt: skip
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("embed", help="embed the pool with the pretrained backbone: a cold-start selection before any label")
@@ -438,32 +448,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="pool, labels per class, active model")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("demo", help="the main job on a demo pool built from sklearn's digits")
-    # The default: a linear head on EfficientNet-Lite0's frozen ImageNet features, seconds to train.
-    p.add_argument("--per-class", type=positive_int, default=5, help="seed labels per class (default 5)")
-    p.add_argument("--epochs", type=positive_int, default=15, help="epochs when fine-tuning (--mode finetune; default 15)")
-    p.add_argument("--image-size", type=positive_int, default=None, help="model input size (default: the architecture's, 224)")
-    p.add_argument("--mode", choices=["auto", "head", "finetune"], default=None, help="training mode (default auto: head)")
-    p.add_argument("-n", type=positive_int, default=10)
-    p.set_defaults(func=cmd_demo)
+    from .api.cli import register as register_service_verbs
+    from .predict_cli import register as register_predict
 
+    register_service_verbs(sub)
+    register_predict(sub)
     for extra in _extra_verbs():
         extra(sub)
     return parser
 
 
 def _extra_verbs() -> list[Callable[[Any], None]]:
-    """Verbs registered by optional modules (serve, worker, keys, simulate, bench)."""
-    out: list[Callable[[Any], None]] = []
-    for mod in ("edge_al.api.cli", "edge_al.sim_cli", "edge_al.bench_cli"):
-        try:
-            m = __import__(mod, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name and mod.startswith(exc.name):
-                continue
-            raise
-        out.append(m.register)
-    return out
+    """``register(sub)`` of every installed ``edge_al.verbs`` entry point (``demo``, ``simulate`` and
+    ``bench`` come from the build side's :mod:`export.tools.verbs`): the line side names no build-side module."""
+    return [ep.load() for ep in sorted(entry_points(group="edge_al.verbs"), key=lambda ep: ep.name)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,19 +1,13 @@
 """The model behind the service: one dispatcher thread that batches concurrent requests.
 
-Request threads call ``ModelHolder.score(images)``; each image becomes a work item (image, size,
-``Future``) on a queue. One dispatcher thread owns the compiled model's ``AsyncRunner`` (an
-``AsyncInferQueue``; DESIGN.md: never share an infer request between threads) and loops:
-
-1. wait until one of the ``nireq`` infer requests is free (GIL released);
-2. take the first item, then everything already queued, then wait until ``max_wait_ms`` after
-   the *first item's arrival* for more, up to ``max_batch`` (items that already waited for a free
-   request do not wait again);
-3. start the batch (padded to the model's static batch); a runtime thread resolves its futures.
-
-So under load batches fill while the requests are busy, and a lone request waits at most
-``max_wait_ms``. ``batching=False`` compiles the model with batch 1 and sends every image alone
-(the benchmark's baseline: one inference per request, ``nireq`` in parallel, as a server without
-a batcher does).
+Request threads call ``ModelHolder.score(images)``; each image becomes a work item (image,
+``Future``) on the batcher's queue (``edge_al.serving.batcher``: how batches form, adapting their
+size to the load). One dispatcher thread owns the compiled model's ``AsyncRunner`` (an
+``AsyncInferQueue``; DESIGN.md: never share an infer request between threads) and loops: take
+the next batch from the batcher, start it on the smallest compiled batch size that fits (padded
+to it); a runtime thread resolves its futures. ``batching=False`` compiles the model with batch 1
+and sends every image alone (the benchmark's baseline: one inference per request, ``nireq`` in
+parallel, as a server without a batcher does).
 
 Hot swap: ``reload()`` (called by a watcher thread that polls ``registry.active_version()``
 every ``poll_s``, and callable directly after a promote) compiles the new ``Engine`` on the
@@ -32,10 +26,8 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
-from collections import Counter
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -48,10 +40,12 @@ from .acquisition.index import NearestLabeled
 from .config import Settings
 from .errors import InvalidInput, NoActiveModel
 from .images import decode_resized, resize_to
-from .registry import Registry
+from .registry import ModelVersion, Registry
+from .results import label_name
+from .serving.batcher import Batcher, Item, useful_batch
 from .store import Store
 
-__all__ = ["ModelHolder", "NoveltyReference", "Scored", "acquisition_scores"]
+__all__ = ["ModelHolder", "NoveltyReference", "Scored", "acquisition_scores", "build_novelty_reference", "live_novelty"]
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +61,7 @@ class Scored:
 
     @property
     def label(self) -> str:
-        i = int(np.argmax(self.probs))
-        return self.labels[i] if i < len(self.labels) else str(i)
+        return label_name(self.labels, int(np.argmax(self.probs)))
 
     @property
     def confidence(self) -> float:
@@ -76,7 +69,7 @@ class Scored:
 
     def top_k(self, k: int = 3) -> list[tuple[str, float]]:
         order = np.argsort(-self.probs, kind="stable")[: max(1, int(k))]
-        return [(self.labels[i] if i < len(self.labels) else str(i), float(self.probs[i])) for i in order]
+        return [(label_name(self.labels, int(i)), float(self.probs[i])) for i in order]
 
 
 @dataclass(frozen=True)
@@ -93,6 +86,22 @@ class NoveltyReference:
     index: NearestLabeled | None = None
 
 
+def live_novelty(
+    reference: NoveltyReference | None, version: str, probs: np.ndarray, embedding: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(fre f32 [N], knn f32 [N])`` of images scored by ``version`` (probs f32 [N, C], embedding
+    f32 [N, D]) against a labeled ``reference``; ``(None, None)`` without a reference of that version
+    and embedding width."""
+    if reference is None or reference.version != version or embedding.ndim != 2 or embedding.shape[1] != reference.labeled.shape[1]:
+        return None, None
+    x = l2_normalize(np.array(embedding, dtype=np.float32, copy=True))
+    predicted = np.argmax(probs, axis=1).astype(np.int64)
+    fre = np.asarray(reference.fre.score(x, predicted), dtype=np.float32)
+    if reference.index is not None:  # the version's cached index (approximate above its threshold)
+        return fre, np.clip(1.0 - reference.index.search(x)[0], 0.0, 2.0).astype(np.float32)
+    return fre, np.asarray(knn_distance(x, reference.labeled), dtype=np.float32)
+
+
 def acquisition_scores(scored: Scored, reference: NoveltyReference | None = None) -> dict[str, float | None]:
     """``{"entropy", "margin", "least_confidence", "fre", "knn"}`` of one scored image.
 
@@ -101,23 +110,29 @@ def acquisition_scores(scored: Scored, reference: NoveltyReference | None = None
     """
     unc = uncertainty_scores(scored.probs[None, :].astype(np.float32, copy=False))
     out: dict[str, float | None] = {k: float(v[0]) for k, v in unc.items()}
-    out["fre"] = None
-    out["knn"] = None
-    if reference is not None and reference.version == scored.version and scored.embedding.shape[0] == reference.labeled.shape[1]:
-        x = l2_normalize(scored.embedding[None, :].astype(np.float32, copy=True))
-        out["fre"] = float(reference.fre.score(x, np.array([int(np.argmax(scored.probs))]))[0])
-        if reference.index is not None:
-            out["knn"] = float(np.clip(1.0 - reference.index.search(x)[0][0], 0.0, 2.0))
-        else:
-            out["knn"] = float(knn_distance(x, reference.labeled)[0])
+    fre, knn = live_novelty(reference, scored.version, scored.probs[None, :], scored.embedding[None, :])
+    out["fre"] = None if fre is None else float(fre[0])
+    out["knn"] = None if knn is None else float(knn[0])
     return out
 
 
-@dataclass
-class _Item:
-    image: np.ndarray
-    future: Future[Scored]
-    arrived: float = field(default_factory=time.perf_counter)
+def build_novelty_reference(settings: Settings, store: Store, mv: ModelVersion, annotation_count: int = -1) -> NoveltyReference | None:
+    """The labeled reference of version ``mv`` in a workspace: the labeled samples' embeddings that
+    pool scoring wrote (normalised f32 [M, D]) and a class-aware FRE fitted on them; ``None`` when
+    no labeled sample has an embedding for it."""
+    from .scoring import embedding_file, labeled_reference, novelty_cache
+
+    emb_file = embedding_file(settings, mv)
+    try:
+        ids, emb, classes = labeled_reference(store, mv, emb_file)
+    finally:
+        emb_file.close()
+    if len(emb) == 0:
+        return None
+    labeled = l2_normalize(np.ascontiguousarray(emb, dtype=np.float32))
+    fre = fit_fre(labeled, classes, max(len(mv.labels), int(classes.max()) + 1))
+    index = novelty_cache(settings, mv).index(ids, labeled)  # the version's cached index: loaded, or extended by new labels
+    return NoveltyReference(mv.version, fre, labeled, annotation_count, time.time(), index)
 
 
 @dataclass
@@ -128,10 +143,36 @@ class _Loaded:
     engines: dict[int, Any]  # batch size -> edge_al.engine.Engine (imported lazily, after start-up)
     version: str
     labels: list[str]
+    per_image_s: dict[int, float] = field(default_factory=dict)  # batch size -> seconds per image, measured at load
+
+    @property
+    def useful_batch(self) -> int:
+        return useful_batch(self.per_image_s) if self.per_image_s else max(self.engines)
 
     @property
     def engine(self) -> Any:
         return self.engines[max(self.engines)]
+
+
+def _time_per_image(engines: dict[int, Any], rounds: int = 5, budget_s: float = 0.5) -> dict[int, float]:
+    """Seconds per image of each compiled batch size: synchronous runs on zeros, the sizes in
+    turns, at least ``rounds`` rounds and more within ``budget_s``; the best run of each size
+    counts, so that other processes' load (the sizes in turns meet it alike) hides less of it."""
+    inputs = {}
+    for size, engine in engines.items():
+        w, h = engine.size
+        inputs[size] = np.zeros((size, h, w, 3), np.uint8)
+        engine.infer(inputs[size])  # warm-up
+    best = dict.fromkeys(engines, float("inf"))
+    start = time.perf_counter()
+    n = 0
+    while n < rounds or (time.perf_counter() - start < budget_s and n < 50):
+        for size, engine in engines.items():
+            t0 = time.perf_counter()
+            engine.infer(inputs[size])
+            best[size] = min(best[size], (time.perf_counter() - t0) / size)
+        n += 1
+    return best
 
 
 class _Runners:
@@ -150,10 +191,6 @@ class _Runners:
             r.wait_all()
 
 
-_STOP = object()
-_WAKE = object()
-
-
 class ModelHolder:
     """The active model, compiled after start-up, behind a batching dispatcher thread."""
 
@@ -166,6 +203,7 @@ class ModelHolder:
         max_batch: int = 8,
         max_wait_ms: float = 5.0,
         batching: bool = True,
+        adaptive: bool = True,
         poll_s: float = 2.0,
         nireq: int | None = None,
         batch_sizes: tuple[int, ...] | None = None,
@@ -191,7 +229,7 @@ class ModelHolder:
             sizes = {int(b) for b in batch_sizes if 1 <= int(b) <= self.max_batch} | {self.max_batch}
         self.batch_sizes = tuple(sorted(sizes))
         self._store = store
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._batcher = Batcher(self.max_batch, self.max_wait_s, adaptive=adaptive)
         self._current: _Loaded | None = None
         self._pending: _Loaded | None = None
         self._swapped = threading.Condition()
@@ -202,15 +240,9 @@ class ModelHolder:
         self._pid: int | None = None
         self._closed = False
         self._failed_version: str | None = None
+        self._prepared: _Loaded | None = None  # compiled by prepare(), not yet active
         self._start_lock = threading.Lock()
-        self._stats_lock = threading.Lock()
-        self._batches = 0
-        self._images = 0
-        self._errors = 0
-        self._infer_s = 0.0
-        self._batch_sizes: Counter[int] = Counter()
-        self._inflight = 0
-        self._slots = threading.Condition()
+        self._slots = 1  # infer requests of the loaded model (set by the dispatcher)
         self._novelty: dict[str, NoveltyReference] = {}
         self._novelty_lock = threading.Lock()
         self._novelty_building: set[str] = set()
@@ -229,6 +261,8 @@ class ModelHolder:
             self._reset_after_fork()
             self._pid = os.getpid()
             self._stop.clear()
+            self._fail_queued(NoActiveModel("The scoring service restarted."))  # and the stop marker
+            self._batcher.stopped.clear()
             self._closed = False
             try:
                 self._load_active(direct=True)
@@ -245,12 +279,9 @@ class ModelHolder:
             # threads and compiled models of the parent do not exist (or hang) in the child
             self._threads = []
             self._current = self._pending = None
-            self._queue = queue.Queue()
+            self._batcher = Batcher(self.max_batch, self.max_wait_s, adaptive=self._batcher.adaptive)
             self._swapped = threading.Condition()
             self._reload_lock = threading.Lock()
-            self._stats_lock = threading.Lock()
-            self._slots = threading.Condition()
-            self._inflight = 0
             self._novelty_lock = threading.Lock()
             self._novelty = {}
             self._novelty_building = set()
@@ -259,7 +290,7 @@ class ModelHolder:
         """Stop the threads; queued requests fail with ``NoActiveModel`` ("shutting down")."""
         self._closed = True
         self._stop.set()
-        self._queue.put(_STOP)
+        self._batcher.stop()
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout)
@@ -304,27 +335,15 @@ class ModelHolder:
             "version": cur.version if cur else None,
             "engine": cur.engine.describe() if cur else None,
             "batching": self.batching,
+            "adaptive": self._batcher.adaptive,
             "max_batch": self.max_batch,
             "batch_sizes": list(self.batch_sizes),
             "max_wait_ms": self.max_wait_s * 1000.0,
         }
 
     def stats(self) -> dict[str, Any]:
-        """Counters for /metrics: batches, images, mean batch size, batch-size histogram, queue
-        depth, in-flight batches, seconds spent in inference (start to callback), errors, swaps."""
-        with self._stats_lock:
-            return {
-                "version": self.version,
-                "batches": self._batches,
-                "images": self._images,
-                "mean_batch_size": (self._images / self._batches) if self._batches else 0.0,
-                "batch_sizes": dict(sorted(self._batch_sizes.items())),
-                "queue_depth": self._queue.qsize(),
-                "inflight_batches": self._inflight,
-                "inference_seconds": self._infer_s,
-                "errors": self._errors,
-                "swaps": self._swap_count,
-            }
+        """Counters for /metrics (``Batcher.stats``), the served version and the swap count."""
+        return {"version": self.version, **self._batcher.stats(self._slots), "swaps": self._swap_count}
 
     # -- requests ------------------------------------------------------------------------------
     def preprocess(self, data: bytes, width: int | None = None, height: int | None = None) -> np.ndarray:
@@ -338,7 +357,7 @@ class ModelHolder:
         if self._current is None and self._pending is None:
             raise NoActiveModel("No model is loaded yet: publish and promote a model version first.")
         fut: Future[Scored] = Future()
-        self._queue.put(_Item(image, fut))
+        self._batcher.put(Item(image, fut))
         return fut
 
     def score(self, images: list[np.ndarray], timeout: float = 30.0) -> list[Scored]:
@@ -356,7 +375,7 @@ class ModelHolder:
         except FutureTimeout:
             for fut in futures:
                 fut.cancel()
-            raise TimeoutError(f"Scoring did not finish within {timeout:g} s (queue depth {self._queue.qsize()}).") from None
+            raise TimeoutError(f"Scoring did not finish within {timeout:g} s (queue depth {self._batcher.queue.qsize()}).") from None
         return out
 
     def _ensure_started(self) -> None:
@@ -374,9 +393,26 @@ class ModelHolder:
         """
         return self._load_active(direct=False, timeout=timeout)
 
-    def _load_active(self, *, direct: bool, timeout: float = 60.0, watcher: bool = False) -> bool:
+    def prepare(self, mv: ModelVersion) -> None:
+        """Compile ``mv`` now, before it is active (raises what compiling raises); the next reload
+        to that version swaps it in without compiling again. ``Registry.promote(v, load=prepare)``
+        so a version that cannot load is never activated."""
+        with self._reload_lock:
+            self._prepared = None
+            self._prepared = self._compile(mv)
+
+    def _compile(self, mv: ModelVersion) -> _Loaded:
         from .engine import Engine  # lazily: openvino is loaded after start-up (and after fork)
 
+        engines = {size: Engine(mv.xml, device=self.device, batch=size) for size in self.batch_sizes}
+        loaded = _Loaded(engines, mv.version, list(engines[self.max_batch].labels or mv.labels))
+        if len(engines) > 1:
+            loaded.per_image_s = _time_per_image(engines)
+            log.info("model %s: seconds per image by batch size %s; batches up to %d", mv.version,
+                     {b: round(t, 6) for b, t in loaded.per_image_s.items()}, loaded.useful_batch)  # fmt: skip
+        return loaded
+
+    def _load_active(self, *, direct: bool, timeout: float = 60.0, watcher: bool = False) -> bool:
         with self._reload_lock:
             version = self.registry.active_version()
             cur = self._current
@@ -384,15 +420,14 @@ class ModelHolder:
                 return False
             if watcher and version == self._failed_version:
                 return False  # tried and failed: the watcher waits for another version (reload() retries)
-            mv = self.registry.get(version)
+            prepared, self._prepared = self._prepared, None
             try:
-                engines = {size: Engine(mv.xml, device=self.device, batch=size) for size in self.batch_sizes}
+                loaded = prepared if prepared is not None and prepared.version == version else self._compile(self.registry.get(version))
             except Exception:
                 self._failed_version = version
                 raise
             self._failed_version = None
-            engine = engines[self.max_batch]
-            loaded = _Loaded(engines, version, list(engine.labels or mv.labels))
+            engine = loaded.engine
             dispatcher_alive = bool(self._threads) and self._threads[0].is_alive()
             if direct or not dispatcher_alive:
                 self._current = loaded
@@ -401,7 +436,7 @@ class ModelHolder:
                 return True
             with self._swapped:
                 self._pending = loaded
-                self._queue.put(_WAKE)
+                self._batcher.wake()
                 if not self._swapped.wait_for(lambda: self._pending is None, timeout=timeout):
                     raise TimeoutError(f"The dispatcher did not swap to {version} within {timeout:g} s.")
             log.info("model %s swapped in (%s)", version, engine.describe())
@@ -417,9 +452,10 @@ class ModelHolder:
     # -- the dispatcher ------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
         runners: _Runners | None = None
-        carry: _Item | None = None
+        carry: Item | None = None
+        b = self._batcher
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and not b.stopped.is_set():
                 if (
                     self._pending is not None
                     or (runners is None and self._current is not None)
@@ -427,8 +463,9 @@ class ModelHolder:
                 ):
                     runners = self._swap(runners)
                 if runners is not None:
-                    self._wait_slot(runners.slots)  # so the batch fills while every request is busy
-                first = carry if carry is not None else self._take(timeout=0.1)
+                    self._slots = runners.slots
+                    b.wait_slot(runners.slots)  # so the batch fills while every request is busy
+                first = carry if carry is not None else b.take(timeout=0.1)
                 carry = None
                 if first is None:
                     continue
@@ -438,50 +475,13 @@ class ModelHolder:
                         continue
                     self._resolve_error([first], NoActiveModel("No model is loaded yet: publish and promote a model version first."))
                     continue
-                batch = [first]
-                # wait for more only while the device is busy anyway: an idle device takes what is there
-                deadline = first.arrived + self.max_wait_s if self._inflight > 0 else 0.0
-                while len(batch) < self.max_batch:
-                    wait = deadline - time.perf_counter()
-                    item = self._take(timeout=wait) if wait > 0 else self._take_nowait()
-                    if item is None:
-                        break
-                    batch.append(item)
-                self._run(runners, batch)
+                self._run(runners, b.fill(first, runners.slots))
         except Exception as exc:  # never hang the callers
             log.exception("the dispatcher stopped")
             self._fail_queued(exc)
         finally:
             if runners is not None:
                 runners.wait_all()
-
-    def _wait_slot(self, slots: int) -> None:
-        with self._slots:
-            self._slots.wait_for(lambda: self._inflight < slots or self._stop.is_set(), timeout=1.0)
-
-    def _take(self, timeout: float) -> _Item | None:
-        try:
-            obj = self._queue.get(timeout=max(0.0, timeout))
-        except queue.Empty:
-            return None
-        return self._accept(obj)
-
-    def _take_nowait(self) -> _Item | None:
-        try:
-            obj = self._queue.get_nowait()
-        except queue.Empty:
-            return None
-        return self._accept(obj)
-
-    def _accept(self, obj: Any) -> _Item | None:
-        if obj is _STOP:
-            self._stop.set()
-            return None
-        if obj is _WAKE or not isinstance(obj, _Item):
-            return None
-        if not obj.future.set_running_or_notify_cancel():  # the caller gave up (timeout)
-            return None
-        return obj
 
     def _swap(self, runners: _Runners | None) -> _Runners | None:
         if runners is not None:
@@ -493,13 +493,15 @@ class ModelHolder:
                 self._swap_count += 1
             loaded = self._current
             new = _Runners(loaded, self._on_done, self.nireq) if loaded is not None else None
+            if loaded is not None:
+                self._batcher.cap = loaded.useful_batch
             self._swapped.notify_all()
         return new
 
-    def _run(self, runners: _Runners, batch: list[_Item]) -> None:
+    def _run(self, runners: _Runners, batch: list[Item]) -> None:
         w, h = runners.loaded.engine.size
         images = np.empty((len(batch), h, w, 3), dtype=np.uint8)
-        good: list[_Item] = []
+        good: list[Item] = []
         for item in batch:
             try:
                 img = item.image
@@ -514,28 +516,18 @@ class ModelHolder:
                 self._resolve_error([item], exc)
         if not good:
             return
-        with self._slots:
-            self._inflight += 1
+        self._batcher.started()
         try:
             runners.pick(len(good)).submit(images[: len(good)], (good, runners.loaded, time.perf_counter()))
         except Exception as exc:
-            self._release_slot()
+            self._batcher.release()
             self._resolve_error(good, exc)
-
-    def _release_slot(self) -> None:
-        with self._slots:
-            self._inflight -= 1
-            self._slots.notify_all()
 
     def _on_done(self, tag: Any, probs: np.ndarray | None, embs: np.ndarray | None, error: BaseException | None) -> None:
         items, loaded, t0 = tag
-        self._release_slot()
-        with self._stats_lock:
-            if error is None:
-                self._batches += 1
-                self._images += len(items)
-                self._batch_sizes[len(items)] += 1
-                self._infer_s += time.perf_counter() - t0
+        self._batcher.release()
+        if error is None:
+            self._batcher.record(len(items), time.perf_counter() - t0)
         if error is not None or probs is None or embs is None:
             self._resolve_error(items, error if isinstance(error, Exception) else RuntimeError(str(error)))
             return
@@ -543,9 +535,8 @@ class ModelHolder:
             if not item.future.done():
                 item.future.set_result(Scored(loaded.version, loaded.labels, probs[i], embs[i]))
 
-    def _resolve_error(self, items: list[_Item], exc: BaseException) -> None:
-        with self._stats_lock:
-            self._errors += len(items)
+    def _resolve_error(self, items: list[Item], exc: BaseException) -> None:
+        self._batcher.record_errors(len(items))
         for item in items:
             fut = item.future
             if fut.done():
@@ -556,15 +547,7 @@ class ModelHolder:
                 fut.set_exception(exc)
 
     def _fail_queued(self, exc: BaseException) -> None:
-        items = []
-        while True:
-            try:
-                obj = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(obj, _Item):
-                items.append(obj)
-        self._resolve_error(items, exc)
+        self._resolve_error(self._batcher.drain(), exc)
 
     # -- live acquisition scores ---------------------------------------------------------------
     def acquisition_scores(self, scored: Scored, refresh_s: float = 30.0) -> dict[str, float | None]:
@@ -600,8 +583,6 @@ class ModelHolder:
         return self._novelty.get(version)
 
     def _build_novelty(self, version: str, old: NoveltyReference | None) -> None:
-        from .scoring import embedding_file, labeled_reference, novelty_cache
-
         try:
             if self._store is None:
                 self._store = Store(self.settings.db_path)
@@ -609,19 +590,11 @@ class ModelHolder:
             count = store.annotation_count()
             if old is not None and old.annotation_count == count:
                 return
-            mv = self.registry.get(version)
-            emb_file = embedding_file(self.settings, mv)
-            try:
-                ids, emb, classes = labeled_reference(store, mv, emb_file)
-            finally:
-                emb_file.close()
-            if len(emb) == 0:
+            ref = build_novelty_reference(self.settings, store, self.registry.get(version), count)
+            if ref is None:
                 self._novelty.pop(version, None)
                 return
-            labeled = l2_normalize(np.ascontiguousarray(emb, dtype=np.float32))
-            fre = fit_fre(labeled, classes, max(len(mv.labels), int(classes.max()) + 1))
-            index = novelty_cache(self.settings, mv).index(ids, labeled)  # loaded, or extended by new labels
-            self._novelty[version] = NoveltyReference(version, fre, labeled, count, time.time(), index)
+            self._novelty[version] = ref
         except Exception:
             log.exception("could not build the novelty reference of %s; serving uncertainty only", version)
         finally:

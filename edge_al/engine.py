@@ -7,8 +7,12 @@ requests and inference precision the runtime chose are read back and reported.
 Two ways in:
 - ``Engine.stream(batches)``: the calling thread is the single producer that owns an
   ``AsyncInferQueue``; results come back in input order. Used by pool scoring.
-- ``Engine.infer(images)``: synchronous, serialised by a lock, for small calls (gates, tests).
-Never share one InferRequest or queue between threads (DESIGN.md field notes).
+- ``Engine.infer(images)``: synchronous, serialised by a lock, for small calls (gates, tests);
+  ``Engine.predict(images)`` is the same call returning a typed ``Predictions`` (label names,
+  top-k, uncertainty, the model version: ``edge_al.results``).
+The build side (``export``) builds models in memory and gates them through this same ``Engine``
+(it accepts an ``ov.Model`` as well as an IR path) and reads IRs with :func:`read_ir`: no other
+module reads or compiles a model. Never share one InferRequest or queue between threads (DESIGN.md field notes).
 """
 
 from __future__ import annotations
@@ -25,8 +29,20 @@ import numpy as np
 import openvino as ov
 
 from .errors import InvalidInput
+from .results import Prediction, Predictions
 
-__all__ = ["AsyncRunner", "Engine", "ModelInfo", "available_devices", "get_core", "read_model_info", "resolve_device"]
+__all__ = [
+    "AsyncRunner",
+    "Engine",
+    "ModelInfo",
+    "Prediction",
+    "Predictions",
+    "available_devices",
+    "get_core",
+    "read_ir",
+    "read_model_info",
+    "resolve_device",
+]
 
 T = TypeVar("T")
 _core: ov.Core | None = None
@@ -42,6 +58,11 @@ def get_core() -> ov.Core:
             _core = ov.Core()
             _core_pid = os.getpid()
         return _core
+
+
+def read_ir(xml: str | Path) -> ov.Model:
+    """The ``ov.Model`` of an IR file (not compiled): for the build side to compose or inspect."""
+    return get_core().read_model(str(xml))
 
 
 def available_devices() -> list[str]:
@@ -122,23 +143,36 @@ def _output_rows(request: ov.InferRequest, port: int | None, n: int) -> np.ndarr
 
 
 class Engine:
-    """A compiled classifier: u8 NHWC BGR batches in, (probs [N, C], embedding [N, D]) out."""
+    """A compiled classifier: u8 NHWC BGR batches in, (probs [N, C], embedding [N, D]) out.
+
+    ``xml`` is an IR path or an in-memory ``ov.Model`` (copied, never changed); ``precision``
+    ``"f32"`` pins the inference precision (the gates compare at f32 on CPUs that default to bf16).
+    """
 
     def __init__(
         self,
-        xml: str | Path,
+        xml: str | Path | ov.Model,
         *,
         device: str = "CPU",
         batch: int = 8,
         hint: str = "THROUGHPUT",
         precision: str | None = None,
         nireq: int | None = None,
+        threads: int | None = None,
+        version: str | None = None,
     ) -> None:
+        """``threads``: INFERENCE_NUM_THREADS (default: the runtime's, every core), for several
+        engines sharing a box (one per Ray actor). ``version``: the model version that results
+        name (default: the one in the IR's rt_info; a registry passes its folder's name)."""
         if not 1 <= int(batch) <= 1024:
             raise InvalidInput(f"The 'batch' parameter must be an int in [1, 1024]. Got {batch!r} instead.")
         core = get_core()
-        self.xml = Path(xml)
-        model = core.read_model(self.xml)
+        if isinstance(xml, ov.Model):
+            self.xml = Path(f"<in-memory {xml.get_friendly_name()}>")
+            model = xml.clone()
+        else:
+            self.xml = Path(xml)
+            model = core.read_model(self.xml)
         self.info = read_model_info(model)
         self.batch = int(batch)
         inp = model.input(0)
@@ -153,6 +187,9 @@ class Engine:
         config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
         if precision:
             config["INFERENCE_PRECISION_HINT"] = precision
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.version = version or self.info.version
         self.compiled = core.compile_model(model, self.device, config)
         # A backbone IR (edge-al embed) has only an embedding output: probs are then [N, 0].
         embedding_only = len(self.compiled.outputs) == 1
@@ -228,6 +265,16 @@ class Engine:
         if not probs:
             return np.zeros((0, self.num_classes), np.float32), np.zeros((0, self.embedding_dim), np.float32)
         return np.concatenate(probs), np.concatenate(embs)
+
+    def predict(self, images: np.ndarray) -> Predictions:
+        """``infer`` as a typed result: u8 [N, H, W, 3] BGR in, ``Predictions`` (probs f32 [N, C],
+        embedding f32 [N, D], label names, this model's version) out."""
+        probs, emb = self.infer(images)
+        return self.wrap(probs, emb)
+
+    def wrap(self, probs: np.ndarray, embedding: np.ndarray) -> Predictions:
+        """Raw outputs of this model (probs f32 [N, C], embedding f32 [N, D]) as ``Predictions``."""
+        return Predictions(probs, embedding, tuple(self.labels), self.version)
 
     def runner(
         self, callback: Callable[[Any, np.ndarray | None, np.ndarray | None, BaseException | None], None], nireq: int | None = None

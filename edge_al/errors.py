@@ -8,7 +8,10 @@
      |    |    +-- ImageTooLarge  over the pixel or byte limit (413)
      |    +-- UnknownLabel       a label the project does not have (422)
      +-- NotFound                unknown sample, model version, job (404)
+     +-- NotPermitted            the caller may not do this to someone else's work (403)
      +-- Conflict                state does not allow it (409)
+     |    +-- LeaseConflict      a sample under another annotator's live lease (409)
+     |    +-- ModelLoadFailed    a model version that cannot be loaded is not activated (409)
      +-- NoActiveModel           nothing to score with yet (503)
      +-- GateFailed              an export gate failed and no fallback was allowed
      +-- MissingDependency       an optional extra is not installed
@@ -23,9 +26,12 @@ __all__ = [
     "ImageError",
     "ImageTooLarge",
     "InvalidInput",
+    "LeaseConflict",
     "MissingDependency",
+    "ModelLoadFailed",
     "NoActiveModel",
     "NotFound",
+    "NotPermitted",
     "UnknownLabel",
 ]
 
@@ -54,8 +60,21 @@ class NotFound(EdgeALError):
     """A sample, model version or job that does not exist."""
 
 
+class NotPermitted(EdgeALError):
+    """The caller's identity does not allow this action on another's work (an annotator undoing
+    someone else's decision)."""
+
+
 class Conflict(EdgeALError):
     """The request conflicts with the current state."""
+
+
+class LeaseConflict(Conflict):
+    """A decision on a sample that another annotator holds a live lease on."""
+
+
+class ModelLoadFailed(Conflict):
+    """A model version could not be loaded (compiled), so it was not activated."""
 
 
 class NoActiveModel(EdgeALError):

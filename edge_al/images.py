@@ -19,10 +19,11 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageError, ImageTooLarge
 
-__all__ = ["ImageInfo", "decode", "decode_resized", "probe", "resize_to", "sha256_of"]
+__all__ = ["FORMATS", "ImageInfo", "decode", "decode_resized", "jpeg_size", "probe", "resize_to", "sha256_of"]
 
 _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 _FORMATS = {"JPEG", "PNG", "BMP", "TIFF", "WEBP"}
+FORMATS = frozenset(_FORMATS)  # what probe() accepts (PIL format names)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,25 @@ class ImageInfo:
 
 def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _open_checked(data: bytes, *, max_pixels: int, verify: bool, fast_jpeg: bool) -> tuple[int, int, str]:
+    """``(width, height, format)`` of an encoded image after the format, pixel and decode checks of ``probe``."""
+    im = Image.open(io.BytesIO(data))
+    fmt = im.format or "?"
+    w, h = im.size
+    if fmt not in _FORMATS:
+        raise ImageError(f"Unsupported image format {fmt}; expected one of {', '.join(sorted(_FORMATS))}.")
+    if w * h > max_pixels:
+        raise ImageTooLarge(f"The image has {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,}.")
+    if verify and fmt == "JPEG" and fast_jpeg:
+        if not data.rstrip(b"\x00")[-2:] == b"\xff\xd9":
+            raise ImageError("The image is truncated or corrupt: the JPEG has no end-of-image marker.")
+    elif verify:
+        if fmt == "JPEG":
+            im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+        im.load()
+    return w, h, fmt
 
 
 def probe(data: bytes, *, max_pixels: int, max_bytes: int, verify: bool = True, fast_jpeg: bool = False) -> ImageInfo:
@@ -48,23 +68,19 @@ def probe(data: bytes, *, max_pixels: int, max_bytes: int, verify: bool = True, 
         raise ImageError("The file is empty (0 bytes).")
     if len(data) > max_bytes:
         raise ImageTooLarge(f"The file has {len(data):,} bytes; the limit is {max_bytes:,}.")
+    if (
+        verify
+        and fast_jpeg
+        and (size := jpeg_size(data)) is not None
+        and size[0] * size[1] <= min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+    ):
+        if not data.rstrip(b"\x00")[-2:] == b"\xff\xd9":
+            raise ImageError("The image is truncated or corrupt: the JPEG has no end-of-image marker.")
+        return ImageInfo(size[0], size[1], "JPEG")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            fmt = im.format or "?"
-            w, h = im.size
-            if fmt not in _FORMATS:
-                raise ImageError(f"Unsupported image format {fmt}; expected one of {', '.join(sorted(_FORMATS))}.")
-            if w * h > max_pixels:
-                raise ImageTooLarge(f"The image has {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,}.")
-            if verify and fmt == "JPEG" and fast_jpeg:
-                if not data.rstrip(b"\x00")[-2:] == b"\xff\xd9":
-                    raise ImageError("The image is truncated or corrupt: the JPEG has no end-of-image marker.")
-            elif verify:
-                if fmt == "JPEG":
-                    im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
-                im.load()
+            w, h, fmt = _open_checked(data, max_pixels=max_pixels, verify=verify, fast_jpeg=fast_jpeg)
     except (ImageError, ImageTooLarge):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -76,6 +92,43 @@ def probe(data: bytes, *, max_pixels: int, max_bytes: int, verify: bool = True, 
     if w < 1 or h < 1:
         raise ImageError(f"The image has no pixels ({w}x{h}).")
     return ImageInfo(w, h, fmt)
+
+
+_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a baseline or progressive JPEG's frame header, or ``None`` when
+    the bytes are not a JPEG whose markers read cleanly up to it (then ``probe`` asks PIL).
+
+    A few microseconds where ``PIL.Image.open`` takes about 80 (measured on 96x96 JPEGs): on
+    small images the header check was a quarter of ``edge-al predict``'s per-image cost."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            return None
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker in _SOF:
+            if length < 8 or pos + 9 > end:
+                return None
+            h = int.from_bytes(data[pos + 5 : pos + 7], "big")
+            w = int.from_bytes(data[pos + 7 : pos + 9], "big")
+            return (w, h) if w > 0 and h > 0 else None
+        if length < 2:
+            return None
+        pos += 2 + length
+    return None
 
 
 def decode(data: bytes, *, reduce: int = 1) -> np.ndarray:

@@ -1,15 +1,16 @@
 """The model lifecycle steps that the CLI and the job worker share: train, export, retrain.
 
-The training side lives in the ``export`` package (torch, onnx, nncf); it is imported here
-lazily, with an install hint when the ``train`` extra is missing.
+The training side (torch, onnx, nncf) is a plugin: the installed distribution names its workflow
+module under the ``edge_al.build`` entry point, loaded only when a verb trains, with an install
+hint when the ``train`` extra is missing. This package names no build-side module.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -23,21 +24,55 @@ from .registry import ModelVersion, Registry
 from .scoring import ScoreReport, score_pool
 from .store import Store
 
-__all__ = ["RetrainResult", "balanced_accuracy", "evaluate_version", "retrain", "workflow"]
+__all__ = [
+    "RetrainResult",
+    "annotations_since_model",
+    "balanced_accuracy",
+    "evaluate_version",
+    "model_created_at",
+    "retrain",
+    "workflow",
+]
 
 log = logging.getLogger(__name__)
 
 
 def workflow() -> ModuleType:
-    """``export.workflow``, or a clear hint to install the training extra."""
+    """The build side's workflow module (``export.workflow``, found through the ``edge_al.build``
+    entry point named ``workflow``), or a clear hint to install the training extra."""
+    found = [ep for ep in entry_points(group="edge_al.build") if ep.name == "workflow"]
+    if not found:
+        raise MissingDependency(
+            "No build side is installed (entry point edge_al.build:workflow): reinstall edge-al (pip install 'edge-al[train]')."
+        )
     try:
-        return importlib.import_module("export.workflow")
+        module: ModuleType = found[0].load()
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in {"torch", "torchvision", "onnx", "nncf", "onnxscript"}:
             raise MissingDependency(
                 f"Training and export need {exc.name}: install edge-al[train] (pip install 'edge-al[train]')."
             ) from None
         raise
+    return module
+
+
+def model_created_at(mv: ModelVersion) -> float:
+    """When a version was published (epoch seconds): its ``created_at``, else its meta.json's mtime."""
+    created = mv.meta.get("created_at")
+    if isinstance(created, (int, float)):
+        return float(created)
+    try:
+        return (mv.path / "meta.json").stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def annotations_since_model(store: Store, registry: Registry) -> int:
+    """Decisions (accept, correct, reject rows) written since the active model was published, all of
+    them while no model is active: the one figure the retrain trigger, ``/v1/stats`` and the
+    annotation responses report, with or without the job system."""
+    mv = registry.active()
+    return store.jobs.decisions_since(model_created_at(mv) if mv is not None else 0.0)
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -142,7 +177,10 @@ def retrain(
         else:
             result.reason = f"kept {active.version}: new balanced accuracy {new:.3f} < active {old:.3f} - {tolerance}"
     if result.promoted:
-        registry.promote(mv.version)
+        from .engine import Engine
+
+        # loaded before it becomes active: a version that cannot compile raises ModelLoadFailed, nothing changes
+        registry.promote(mv.version, load=lambda v: Engine(v.xml, device=device, batch=1))
         if rescore:
             result.score = score_pool(settings, store, registry, device=device, batch=batch, progress=progress)
     log.info("retrain: %s", result.reason)

@@ -20,11 +20,12 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import Conflict, InvalidInput, NotFound
+from .errors import Conflict, InvalidInput, ModelLoadFailed, NotFound
 from .fsutil import atomic_write, fsync_dir
 
 __all__ = ["ModelVersion", "Registry", "atomic_write_json"]
@@ -172,21 +173,38 @@ class Registry:
         return self.get(version)
 
     # -- activation --------------------------------------------------------------------------
-    def promote(self, version: str) -> ModelVersion:
+    def promote(self, version: str, load: Callable[[ModelVersion], Any] | None = None) -> ModelVersion:
+        """Make ``version`` the active one. With ``load`` (e.g. compile it), it is loaded first and
+        activated only if that succeeds: a version that cannot load raises ``ModelLoadFailed`` and
+        leaves the active version as it was (all or nothing)."""
         mv = self.get(version)
+        if load is not None:
+            self._load(mv, load)
         state = self._state()
         history = [v for v in state.get("history", []) if v != version] + [version]
         atomic_write_json(self.root / "registry.json", {"active": version, "history": history, "updated_at": time.time()})
         return mv
 
-    def rollback(self) -> ModelVersion:
-        """Activate the version that was active before the current one."""
+    def rollback(self, load: Callable[[ModelVersion], Any] | None = None) -> ModelVersion:
+        """Activate the version that was active before the current one (loaded first, as in ``promote``)."""
         state = self._state()
         history = list(state.get("history", []))
         if len(history) < 2:
             raise Conflict("There is no earlier active version to roll back to.")
         history.pop()
-        target = history[-1]
-        self.get(target)
-        atomic_write_json(self.root / "registry.json", {"active": target, "history": history, "updated_at": time.time()})
-        return self.get(target)
+        target = self.get(history[-1])
+        if load is not None:
+            self._load(target, load)
+        atomic_write_json(self.root / "registry.json", {"active": target.version, "history": history, "updated_at": time.time()})
+        return target
+
+    def _load(self, mv: ModelVersion, load: Callable[[ModelVersion], Any]) -> None:
+        try:
+            load(mv)
+        except Exception as exc:
+            # the runtime's message names files: say which version, never where the registry lives
+            reason = f"{type(exc).__name__}: {exc}".replace(str(self.root.resolve()), "<models>").replace(str(self.root), "<models>")
+            raise ModelLoadFailed(
+                f"Model version {mv.version} cannot be loaded ({reason[:500]}), so it was not activated: "
+                f"{self.active_version() or 'no version'} stays active. Republish it (edge-al export) or promote another."
+            ) from exc

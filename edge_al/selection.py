@@ -14,6 +14,7 @@ from .config import Settings
 from .errors import NoActiveModel
 from .features import Backbone, FeatureCache, find_backbone
 from .registry import Registry
+from .results import label_name
 from .scoring import IdEmbeddings, embedding_file, labeled_reference, novelty_cache
 from .store import Store
 
@@ -111,11 +112,11 @@ def select_next(
                 rank=rank + 1,
                 sample_id=int(sid),
                 path=samples[int(sid)].path,
-                predicted=labels[k] if k < len(labels) else str(k),
+                predicted=label_name(labels, k),
                 confidence=float(p[k]),
                 score=float(sel.score[rank]),
                 components={name: float(v[rank]) for name, v in sel.components.items()},
-                probs={labels[i] if i < len(labels) else str(i): float(p[i]) for i in range(len(p))},
+                probs={label_name(labels, i): float(p[i]) for i in range(len(p))},
             )
         )
     return out

@@ -22,14 +22,8 @@ def status_doc(store: Store, registry: Registry) -> dict[str, Any]:
     mv = registry.active()
     predicted: Counter[str] = Counter()
     if mv is not None:
-        rows = store.query(
-            "SELECT label_index, COUNT(*) AS n FROM predictions p WHERE model_version = ? "
-            "AND sample_id NOT IN (SELECT sample_id FROM annotations) GROUP BY label_index",
-            (mv.version,),
-        )
-        for r in rows:
-            idx = int(r["label_index"])
-            predicted[mv.labels[idx] if idx < len(mv.labels) else str(idx)] = int(r["n"])
+        for idx, n in store.unlabeled_predicted_counts(mv.version).items():
+            predicted[mv.labels[idx] if idx < len(mv.labels) else str(idx)] = n
     return {
         "pool_size": total,
         "labeled": sum(per_class.values()),

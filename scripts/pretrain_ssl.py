@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge_al.images import decode_resized
-from edge_al.simulate import read_dataset, read_groups, split_dataset
+from export.tools.simulate import read_dataset, read_groups, split_dataset
 from export.train import IMAGENET_MEAN, IMAGENET_STD, build_model, to_tensor
 
 

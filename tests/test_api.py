@@ -154,8 +154,9 @@ def test_score_limits(workspace: Any, tmp_path: Path) -> None:
         files = {f"f{i}": (io.BytesIO(b"x"), f"{i}.png") for i in range(3)}
         resp = c.post("/v1/score", data=files, content_type="multipart/form-data")
         assert resp.status_code == 413 and "limit is 2" in check_response(resp, "/v1/score", "POST")["detail"]
+        # every part is an image, file or plain field (the document's multipart schema): this one does not decode
         resp = c.post("/v1/score", data={"field": "value"}, content_type="multipart/form-data")
-        assert resp.status_code == 422
+        assert resp.status_code == 400 and check_response(resp, "/v1/score", "POST")["errors"][0]["filename"] == "field"
 
 
 def test_score_multipart_reports_each_bad_part(client: FlaskClient, workspace: Any) -> None:
@@ -422,15 +423,24 @@ def test_errors_are_problem_json_without_traceback(app: Flask, client: FlaskClie
     assert client.get("/healthz").status_code == 200
 
 
-def test_promoting_a_broken_version_keeps_serving_the_old_one(client: FlaskClient, workspace: Any) -> None:
+def test_promoting_a_broken_version_changes_nothing(client: FlaskClient, workspace: Any) -> None:
     settings, pairs = workspace
     registry = Registry(settings.registry_dir)
     staging = registry.staging()
     (staging / "model.xml").write_text("<not a model/>")
     registry.publish(staging, {"labels": LABELS, "embedding_dim": 16})
-    resp = client.post("/v1/models/v0002/promote")
-    body = check_response(resp, "/v1/models/{version}/promote", "POST")
-    assert resp.status_code == 500 and "still serves v0001" in body["detail"]
+    good = publish_tiny(registry, LABELS, seed=3, promote=False)  # v0003, its weights cut in half below
+    weights = good.path / "model.bin"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    for version in ("v0002", "v0003"):
+        resp = client.post(f"/v1/models/{version}/promote")
+        body = check_response(resp, "/v1/models/{version}/promote", "POST")
+        assert resp.status_code == 409 and body["type"].endswith("model-load-failed"), body
+        assert f"{version} cannot be loaded" in body["detail"] and "v0001 stays active" in body["detail"]
+        assert str(settings.registry_dir) not in body["detail"] and str(settings.home) not in body["detail"]
+        assert registry.active_version() == "v0001"
+        models = check_response(client.get("/v1/models"), "/v1/models", "GET")
+        assert (models["active"], models["serving"]) == ("v0001", "v0001")
     scored = check_response(client.post("/v1/score", data=_png(pairs[0][0]), content_type="image/png"), "/v1/score", "POST")
     assert scored["model_version"] == "v0001"
-    assert check_response(client.post("/v1/models/rollback"), "/v1/models/rollback", "POST")["active"] == "v0001"
+    assert client.post("/v1/models/rollback").status_code == 409  # the broken ones never became active

@@ -34,6 +34,7 @@ from tests.api_support import LABELS, build_workspace
 from tests.helpers import publish_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
+PEOPLE = ("alice", "bob", "carol", "dave")
 
 
 def _free_port() -> int:
@@ -89,6 +90,7 @@ def _start(root: Path, *, score: bool, with_worker: bool, n: int = 40, env: dict
     settings, pairs = build_workspace(root, n=n, score=score)
     store = Store(settings.db_path)
     keys = {role: create_key(store, role, f"{role}-test")[1] for role in ("scorer", "annotator", "admin")}
+    keys.update({who: create_key(store, "annotator", who)[1] for who in PEOPLE})  # one key per person
     store.close()
     port = _free_port()
     log = root / "server.log"
@@ -135,15 +137,15 @@ def _png(server: Server, i: int = 0) -> bytes:
 
 
 def _annotate_from_queue(server: Server, n: int, annotator: str) -> list[int]:
-    queue = server.call("GET", f"/v1/queue?n={n}&annotator={annotator}", role="annotator")
-    assert queue.status == 200, queue.body
+    queue = server.call("GET", f"/v1/queue?n={n}", role=annotator)
+    assert queue.status == 200 and queue.body["holder"] == annotator, queue.body
     store = Store(server.settings.db_path)
     try:
         items = [{"sample_id": it["sample_id"], "action": "correct", "annotator": annotator,
                   "label": server.labels_by_path[store.sample(it["sample_id"]).path]} for it in queue.body["items"]]  # fmt: skip
     finally:
         store.close()
-    reply = server.call("POST", "/v1/annotations", role="annotator", json_body={"annotations": items})
+    reply = server.call("POST", "/v1/annotations", role=annotator, json_body={"annotations": items})
     assert reply.status == 200 and reply.body["written"] == len(items), reply.body
     return [it["sample_id"] for it in items]
 
@@ -184,6 +186,27 @@ def test_score_queue_annotate_job_promote_rescore(server: Server) -> None:
     assert [m["version"] for m in stats["models"]] == ["v0001", "v0002"] and stats["serving"] == "v0002"
     metrics = urllib.request.urlopen(server.base + "/metrics", timeout=10).read().decode()
     assert 'edge_al_active_model_info{version="v0002"} 1.0' in metrics
+
+
+def test_identity_leases_and_undo_belong_to_the_key(server: Server) -> None:
+    bobs = server.call("GET", "/v1/queue?n=2", role="bob").body["items"]
+    # carol names bob: she gets her own leases, never his
+    carols = server.call("GET", "/v1/queue?n=4&annotator=bob", role="carol").body
+    assert carols["holder"] == "carol" and not {it["sample_id"] for it in bobs} & {it["sample_id"] for it in carols["items"]}
+    taken = server.call("POST", "/v1/annotations", role="carol", json_body=[{"sample_id": bobs[0]["sample_id"], "action": "reject"}])
+    assert taken.status == 409 and taken.body["errors"][0]["status"] == 409
+    mine = carols["items"][0]["sample_id"]
+    ok = server.call("POST", "/v1/annotations", role="carol", json_body=[{"sample_id": mine, "action": "reject", "annotator": "bob"}])
+    assert ok.status == 200 and ok.body["written"] == 1
+    assert server.call("POST", "/v1/annotations/undo", role="bob", json_body={"sample_id": mine}).status == 403
+    assert server.call("POST", "/v1/annotations/undo", role="carol", json_body={"sample_id": mine}).body["undone"] is True
+    again = server.call("POST", "/v1/annotations", role="carol", json_body=[{"sample_id": mine, "action": "reject"}])
+    assert again.status == 200 and (again.body["written"], again.body["unchanged"]) == (1, 0)
+    store = Store(server.settings.db_path)
+    try:
+        assert store.current_annotations()[mine].annotator == "carol"
+    finally:
+        store.close()
 
 
 def test_threads_scoring_while_a_model_is_promoted(server: Server) -> None:

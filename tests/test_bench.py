@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_al import bench
 from edge_al.config import Settings
 from edge_al.pool import ingest
 from edge_al.registry import Registry
 from edge_al.store import Store
+from export.tools import bench
 from tests.helpers import publish_tiny
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -189,7 +189,7 @@ def test_inference_error_resolves_futures(holder: ModelHolder) -> None:
     cur = holder._current
     assert cur is not None
     holder._pending = type(cur)({n: Broken(e) for n, e in cur.engines.items()}, cur.version, cur.labels)
-    holder._queue.put(object())  # wake the dispatcher so it swaps
+    holder._batcher.wake()  # wake the dispatcher so it swaps
     with pytest.raises(RuntimeError, match="device lost"):
         holder.score(_images(3), timeout=10)
     assert holder.stats()["errors"] >= 3

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge_al.errors import InvalidInput
-from edge_al.simulate import (
+from export.tools.simulate import (
     COLD_ROW,
     SimConfig,
     labels_to_reach,
@@ -137,7 +137,7 @@ def test_summary_figures_and_reports(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_simulation_end_to_end_on_a_tiny_digits_pool(tmp_path: Path) -> None:
-    from edge_al.simulate import run_simulation
+    from export.tools.simulate import run_simulation
 
     pytest.importorskip("torch")
     data = tmp_path / "digits"

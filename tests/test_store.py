@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_al.errors import InvalidInput, NotFound, UnknownLabel
+from edge_al.errors import InvalidInput, LeaseConflict, NotFound, NotPermitted, UnknownLabel
 from edge_al.store import Store
 
 
@@ -80,3 +80,63 @@ def test_leases_exclusive_and_expire(store: Store) -> None:
     assert store.lease(ids[:1], "bob", 60) == []
     assert store.lease(ids[3:], "carol", -1) == [ids[3]]  # already expired
     assert ids[3] not in store.leased_ids()
+
+
+def test_unchanged_only_while_the_decision_stands(store: Store) -> None:
+    sid, _ = store.add_sample("h1", "/a.png", 4, 4)
+    store.add_label("ok")
+    assert store.add_annotation(sid, "correct", "ok", "alice") is True
+    assert store.undo_annotation(sid, "admin", any_annotator=True) is True
+    # alice's decision was undone by someone else: posting it again writes it again
+    assert store.add_annotation(sid, "correct", "ok", "alice") is True
+    assert store.current_annotations()[sid].annotator == "alice"
+    assert store.add_annotation(sid, "reject", None, "bob") is True
+    # bob decided after alice: alice's decision no longer stands, so hers is written again
+    assert store.add_annotation(sid, "correct", "ok", "alice") is True
+    assert store.add_annotation(sid, "correct", "ok", "alice") is False
+
+
+def test_undo_is_the_owners_unless_any_annotator(store: Store) -> None:
+    sid, _ = store.add_sample("h1", "/a.png", 4, 4)
+    store.add_label("ok")
+    store.add_annotation(sid, "correct", "ok", "alice")
+    with pytest.raises(NotPermitted, match="'alice''s, not 'bob''s"):
+        store.undo_annotation(sid, "bob")
+    assert store.current_annotations()[sid].annotator == "alice"
+    assert store.undo_annotation(sid, "lead", any_annotator=True) is True
+    assert store.undo_annotation(sid, "alice") is False  # nothing stands any more
+    assert [a.action for a in store.annotation_history(sid)] == ["correct", "undo"]
+
+
+def test_decisions_respect_other_holders_leases(store: Store) -> None:
+    a, _ = store.add_sample("h1", "/a.png", 4, 4)
+    store.add_label("ok")
+    store.lease([a], "bob", 60)
+    with pytest.raises(LeaseConflict, match="leased to another annotator"):
+        store.add_annotation(a, "correct", "ok", "alice", respect_leases=True)
+    assert store.current_annotations() == {}
+    assert store.add_annotation(a, "correct", "ok", "bob", respect_leases=True) is True  # the holder's own
+    store.lease([a], "bob", 60)
+    assert store.add_annotation(a, "reject", None, "admin") is True  # leases not checked (CLI, admins)
+    assert store.leased_ids() == set()  # a decision ends the lease
+
+
+def test_lease_limit_per_holder(store: Store) -> None:
+    ids = [store.add_sample(f"h{i}", f"/p{i}.png", 4, 4)[0] for i in range(6)]
+    assert store.lease(ids, "alice", 60, max_live=3) == ids[:3]
+    assert store.held_ids("alice") == set(ids[:3])
+    assert store.lease(ids[3:], "alice", 60, max_live=3) == []  # full: nothing new
+    assert store.lease(ids[:2], "alice", 60, max_live=3) == ids[:2]  # renewing is fine
+    assert store.lease(ids[3:], "bob", 60, max_live=3) == ids[3:]  # the limit is per holder
+
+
+def test_unlabeled_predicted_counts_skip_standing_decisions_only(store: Store) -> None:
+    ids = [store.add_sample(f"h{i}", f"/p{i}.png", 4, 4)[0] for i in range(4)]
+    store.add_label("ok")
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]], dtype=np.float32)
+    scores = {"least_confidence": 0.1, "margin": 0.2, "entropy": 0.3}
+    store.put_predictions("v0001", [(i, p, scores) for i, p in zip(ids, probs, strict=True)])
+    store.add_annotation(ids[0], "correct", "ok", "a")
+    store.add_annotation(ids[1], "correct", "ok", "a")
+    store.undo_annotation(ids[1], "a")
+    assert store.unlabeled_predicted_counts("v0001") == {0: 1, 1: 2}

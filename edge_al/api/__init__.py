@@ -7,7 +7,7 @@ which happens on the first request (``START_MODEL="lazy"``, the default), right 
 ``--preload``) builds the app, and the model, in each worker after the fork.
 
 Configuration: defaults below, then ``EDGE_AL_<KEY>`` environment variables for the keys in
-``_ENV_KEYS``, then ``test_config``. The service objects (settings, store, registry, model
+``ENV_KEYS`` (read by ``edge_al.config.env_values``, the one loader), then ``test_config``. The service objects (settings, store, registry, model
 holder, job manager, metrics) live on ``app.extensions["edge_al"]`` as a ``Service``.
 """
 
@@ -15,26 +15,28 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, g, request
 from flask.wrappers import Response
 
-from edge_al.config import Settings, load_settings
+from edge_al.config import Settings, env_values, load_settings
 from edge_al.registry import Registry
 from edge_al.store import Store
 
 if TYPE_CHECKING:
+    from flask_openapi3 import OpenAPI
+
     from edge_al.dispatch import ModelHolder
     from edge_al.jobs import JobManager
 
     from .metrics import Metrics
 
-__all__ = ["DEFAULTS", "Service", "create_app", "service"]
+__all__ = ["DEFAULTS", "ENV_KEYS", "Service", "create_app", "register_routes", "service"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_ANNOTATIONS_PER_REQUEST": 1000,
     "MAX_QUEUE_N": 200,
     "LEASE_SECONDS": 600,
+    "MAX_LEASES_PER_KEY": 200,  # live leases one annotator (key) may hold
     "RETRAIN_AFTER": None,  # None: settings.retrain_after
     "SCORE_TIMEOUT_S": 30.0,
     "START_MODEL": "lazy",  # True | False | "lazy"
@@ -52,19 +55,25 @@ DEFAULTS: dict[str, Any] = {
     "MAX_BATCH": 8,
     "MAX_WAIT_MS": 5.0,
     "BATCHING": True,
+    "BATCH_POLICY": "adaptive",  # or "fixed" (edge_al.serving.batcher)
     "POLL_S": 2.0,
     "JOBS": True,  # False: no job manager (POST /v1/jobs answers 503)
     "HOLDER": None,  # an object with the ModelHolder interface, instead of building one
     "JOB_MANAGER": None,  # an object with the JobManager interface, instead of building one
 }
 
-_ENV_KEYS = {
+ENV_KEYS: dict[str, Callable[[str], Any]] = {
     "MAX_CONTENT_LENGTH": int,
     "MAX_IMAGES_PER_REQUEST": int,
     "LEASE_SECONDS": int,
+    "MAX_LEASES_PER_KEY": int,
     "DEVICE": str,
     "MAX_BATCH": int,
     "MAX_WAIT_MS": float,
+    "RATE_LIMIT_SCORER": str,
+    "RATE_LIMIT_ANNOTATOR": str,
+    "RATE_LIMIT_ADMIN": str,
+    "RATE_LIMIT_STORAGE": str,
 }
 
 
@@ -110,33 +119,38 @@ def service() -> Service:
 
 def _config(settings: Settings, test_config: dict[str, Any] | None) -> dict[str, Any]:
     cfg = dict(DEFAULTS)
-    for key, kind in _ENV_KEYS.items():
-        raw = os.environ.get(f"EDGE_AL_{key}")
-        if raw:
-            try:
-                cfg[key] = kind(raw)
-            except ValueError:
-                raise ValueError(f"The environment variable EDGE_AL_{key} must be a {kind.__name__}. Got {raw!r} instead.") from None
+    cfg.update(env_values(ENV_KEYS))
     cfg.update(test_config or {})
     return cfg
 
 
-def create_app(settings: Settings | None = None, test_config: dict[str, Any] | None = None) -> Flask:
-    """The Flask app for a workspace (``settings`` default: ``load_settings()`` from the environment)."""
-    from . import errors, health, jobs, labels, models, openapi, queue, samples, score, stats, ui
+def register_routes(app: OpenAPI) -> None:
+    """Every blueprint of the service on ``app`` (also what the OpenAPI document is generated from)."""
+    from . import health, jobs, labels, models, openapi, queue, samples, score, stats, ui
 
     # "annotations" is also the __future__ feature bound in this module: import it by full name
     annotations = importlib.import_module("edge_al.api.annotations")
+    for api in (score.bp, samples.bp, queue.bp, annotations.bp, labels.bp, jobs.bp, models.bp, stats.bp, health.bp, openapi.bp):
+        app.register_api(api)
+    app.register_blueprint(ui.bp)
+
+
+def create_app(settings: Settings | None = None, test_config: dict[str, Any] | None = None) -> Flask:
+    """The Flask app for a workspace (``settings`` default: ``load_settings()`` from the environment)."""
+    from . import errors, openapi
+    from ._util import SafeJSONProvider, require_json_content
     from .auth import check_request
+    from .limits import init_limiter
     from .metrics import Metrics
 
     settings = settings or load_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     cfg = _config(settings, test_config)
 
-    app = Flask(__name__, static_folder=None)
+    app = openapi.new_app(__name__)
     app.config.update(cfg)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = SafeJSONProvider(app)
+    app.json.sort_keys = False
 
     store = Store(settings.db_path)
     registry = Registry(settings.registry_dir)
@@ -151,6 +165,7 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
             max_batch=int(cfg["MAX_BATCH"]),
             max_wait_ms=float(cfg["MAX_WAIT_MS"]),
             batching=bool(cfg["BATCHING"]),
+            adaptive=str(cfg["BATCH_POLICY"]) != "fixed",
             poll_s=float(cfg["POLL_S"]),
             store=store,
         )
@@ -164,27 +179,17 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     app.extensions["edge_al"] = svc
 
     errors.register_error_handlers(app)
-    for bp in (
-        score.bp,
-        samples.bp,
-        queue.bp,
-        annotations.bp,
-        labels.bp,
-        jobs.bp,
-        models.bp,
-        stats.bp,
-        health.bp,
-        openapi.bp,
-        ui.bp,
-    ):
-        app.register_blueprint(bp)
+    register_routes(app)
 
     @app.before_request
     def _before() -> None:
         g.t0 = time.perf_counter()
         check_request(store, bool(app.config["AUTH_REQUIRED"]))
+        require_json_content()
         if app.config["START_MODEL"] == "lazy" and request.endpoint != "health.healthz":
             svc.start_model()
+
+    init_limiter(app)  # after _before: limits are per key, so the key must be known
 
     @app.after_request
     def _after(resp: Response) -> Response:

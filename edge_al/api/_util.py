@@ -1,4 +1,10 @@
-"""Request parsing shared by the blueprints: uploaded images, query integers, JSON bodies."""
+"""Request parsing shared by the blueprints: uploaded images, query values, JSON bodies.
+
+JSON bodies are parsed by :class:`SafeJSONProvider` (the app's ``app.json``), which answers a
+precise 422 problem instead of a 500 for what ``json.loads`` lets through or chokes on: nesting
+deeper than ``MAX_JSON_DEPTH``, integer literals over Python's 4,300-digit limit, and strings
+holding unpaired UTF-16 surrogates (``"\\ud800"``), which no UTF-8 store can keep.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +14,31 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app, request
+from flask.json.provider import DefaultJSONProvider
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
 from edge_al.errors import EdgeALError, ImageTooLarge, InvalidInput
 from edge_al.images import ImageInfo, probe
+from edge_al.lifecycle import annotations_since_model as lifecycle_annotations_since_model
 from edge_al.registry import ModelVersion, Registry, headline_metrics
 from edge_al.store import Store
 
 from .errors import Problem, status_for
 
 __all__ = [
+    "MAX_JSON_DEPTH",
+    "SafeJSONProvider",
     "Upload",
     "annotations_since_model",
     "clean",
     "headline_metrics",
     "json_body",
+    "json_request",
     "model_row",
-    "query_bool",
-    "query_int",
+    "multipart_parts",
+    "parse_json",
     "read_uploads",
+    "require_json_content",
 ]
 
 
@@ -50,12 +63,11 @@ def read_uploads(max_pixels: int, max_bytes: int) -> list[Upload]:
     if ctype.startswith("image/"):
         parts.append((request.args.get("filename", "") or "", request.get_data(cache=False)))
     elif ctype == "multipart/form-data":
-        files = [f for key in request.files for f in request.files.getlist(key)]
-        if len(files) > limit:
-            raise Problem(413, f"The request has {len(files)} images; the limit is {limit} per request.", slug="too-many-images")
-        parts = [(f.filename or f.name or "", f.read()) for f in files]
+        parts = multipart_parts()
+        if len(parts) > limit:
+            raise Problem(413, f"The request has {len(parts)} images; the limit is {limit} per request.", slug="too-many-images")
         if not parts:
-            raise InvalidInput("The multipart body has no file parts: send each image as a file part (e.g. curl -F image=@a.jpg).")
+            raise InvalidInput("The multipart body has no parts: send each image as a part (e.g. curl -F image=@a.jpg).")
     else:
         raise Problem(
             415,
@@ -83,29 +95,96 @@ def read_uploads(max_pixels: int, max_bytes: int) -> list[Upload]:
     return out
 
 
-def query_int(name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
+def multipart_parts() -> list[tuple[str, bytes]]:
+    """``(filename or field name, bytes)`` of every part of a multipart body, file or not: an image sent
+    as a plain field (no filename) is still an image. A malformed or truncated body: 400."""
+    boundary = request.mimetype_params.get("boundary", "")
+    if not boundary or len(boundary) > 70:
+        raise Problem(400, "The multipart body needs a boundary of 1-70 characters in its Content-Type.", slug="malformed-multipart")
+    decoder = MultipartDecoder(boundary.encode("latin-1", "replace"))
+    decoder.receive_data(request.get_data(cache=False))
+    decoder.receive_data(None)
+    parts: list[tuple[str, bytearray]] = []
+    while True:
+        try:
+            event = decoder.next_event()
+        except ValueError:
+            raise Problem(400, "The multipart body is malformed or cut short: send complete parts, each ending with the "
+                          "boundary, and a closing boundary.", slug="malformed-multipart") from None  # fmt: skip
+        if isinstance(event, (Field, File)):
+            parts.append((getattr(event, "filename", None) or event.name, bytearray()))
+        elif isinstance(event, Data) and parts:
+            parts[-1][1].extend(event.data)
+        elif isinstance(event, (Epilogue, NeedData)):
+            return [(name, bytes(data)) for name, data in parts]
+
+
+MAX_JSON_DEPTH = 32
+
+
+def parse_json(raw: str | bytes) -> Any:
+    """``raw`` parsed, or ``InvalidInput`` (422) saying what is wrong with it (never a 500)."""
     try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidInput(f"The '{name}' parameter must be an int in [{lo}, {hi}]. Got {raw!r} instead.") from None
-    if not lo <= value <= hi:
-        raise InvalidInput(f"The '{name}' parameter must be an int in [{lo}, {hi}]. Got {value} instead.")
+        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"The body is not UTF-8 (byte {exc.start}): send JSON encoded as UTF-8.") from None
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise InvalidInput(f"The JSON body is nested too deeply: at most {MAX_JSON_DEPTH} levels are accepted.") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"The body is not valid JSON: {exc}. Send a JSON document with Content-Type: application/json.") from None
+    except ValueError:  # an integer literal over Python's 4,300-digit limit
+        raise InvalidInput("The JSON body holds an integer literal of more than 4,300 digits: ids and counts fit in 19 digits.") from None
+    _check_tree(value)
     return value
 
 
-def query_bool(name: str, default: bool = False) -> bool:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    text = raw.strip().lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off"}:
-        return False
-    raise InvalidInput(f"The '{name}' parameter must be true or false. Got {raw!r} instead.")
+def _check_tree(value: Any) -> None:
+    """Depth and string checks over a parsed document, iteratively (no recursion limit to hit)."""
+    stack: list[tuple[Any, int, str]] = [(value, 1, "$")]
+    while stack:
+        node, depth, where = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidInput(f"The JSON body is nested {depth}+ levels deep at {where}: at most {MAX_JSON_DEPTH} levels are accepted.")
+        if isinstance(node, str):
+            _check_text(node, where)
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                _check_text(k, where)
+                stack.append((v, depth + 1, f"{where}.{k}" if len(where) < 200 else where))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1, f"{where}[{i}]" if len(where) < 200 else where) for i, v in enumerate(node))
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(
+            f"The string at {where} holds an unpaired UTF-16 surrogate (character {exc.start}): send valid Unicode text."
+        ) from None
+
+
+class SafeJSONProvider(DefaultJSONProvider):
+    """Flask's JSON provider with :func:`parse_json` for request bodies."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return parse_json(s)
+
+
+def json_request(view: Any) -> Any:
+    """Mark a view as taking a JSON body: other content types get 415 before the view runs."""
+    view.json_body = True
+    return view
+
+
+def require_json_content() -> None:
+    """The ``before_request`` check for views marked with :func:`json_request` (after authentication)."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    if getattr(view, "json_body", False) and not request.is_json:
+        raise Problem(415, f"Send a JSON body with Content-Type: application/json. Got {request.mimetype or 'no content type'}.",
+                      slug="unsupported-media-type")  # fmt: skip
 
 
 def json_body() -> Any:
@@ -114,10 +193,7 @@ def json_body() -> Any:
         raise Problem(415, f"Send a JSON body with Content-Type: application/json. Got {request.mimetype or 'no content type'}.",
                       slug="unsupported-media-type")  # fmt: skip
     raw = request.get_data(cache=True)
-    try:
-        return json.loads(raw.decode("utf-8")) if raw else None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"The body is not valid JSON: {exc}") from None
+    return parse_json(raw) if raw else None
 
 
 def clean(value: Any) -> Any:
@@ -158,16 +234,7 @@ def model_row(mv: ModelVersion, active: str | None) -> dict[str, Any]:
     }
 
 
-def annotations_since_model(store: Store, registry: Registry, jobs: Any = None) -> int:
-    """Annotations since the active model: the job manager's count (the one it compares with
-    ``retrain_after``) when there is one, else labeled samples beyond the model's ``num_train_labels``."""
-    counter = getattr(jobs, "annotations_since_model", None)
-    if counter is not None:
-        return int(counter())
-    labeled = sum(1 for a in store.current_annotations().values() if a.label is not None)
-    mv = registry.active()
-    if mv is None:
-        return labeled
-    n = mv.meta.get("num_train_labels")
-    trained = int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else 0
-    return max(0, labeled - trained)
+def annotations_since_model(store: Store, registry: Registry) -> int:
+    """Decisions since the active model (``lifecycle.annotations_since_model``): the same figure
+    whether or not the job system runs."""
+    return lifecycle_annotations_since_model(store, registry)

@@ -11,6 +11,12 @@ against every stored hash with ``hmac.compare_digest`` (no early exit), so the t
 says nothing about which key, if any, matched. Keys travel as ``Authorization: Bearer <key>``
 or ``X-API-Key: <key>``; missing or unknown: 401; a known key without the role: 403.
 
+Identity: an annotator key is issued to a person (``keys add --role annotator --name NAME``).
+Its requests act as that name: decisions are recorded under it, leases belong to it, and an
+``annotator`` field or parameter it sends is ignored (``Principal.acting_as``). Only an admin
+key acts for a named annotator (imports, the single-user ``--no-auth`` page). Line systems use
+scorer keys, which reach only ``/v1/score``.
+
 Views declare what they need with ``@require("annotator")``; ``@public`` marks a view that
 needs no key. Under ``/v1`` a view that declares nothing needs ``admin`` (deny by default);
 outside ``/v1`` (the annotation page, health, metrics) views are public.
@@ -21,14 +27,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask import current_app, g, request
 
-from edge_al.errors import InvalidInput, NotFound
+from edge_al.errors import InvalidInput
 from edge_al.store import Store
 
 from .errors import Problem
@@ -67,6 +72,16 @@ class Principal:
             return self.name
         return self.name or f"key-{self.key_id}"
 
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def acting_as(self, requested: str | None) -> str:
+        """The annotator a request acts as: an admin may name anyone (``requested``, else its own
+        holder); every other key acts as its own holder, and a name it sends is ignored."""
+        name = (requested or "").strip()[:128]
+        return name if (self.is_admin and name) else self.holder
+
 
 ANONYMOUS = Principal(None, "admin", "local")
 
@@ -82,41 +97,32 @@ def _check_role(role: str) -> str:
 
 
 def create_key(store: Store, role: str, name: str = "") -> tuple[int, str]:
-    """Create a key; returns ``(id, token)``. The token is shown once and never stored."""
+    """Create a key; returns ``(id, token)``. The token is shown once and never stored.
+
+    An annotator key is issued to a person and needs their ``name``: decisions and leases are
+    recorded under it. Several keys may share a name (a person's new key before the old one is
+    revoked); they then act as the same annotator."""
     _check_role(role)
     name = (name or "").strip()
-    if len(name) > 128 or any(ch in name for ch in "\r\n\t"):
+    if len(name) > 128 or not name.isprintable():
         raise InvalidInput(f"A key name must be at most 128 printable characters. Got {name!r} instead.")
+    if role == "annotator" and not name:
+        raise InvalidInput("An annotator key is issued to a person: give their name (--name NAME); decisions are recorded under it.")
     token = _PREFIX + secrets.token_urlsafe(32)
-    with store.tx() as c:
-        cur = c.execute(
-            "INSERT INTO api_keys(key_hash, role, name, created_at) VALUES (?, ?, ?, ?)",
-            (_hash(token), role, name, time.time()),
-        )
-        return int(cur.lastrowid or 0), token
+    return store.add_api_key(_hash(token), role, name), token
 
 
 def list_keys(store: Store, include_revoked: bool = True) -> list[dict[str, Any]]:
     """Keys without their secrets: id, role, name, created_at, revoked."""
-    sql = "SELECT id, role, name, created_at, revoked FROM api_keys"
-    if not include_revoked:
-        sql += " WHERE revoked = 0"
     return [
-        {"id": int(r["id"]), "role": r["role"], "name": r["name"], "created_at": float(r["created_at"]), "revoked": bool(r["revoked"])}
-        for r in store.query(sql + " ORDER BY id")
+        {"id": k.id, "role": k.role, "name": k.name, "created_at": k.created_at, "revoked": k.revoked}
+        for k in store.api_keys(include_revoked=include_revoked)
     ]
 
 
 def revoke_key(store: Store, key_id: int) -> bool:
     """Revoke a key; returns False when it was already revoked. Unknown id: NotFound."""
-    with store.tx() as c:
-        row = c.execute("SELECT revoked FROM api_keys WHERE id = ?", (int(key_id),)).fetchone()
-        if row is None:
-            raise NotFound(f"API key {key_id} does not exist: see `edge-al keys list`.")
-        if row["revoked"]:
-            return False
-        c.execute("UPDATE api_keys SET revoked = 1 WHERE id = ?", (int(key_id),))
-        return True
+    return store.revoke_api_key(key_id)
 
 
 def authenticate(store: Store, token: str) -> Principal | None:
@@ -125,9 +131,9 @@ def authenticate(store: Store, token: str) -> Principal | None:
         return None
     presented = _hash(token)
     found: Principal | None = None
-    for r in store.query("SELECT id, key_hash, role, name FROM api_keys WHERE revoked = 0"):
-        if hmac.compare_digest(presented, r["key_hash"]):
-            found = Principal(int(r["id"]), r["role"], r["name"])
+    for k in store.api_keys(include_revoked=False):
+        if hmac.compare_digest(presented, k.key_hash):
+            found = Principal(k.id, k.role, k.name)
     return found
 
 

@@ -35,9 +35,8 @@ def is_loopback(host: str) -> bool:
 
 
 def cmd_serve(ctx: Any) -> int:
-    from waitress import create_server
-
     from . import create_app
+    from .wsgi_server import create_server
 
     a = ctx.args
     if a.no_auth and not is_loopback(a.host):
@@ -58,6 +57,7 @@ def cmd_serve(ctx: Any) -> int:
             "MAX_BATCH": a.max_batch,
             "MAX_WAIT_MS": a.max_wait_ms,
             "BATCHING": not a.no_batching,
+            "BATCH_POLICY": a.batch_policy,
         },
     )
     svc = app.extensions["edge_al"]
@@ -70,7 +70,7 @@ def cmd_serve(ctx: Any) -> int:
             stop_worker = start_worker_thread(ctx.settings, manager=svc.jobs)
         svc.start_model()
         app.config["START_MODEL"] = True
-        host, port = server.effective_host, server.effective_port  # type: ignore[union-attr]
+        host, port = server.effective_host, server.effective_port
         ready = f"model {svc.holder.version}" if svc.holder is not None and svc.holder.ready else "no model yet (GET /readyz)"
         print(f"edge-al: serving http://{host}:{port} ({ready}; auth {'off' if a.no_auth else 'on'}"
               f"{'; worker in-process' if a.with_worker else ''})", flush=True)  # fmt: skip
@@ -141,6 +141,8 @@ def register(sub: Any) -> None:
     p.add_argument("--max-batch", type=positive_int, default=8, help="largest batch the dispatcher forms (default 8)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request may wait for a batch to fill (default 5)")
     p.add_argument("--no-batching", action="store_true", help="one inference per image (benchmark baseline)")
+    p.add_argument("--batch-policy", choices=("adaptive", "fixed"), default="adaptive",
+                   help="adaptive: batch size follows the number of concurrent requests (default); fixed: fill to --max-batch")  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run the job worker (retrain, score jobs)")
@@ -151,7 +153,11 @@ def register(sub: Any) -> None:
     ks = p.add_subparsers(dest="keys_verb", required=True, metavar="ACTION")
     k = ks.add_parser("add", help="create a key and print it once")
     k.add_argument("--role", required=True, choices=ROLES)
-    k.add_argument("--name", default="", help="who or what uses it (shown in lists, used as the default annotator)")
+    k.add_argument(
+        "--name",
+        default="",
+        help="who or what uses it; an annotator key needs the person's name: decisions and leases are recorded under it",
+    )
     k.set_defaults(func=cmd_keys_add)
     k = ks.add_parser("list", help="list keys (never their secrets)")
     k.set_defaults(func=cmd_keys_list)

@@ -8,10 +8,14 @@ raised                         status  when
 ``UnknownLabel``               422     a label the project does not have
 ``InvalidInput``               422     a field or parameter of the wrong form
 ``NotFound``                   404     unknown sample, model version or job
+``NotPermitted``               403     an annotator acting on another's decision
+``LeaseConflict``              409     a sample leased to another annotator
+``ModelLoadFailed``            409     a version that cannot load is not activated
 ``Conflict`` / ``GateFailed``  409     the state does not allow it
 ``NoActiveModel``              503     nothing to score with yet (``Retry-After``)
 ``MissingDependency``          503     an optional extra is not installed here
 ``Problem``                    any     raised by the HTTP layer itself (401, 403, 415, ...)
+pydantic ``ValidationError``   422     a path, query or body field against its schema
 werkzeug ``HTTPException``     its     404/405 routing, 413 over ``MAX_CONTENT_LENGTH``
 anything else                  500     logged with its traceback; the body says only "internal"
 =============================  ======  ==============================================
@@ -27,6 +31,7 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, request
+from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from edge_al.errors import (
@@ -36,13 +41,16 @@ from edge_al.errors import (
     ImageError,
     ImageTooLarge,
     InvalidInput,
+    LeaseConflict,
     MissingDependency,
+    ModelLoadFailed,
     NoActiveModel,
     NotFound,
+    NotPermitted,
     UnknownLabel,
 )
 
-__all__ = ["PROBLEM_MIME", "Problem", "problem_response", "register_error_handlers", "status_for"]
+__all__ = ["PROBLEM_MIME", "Problem", "problem_response", "register_error_handlers", "short", "status_for", "validation_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +80,9 @@ _DOMAIN: list[tuple[type[EdgeALError], int, str]] = [
     (UnknownLabel, 422, "unknown-label"),
     (InvalidInput, 422, "invalid-input"),
     (NotFound, 404, "not-found"),
+    (NotPermitted, 403, "not-permitted"),
+    (LeaseConflict, 409, "leased-to-another"),
+    (ModelLoadFailed, 409, "model-load-failed"),
     (Conflict, 409, "conflict"),
     (GateFailed, 409, "gate-failed"),
     (NoActiveModel, 503, "no-active-model"),
@@ -133,6 +144,31 @@ def problem_response(
     return resp
 
 
+def short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a 5,000-digit integer has no repr on Python 3.11+)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        text = f"an integer of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_PARTS = {"Path": "path parameter", "Query": "query parameter"}
+
+
+def validation_problem(exc: ValidationError) -> Response:
+    """A 422 problem naming each field that failed its schema (flask-openapi3's validation callback)."""
+    part = next((v for k, v in _PARTS.items() if exc.title.endswith(k)), "body field")
+    prefix = {"path parameter": "path", "query parameter": "query"}.get(part, "body")
+    items = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(x) for x in err["loc"]) or "(the body)"
+        got = "" if err["type"] == "missing" else f" Got {short(err.get('input'))} instead."
+        items.append({"field": f"{prefix}.{loc}", "detail": f"The {loc!r} {part}: {err['msg']}.{got}"})
+    more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+    return problem_response(422, items[0]["detail"] + more, slug="invalid-input", errors=items)
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Problem)
     def _problem(exc: Problem) -> Response:
@@ -153,8 +189,10 @@ def register_error_handlers(app: Flask) -> None:
             detail = f"The request body is over the limit of {limit:,} bytes." if limit else detail
         elif status == 404:
             detail = f"There is no resource at {request.path}."
+        elif status == 429:
+            detail = f"This API key is over its request budget ({exc.description}): retry after Retry-After seconds."
         elif status == 405:
-            allowed = exc.valid_methods if hasattr(exc, "valid_methods") else None  # type: ignore[attr-defined]
+            allowed = exc.valid_methods if hasattr(exc, "valid_methods") else None
             detail = f"{request.method} is not allowed on {request.path}" + (f"; allowed: {', '.join(allowed)}." if allowed else ".")
         headers = {k: v for k, v in exc.get_headers() if k.lower() not in {"content-type", "content-length"}}
         return problem_response(status, detail, headers=headers)

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import jsonify
 from flask.wrappers import Response
+from flask_openapi3 import APIBlueprint
 
 from . import service
 from .auth import public
 from .errors import problem_response
+from .openapi import binary_response, op
+from .schemas import Health, Ready
 
 __all__ = ["bp"]
 
-bp = Blueprint("health", __name__)
+bp = APIBlueprint("health", __name__)
+_TEXT = {200: binary_response("Prometheus text exposition", ("text/plain",))}
 
 
-@bp.get("/healthz")
+@bp.get("/healthz", **op("The process answers", None, {200: Health}))
 @public
 def healthz() -> Response:
     return jsonify({"status": "ok"})
 
 
-@bp.get("/readyz")
+@bp.get("/readyz", **op("A model is loaded", None, {200: Ready}, 503))
 @public
 def readyz() -> Response:
     holder = service().holder
@@ -31,7 +35,7 @@ def readyz() -> Response:
     return jsonify({"status": "ready", "model_version": holder.version})
 
 
-@bp.get("/metrics")
+@bp.get("/metrics", **op("Prometheus metrics", None, _TEXT))
 @public
 def metrics() -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST

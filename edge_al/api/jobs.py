@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from flask import Blueprint, jsonify
+from flask import jsonify
 from flask.wrappers import Response
+from flask_openapi3 import APIBlueprint
 
-from edge_al.errors import InvalidInput, MissingDependency
+from edge_al.errors import MissingDependency
 
 from . import service
-from ._util import clean, json_body, query_int
+from ._util import clean, json_request
 from .auth import require
+from .openapi import op
+from .schemas import Job, JobCreate, JobList, JobPath, JobsQuery
 
-__all__ = ["JOB_KINDS", "bp"]
+__all__ = ["bp"]
 
-bp = Blueprint("jobs", __name__)
-
-JOB_KINDS = ("retrain", "score")
+bp = APIBlueprint("jobs", __name__)
 
 
 def _manager() -> Any:
@@ -28,38 +28,28 @@ def _manager() -> Any:
     return jobs
 
 
-@bp.post("/v1/jobs")
+@bp.post("/v1/jobs", **op("Queue a job", "admin", {202: Job}, 409, 413, 415, 422, 503))
 @require("admin")
-def submit() -> tuple[Response, int]:
-    body = json_body()
-    if not isinstance(body, Mapping):
-        raise InvalidInput('The body must be {"kind": "retrain" | "score", "params": {...}}.')
-    kind = body.get("kind")
-    if kind not in JOB_KINDS:
-        raise InvalidInput(f"The 'kind' field must be one of {', '.join(JOB_KINDS)}. Got {kind!r} instead.")
-    params = body.get("params", {})
-    if params is None:
-        params = {}
-    if not isinstance(params, Mapping):
-        raise InvalidInput(f"The 'params' field must be an object. Got {params!r} instead.")
-    job = _manager().submit(str(kind), dict(params))
-    return jsonify(clean(job)), 202
+@json_request
+def submit(body: JobCreate) -> tuple[Response, int]:
+    job = body.root
+    job_doc = _manager().submit(job.kind, job.params.model_dump(exclude_none=True) if job.params else {})
+    return jsonify(clean(job_doc)), 202
 
 
-@bp.get("/v1/jobs")
+@bp.get("/v1/jobs", **op("Recent jobs, newest first", "admin", {200: JobList}, 422, 503))
 @require("admin")
-def list_jobs() -> Response:
-    limit = query_int("limit", 50, 1, 1000)
-    return jsonify(clean({"jobs": _manager().list(limit=limit)}))
+def list_jobs(query: JobsQuery) -> Response:
+    return jsonify(clean({"jobs": _manager().list(limit=query.limit)}))
 
 
-@bp.get("/v1/jobs/<job_id>")
+@bp.get("/v1/jobs/<int:job_id>", **op("One job", "admin", {200: Job}, 404, 422, 503))
 @require("admin")
-def get_job(job_id: str) -> Response:
-    return jsonify(clean(_manager().get(job_id)))
+def get_job(path: JobPath) -> Response:
+    return jsonify(clean(_manager().get(path.job_id)))
 
 
-@bp.post("/v1/jobs/<job_id>/cancel")
+@bp.post("/v1/jobs/<int:job_id>/cancel", **op("Cancel a queued or running job", "admin", {200: Job}, 404, 409, 422, 503))
 @require("admin")
-def cancel_job(job_id: str) -> Response:
-    return jsonify(clean(_manager().cancel(job_id)))
+def cancel_job(path: JobPath) -> Response:
+    return jsonify(clean(_manager().cancel(path.job_id)))

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from flask import Blueprint, jsonify
+from flask import jsonify
 from flask.wrappers import Response
-
-from edge_al.errors import InvalidInput
+from flask_openapi3 import APIBlueprint
 
 from . import service
-from ._util import json_body
+from ._util import json_request
 from .auth import require
+from .openapi import op
+from .schemas import LabelCreate, Labels
 
 __all__ = ["bp"]
 
-bp = Blueprint("labels", __name__)
+bp = APIBlueprint("labels", __name__)
 
 
 def _labels() -> list[str]:
@@ -27,18 +26,15 @@ def _labels() -> list[str]:
     return labels
 
 
-@bp.get("/v1/labels")
+@bp.get("/v1/labels", **op("The project's labels", "annotator", {200: Labels}))
 @require("annotator")
 def list_labels() -> Response:
     return jsonify({"labels": _labels()})
 
 
-@bp.post("/v1/labels")
+@bp.post("/v1/labels", **op("Add a label (picked up by the next retrain)", "admin", {201: Labels, 200: Labels}, 413, 415, 422))
 @require("admin")
-def add_label() -> tuple[Response, int]:
-    body = json_body()
-    name = body.get("name") if isinstance(body, Mapping) else None
-    if not isinstance(name, str):
-        raise InvalidInput(f'The body must be {{"name": "<label>"}}. Got {body!r} instead.')
-    created = service().store.add_label(name)
+@json_request
+def add_label(body: LabelCreate) -> tuple[Response, int]:
+    created = service().store.add_label(body.name)
     return jsonify({"labels": _labels(), "created": created}), 201 if created else 200

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _NAME_RE = re.compile(r"[^a-zA-Z0-9_]")
 # ModelHolder.stats() entries that only grow: exported as counters (name + "_total")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _DISPATCH_COUNTERS = {"batches", "images", "errors", "swaps", "inference_seconds", "batch_sizes"}
 
 
@@ -141,6 +142,9 @@ class Metrics:
         self._state.svc = svc
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one request. Label values are bounded whatever clients send: a method outside
+        ``_METHODS`` counts as ``other``, a path no route matches as ``<unmatched>``."""
+        method = method if method in _METHODS else "other"
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
 

@@ -4,6 +4,12 @@ The ranking excludes samples leased to anyone else; the chosen ones are then lea
 transaction, which gives a sample to at most one holder (a concurrent caller that ranked the
 same sample loses it there and gets the next ones instead). Asking again as the same holder
 renews that holder's leases; a lease that expires returns its sample to the queue.
+
+The holder is the key's annotator (``Principal.acting_as``: only an admin may name another with
+``?annotator=``), so nobody takes over another's live lease. A holder keeps at most
+``MAX_LEASES_PER_KEY`` live leases (200): at the limit the queue ranks only the samples it
+already holds (renewing them) and hands out nothing new until it decides some or they expire;
+near it, fewer items than ``n``. ``leases_held`` and ``lease_limit`` in the answer say where it stands.
 """
 
 from __future__ import annotations
@@ -11,33 +17,38 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import current_app, jsonify
 from flask.wrappers import Response
+from flask_openapi3 import APIBlueprint
 
-from edge_al import acquisition
 from edge_al.errors import InvalidInput, NoActiveModel
 from edge_al.features import find_backbone
 from edge_al.selection import select_next
 
 from . import service
-from ._util import clean, query_int
+from ._util import clean
 from .auth import current_principal, require
+from .openapi import op
+from .schemas import Queue, QueueQuery
 
 __all__ = ["bp"]
 
-bp = Blueprint("queue", __name__)
+bp = APIBlueprint("queue", __name__)
 
 
-@bp.get("/v1/queue")
+_QUEUE_OP = op("The next samples to annotate, leased to the caller", "annotator", {200: Queue}, 409, 422, 503)
+
+
+@bp.get("/v1/queue", **_QUEUE_OP)
 @require("annotator")
-def next_items() -> Response:
+def next_items(query: QueueQuery) -> Response:
     svc = service()
-    n = query_int("n", 20, 1, int(current_app.config["MAX_QUEUE_N"]))
-    strategy = request.args.get("strategy", acquisition.DEFAULT_STRATEGY) or acquisition.DEFAULT_STRATEGY
-    if strategy not in acquisition.STRATEGIES:
-        raise InvalidInput(f"The 'strategy' parameter must be one of {', '.join(acquisition.STRATEGIES)}. Got {strategy!r} instead.")
-    annotator = (request.args.get("annotator") or "").strip()[:128]
-    holder = annotator or current_principal().holder
+    n, strategy = query.n, str(query.strategy)
+    most = int(current_app.config["MAX_QUEUE_N"])
+    if n > most:
+        raise InvalidInput(f"The 'n' parameter must be an int in [1, {most}]. Got {n} instead.")
+    holder = current_principal().acting_as(query.annotator.strip() or None)
+    limit = int(current_app.config["MAX_LEASES_PER_KEY"])
     seconds = int(current_app.config["LEASE_SECONDS"])
     mv = svc.registry.active()
     if mv is None and find_backbone(svc.settings) is None:
@@ -49,6 +60,9 @@ def next_items() -> Response:
     lost: set[int] = set()
     for _ in range(3):  # a concurrent caller can take some of ours; rank again without them
         exclude = svc.store.leased_ids(exclude_holder=holder) | lost | {it["sample_id"] for it in items}
+        held = svc.store.held_ids(holder)
+        if len(held) >= limit:  # at the limit: only what it holds already (renewed), nothing new
+            exclude |= set(svc.store.sample_ids().tolist()) - held
         try:
             # no model yet: select_next ranks the embedded pool for a cold start (typical, diverse)
             cands = select_next(
@@ -58,7 +72,7 @@ def next_items() -> Response:
             raise InvalidInput(str(exc)) from None
         if not cands:
             break
-        got = set(svc.store.lease([c.sample_id for c in cands], holder=holder, seconds=seconds))
+        got = set(svc.store.lease([c.sample_id for c in cands], holder=holder, seconds=seconds, max_live=limit))
         expires = time.time() + seconds
         for c in cands:
             if c.sample_id not in got:
@@ -87,6 +101,8 @@ def next_items() -> Response:
                 "strategy": strategy,
                 "holder": holder,
                 "lease_seconds": seconds,
+                "lease_limit": limit,
+                "leases_held": len(svc.store.held_ids(holder)),
                 "labels": labels,
                 "items": items,
             }

@@ -6,25 +6,28 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-from flask import Blueprint, jsonify, request
+from flask import jsonify, request
 from flask.wrappers import Response
+from flask_openapi3 import APIBlueprint
 
 from edge_al.errors import ImageError, NotFound
 from edge_al.images import decode, probe, reduction_for
 from edge_al.pool import ingest_bytes
 
 from . import service
-from ._util import query_int, read_uploads
+from ._util import read_uploads
 from .auth import require
+from .openapi import IMAGE_TYPES, binary_response, image_body, op
+from .schemas import ImageQuery, Sample, SamplePath, SamplesCreated
 
 __all__ = ["bp", "sample_doc"]
 
-bp = Blueprint("samples", __name__)
+bp = APIBlueprint("samples", __name__)
 
 _MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff", "WEBP": "image/webp"}
 
 
-@bp.post("/v1/samples")
+@bp.post("/v1/samples", **op("Upload images into the pool", "annotator", {201: SamplesCreated}, 400, 413, 415, **image_body()))
 @require("annotator")
 def upload() -> tuple[Response, int]:
     svc = service()
@@ -72,22 +75,32 @@ def sample_doc(sample_id: int) -> dict[str, Any]:
     }
 
 
-@bp.get("/v1/samples/<int:sample_id>")
-@require("annotator")
-def get_sample(sample_id: int) -> Response:
-    return jsonify(sample_doc(sample_id))
+_SAMPLE_OP = op("One sample with its standing decision and the active model's prediction", "annotator", {200: Sample}, 404, 422)
+_IMAGE_OK = {
+    200: binary_response("the image bytes (original type), or a JPEG thumbnail with ?size", IMAGE_TYPES),
+    304: {"description": "not modified (If-None-Match)"},
+}
 
 
-@bp.get("/v1/samples/<int:sample_id>/image")
+@bp.get("/v1/samples/<int:sample_id>", **_SAMPLE_OP)
 @require("annotator")
-def get_image(sample_id: int) -> Response:
+def get_sample(path: SamplePath) -> Response:
+    return jsonify(sample_doc(path.sample_id))
+
+
+@bp.get("/v1/samples/<int:sample_id>/image", **op("The sample's image", "annotator", _IMAGE_OK, 404, 422))
+@require("annotator")
+def get_image(path: SamplePath, query: ImageQuery) -> Response:
     svc = service()
+    sample_id, size = path.sample_id, query.size
     s = svc.store.sample(sample_id)
     try:
         data = Path(s.path).read_bytes()
-    except OSError as exc:
-        raise NotFound(f"The image file of sample {sample_id} is gone ({s.path}: {exc.strerror or exc}).") from None
-    size = query_int("size", 0, 0, 4096)
+    except OSError as exc:  # the message names no server path
+        raise NotFound(
+            f"The image file of sample {sample_id} is gone from the server ({exc.strerror or type(exc).__name__}): "
+            "ask an administrator to restore it or to re-ingest the image."
+        ) from None
     etag = f"{s.sha256}-{size}"
     if request.if_none_match.contains(etag):
         resp = Response(status=304)

@@ -6,30 +6,36 @@ import time
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, current_app, jsonify
+from flask import current_app, jsonify
 from flask.wrappers import Response
+from flask_openapi3 import APIBlueprint
 
 from edge_al.errors import NoActiveModel
 from edge_al.pool import ingest_bytes
 from edge_al.scoring import EmbeddingFile
 
 from . import service
-from ._util import clean, query_bool, query_int, read_uploads
+from ._util import clean, read_uploads
 from .auth import require
 from .errors import Problem
+from .openapi import image_body, op
+from .schemas import ScoreQuery, ScoreResponse
 
 __all__ = ["bp"]
 
-bp = Blueprint("score", __name__)
+bp = APIBlueprint("score", __name__)
 
 
-@bp.post("/v1/score")
+_SCORE_OP = op("Score one image (raw body of an image type) or several (multipart)", "scorer", {200: ScoreResponse},
+               400, 413, 415, 422, 503, **image_body())  # fmt: skip
+
+
+@bp.post("/v1/score", **_SCORE_OP)
 @require("scorer")
-def score() -> tuple[Response, int]:
+def score(query: ScoreQuery) -> tuple[Response, int]:
     svc = service()
     settings = svc.settings
-    top_k = query_int("top_k", 3, 1, 1000)
-    store_it = query_bool("store")
+    top_k, store_it = query.top_k, query.store
     uploads = read_uploads(settings.max_pixels, settings.max_file_bytes)
     holder = svc.holder
     if holder is None or not holder.ready:

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, jsonify
+from flask import jsonify
 from flask.wrappers import Response
+from flask_openapi3 import APIBlueprint
 
 from edge_al.status import status_doc
 
 from . import service
 from ._util import annotations_since_model, clean, model_row
 from .auth import require
+from .openapi import op
+from .schemas import Stats
 
 __all__ = ["bp"]
 
 log = logging.getLogger(__name__)
 
-bp = Blueprint("stats", __name__)
+bp = APIBlueprint("stats", __name__)
 
 
-@bp.get("/v1/stats")
+@bp.get("/v1/stats", **op("Pool, labels per class, the learning curve", "annotator", {200: Stats}))
 @require("annotator")
 def stats() -> Response:
     svc = service()
@@ -35,7 +38,7 @@ def stats() -> Response:
             log.exception("could not read the retrain job")
     doc.update(
         {
-            "annotations_since_model": annotations_since_model(svc.store, svc.registry, svc.jobs),
+            "annotations_since_model": annotations_since_model(svc.store, svc.registry),
             "retrain_after": svc.retrain_after,
             "serving": svc.holder.version if svc.holder else None,
             "retrain_job": job,

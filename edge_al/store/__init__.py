@@ -13,14 +13,18 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import InvalidInput, NotFound, UnknownLabel
+from edge_al.errors import InvalidInput, LeaseConflict, NotFound, NotPermitted, UnknownLabel
 
-__all__ = ["ACTIONS", "Annotation", "Prediction", "Sample", "Store"]
+if TYPE_CHECKING:
+    from .jobs import JobTable
+
+__all__ = ["ACTIONS", "Annotation", "ApiKey", "Prediction", "Sample", "Store"]
 
 ACTIONS = ("accept", "correct", "reject")
 
@@ -100,6 +104,18 @@ class Annotation:
 
 
 @dataclass(frozen=True)
+class ApiKey:
+    """A stored API key: its id, the SHA-256 of its token, role, name, creation time, revoked flag."""
+
+    id: int
+    key_hash: str
+    role: str
+    name: str
+    created_at: float
+    revoked: bool
+
+
+@dataclass(frozen=True)
 class Prediction:
     sample_id: int
     model_version: str
@@ -154,6 +170,29 @@ class Store:
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         return list(self._conn().execute(sql, params))
+
+    def backup_to(self, path: Path) -> None:
+        """A consistent copy of this live store at ``path`` (SQLite's backup API: a file copy under WAL is not one)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        dst = sqlite3.connect(path)
+        try:
+            self._conn().backup(dst)
+        finally:
+            dst.close()
+
+    def create_tables(self, script: str) -> None:
+        """Run a ``CREATE ... IF NOT EXISTS`` script (a part's own tables, such as ``jobs``)."""
+        with self.tx() as c:
+            for stmt in script.split(";"):
+                if stmt.strip():
+                    c.execute(stmt)
+
+    @cached_property
+    def jobs(self) -> JobTable:
+        """The background-job records (:class:`edge_al.store.jobs.JobTable`)."""
+        from .jobs import JobTable
+
+        return JobTable(self)
 
     # -- samples -----------------------------------------------------------------------------
     def add_sample(self, sha256: str, path: str, width: int, height: int, source: str = "ingest") -> tuple[int, bool]:
@@ -224,9 +263,13 @@ class Store:
         model_version: str | None = None,
         *,
         create_label: bool = False,
+        respect_leases: bool = False,
     ) -> bool:
-        """Record one decision. Returns False when it repeats the annotator's latest decision
-        on that sample (idempotent), True when a new history row was written."""
+        """Record one decision. Returns False when the sample's standing decision is already this
+        annotator's same decision (idempotent), True when a new history row was written.
+
+        ``respect_leases``: a sample under another holder's live lease raises ``LeaseConflict``
+        (the API sets it for every key but admin's; the CLI and the build side do not)."""
         if action not in ACTIONS:
             raise InvalidInput(f"The 'action' field must be one of {', '.join(ACTIONS)}. Got {action!r} instead.")
         if action != "reject" and not label:
@@ -236,19 +279,14 @@ class Store:
         with self.tx() as c:
             if c.execute("SELECT 1 FROM samples WHERE id = ?", (sample_id,)).fetchone() is None:
                 raise NotFound(f"Sample {sample_id} does not exist.")
+            if respect_leases:
+                self._check_lease(c, sample_id, annotator)
             if label is not None:
-                known = c.execute("SELECT 1 FROM labels WHERE name = ?", (label,)).fetchone()
-                if known is None:
-                    if not create_label:
-                        raise UnknownLabel(
-                            f"Unknown label {label!r}: known labels are {', '.join(self.labels()) or '(none)'}. Add it first."
-                        )
-                    c.execute("INSERT INTO labels(name, created_at) VALUES (?, ?)", (validate_label_name(label), time.time()))
-            last = c.execute(
-                "SELECT label, action FROM annotations WHERE sample_id = ? AND annotator = ? ORDER BY id DESC LIMIT 1",
-                (sample_id, annotator),
-            ).fetchone()
-            if last is not None and last["label"] == label and last["action"] == action:
+                self._ensure_label(c, label, create_label)
+            last = self._latest_annotation(c, sample_id)
+            # "unchanged" only while this very decision stands: not after an undo, nor after
+            # someone else's later decision on the sample
+            if last is not None and last["annotator"] == annotator and last["label"] == label and last["action"] == action:
                 return False
             c.execute(
                 "INSERT INTO annotations(sample_id, label, action, annotator, model_version, created_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -257,16 +295,45 @@ class Store:
             c.execute("DELETE FROM leases WHERE sample_id = ?", (sample_id,))
             return True
 
-    def undo_annotation(self, sample_id: int, annotator: str = "") -> bool:
-        """Withdraw the annotator's latest decision on a sample (history keeps both rows).
+    @staticmethod
+    def _latest_annotation(c: sqlite3.Connection, sample_id: int) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = c.execute(
+            "SELECT annotator, label, action FROM annotations WHERE sample_id = ? ORDER BY id DESC LIMIT 1", (sample_id,)
+        ).fetchone()
+        return row
 
-        Returns False when the annotator has no standing decision there."""
+    @staticmethod
+    def _check_lease(c: sqlite3.Connection, sample_id: int, annotator: str) -> None:
+        row = c.execute("SELECT holder, expires_at FROM leases WHERE sample_id = ? AND expires_at > ?", (sample_id, time.time())).fetchone()
+        if row is not None and row["holder"] != annotator:
+            left = max(0, int(row["expires_at"] - time.time()))
+            raise LeaseConflict(
+                f"Sample {sample_id} is leased to another annotator for {left} more s; {annotator!r} holds no lease on it. "
+                "Take the next sample from /v1/queue, or ask an admin to record this decision."
+            )
+
+    def _ensure_label(self, c: sqlite3.Connection, label: str, create_label: bool) -> None:
+        if c.execute("SELECT 1 FROM labels WHERE name = ?", (label,)).fetchone() is not None:
+            return
+        if not create_label:
+            raise UnknownLabel(f"Unknown label {label!r}: known labels are {', '.join(self.labels()) or '(none)'}. Add it first.")
+        c.execute("INSERT INTO labels(name, created_at) VALUES (?, ?)", (validate_label_name(label), time.time()))
+
+    def undo_annotation(self, sample_id: int, annotator: str = "", *, any_annotator: bool = False) -> bool:
+        """Withdraw the sample's standing decision (history keeps both rows); the undo row is
+        recorded under ``annotator``.
+
+        Returns False when the sample has no standing decision. A decision that is another
+        annotator's raises ``NotPermitted`` unless ``any_annotator`` (admins)."""
         with self.tx() as c:
-            last = c.execute(
-                "SELECT action FROM annotations WHERE sample_id = ? AND annotator = ? ORDER BY id DESC LIMIT 1", (sample_id, annotator)
-            ).fetchone()
+            last = self._latest_annotation(c, sample_id)
             if last is None or last["action"] == "undo":
                 return False
+            if last["annotator"] != annotator and not any_annotator:
+                raise NotPermitted(
+                    f"The standing decision on sample {sample_id} is {last['annotator']!r}'s, not {annotator!r}'s: "
+                    "an annotator can undo only their own decisions. Ask them or an admin to undo it."
+                )
             c.execute(
                 "INSERT INTO annotations(sample_id, label, action, annotator, created_at) VALUES (?, NULL, 'undo', ?, ?)",
                 (sample_id, annotator, time.time()),
@@ -275,9 +342,7 @@ class Store:
 
     def current_annotations(self) -> dict[int, Annotation]:
         """The latest standing decision per sample (any annotator); an undone sample has none."""
-        rows = self.query(
-            "SELECT a.* FROM annotations a JOIN (SELECT sample_id, MAX(id) AS mid FROM annotations GROUP BY sample_id) l ON a.id = l.mid"
-        )
+        rows = self.query(f"SELECT a.* FROM annotations a {_LATEST_JOIN}")
         return {
             int(r["sample_id"]): Annotation(int(r["sample_id"]), r["label"], r["action"], r["annotator"], float(r["created_at"]))
             for r in rows
@@ -297,6 +362,16 @@ class Store:
     def annotated_ids(self) -> np.ndarray:
         """int64 [K] every sample with a decision (labeled or rejected): not in the unlabeled pool."""
         return np.array(sorted(self.current_annotations()), dtype=np.int64)
+
+    def unlabeled_predicted_counts(self, version: str) -> dict[int, int]:
+        """``{label_index: n}`` over samples scored by ``version`` that have no standing decision
+        (never annotated, or their latest decision undone)."""
+        rows = self.query(
+            "SELECT label_index, COUNT(*) AS n FROM predictions WHERE model_version = ? AND sample_id NOT IN "
+            f"(SELECT a.sample_id FROM annotations a {_LATEST_JOIN} WHERE a.action != 'undo') GROUP BY label_index",
+            (version,),
+        )
+        return {int(r["label_index"]): int(r["n"]) for r in rows}
 
     def annotation_count(self) -> int:
         return int(self.query("SELECT COUNT(*) AS n FROM annotations")[0]["n"])
@@ -324,6 +399,14 @@ class Store:
                     for sid, p, s in rows
                 ],
             )
+
+    def set_novelty(self, version: str, ids: np.ndarray, fre: np.ndarray | None, knn: np.ndarray | None) -> None:
+        """Write the FRE and k-NN novelty (``[N]`` float, or None for absent) of ``ids``' predictions by ``version``."""
+        rows = [
+            (None if fre is None else float(fre[i]), None if knn is None else float(knn[i]), int(ids[i]), version) for i in range(len(ids))
+        ]
+        with self.tx() as c:
+            c.executemany("UPDATE predictions SET fre = ?, knn = ? WHERE sample_id = ? AND model_version = ?", rows)
 
     def scored_ids(self, version: str) -> np.ndarray:
         return np.array(
@@ -382,23 +465,69 @@ class Store:
         rows = self.query("SELECT sample_id, holder FROM leases WHERE expires_at > ?", (now,))
         return {int(r["sample_id"]) for r in rows if exclude_holder is None or r["holder"] != exclude_holder}
 
-    def lease(self, ids: Sequence[int], holder: str, seconds: float) -> list[int]:
-        """Lease the given samples to ``holder``; returns those it got (not held by someone else)."""
+    def held_ids(self, holder: str, now: float | None = None) -> set[int]:
+        """The samples under ``holder``'s live leases."""
+        now = time.time() if now is None else now
+        rows = self.query("SELECT sample_id FROM leases WHERE holder = ? AND expires_at > ?", (holder, now))
+        return {int(r["sample_id"]) for r in rows}
+
+    def lease(self, ids: Sequence[int], holder: str, seconds: float, max_live: int | None = None) -> list[int]:
+        """Lease the given samples to ``holder``; returns those it got: not under someone else's
+        live lease, and, with ``max_live``, no more than leave ``holder`` with ``max_live`` live
+        leases (renewing one it holds always succeeds)."""
         now = time.time()
         got = []
         with self.tx() as c:
             c.execute("DELETE FROM leases WHERE expires_at <= ?", (now,))
+            held = {int(r[0]) for r in c.execute("SELECT sample_id FROM leases WHERE holder = ?", (holder,))}
             for sid in ids:
                 row = c.execute("SELECT holder FROM leases WHERE sample_id = ?", (int(sid),)).fetchone()
                 if row is not None and row["holder"] != holder:
+                    continue
+                if row is None and max_live is not None and len(held) >= max_live:
                     continue
                 c.execute(
                     "INSERT INTO leases(sample_id, holder, expires_at) VALUES (?, ?, ?) "
                     "ON CONFLICT(sample_id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at",
                     (int(sid), holder, now + seconds),
                 )
+                held.add(int(sid))
                 got.append(int(sid))
         return got
+
+    # -- API keys ----------------------------------------------------------------------------
+    def add_api_key(self, key_hash: str, role: str, name: str) -> int:
+        """Store a key's hash; returns its id."""
+        with self.tx() as c:
+            cur = c.execute(
+                "INSERT INTO api_keys(key_hash, role, name, created_at) VALUES (?, ?, ?, ?)", (key_hash, role, name, time.time())
+            )
+            return int(cur.lastrowid or 0)
+
+    def api_keys(self, include_revoked: bool = True) -> list[ApiKey]:
+        """Stored keys by id (hashes only: tokens are never stored)."""
+        sql = "SELECT id, key_hash, role, name, created_at, revoked FROM api_keys"
+        if not include_revoked:
+            sql += " WHERE revoked = 0"
+        return [
+            ApiKey(int(r["id"]), r["key_hash"], r["role"], r["name"], float(r["created_at"]), bool(r["revoked"]))
+            for r in self.query(sql + " ORDER BY id")
+        ]
+
+    def revoke_api_key(self, key_id: int) -> bool:
+        """Revoke a key; returns False when it was already revoked. Unknown id: NotFound."""
+        with self.tx() as c:
+            row = c.execute("SELECT revoked FROM api_keys WHERE id = ?", (int(key_id),)).fetchone()
+            if row is None:
+                raise NotFound(f"API key {key_id} does not exist: see `edge-al keys list`.")
+            if row["revoked"]:
+                return False
+            c.execute("UPDATE api_keys SET revoked = 1 WHERE id = ?", (int(key_id),))
+            return True
+
+
+# the latest history row of each sample (its standing decision unless that row is an undo)
+_LATEST_JOIN = "JOIN (SELECT sample_id, MAX(id) AS mid FROM annotations GROUP BY sample_id) l ON a.id = l.mid"
 
 
 def validate_label_name(name: str) -> str:

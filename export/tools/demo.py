@@ -14,34 +14,24 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 
-from .annotations import apply_annotations
-from .config import DEFAULT_ARCH
-from .pool import ingest
+from edge_al.annotations import apply_annotations
+from edge_al.config import DEFAULT_ARCH
+from edge_al.pool import ingest
+
+from .digits import write_digits
 
 if TYPE_CHECKING:
-    from .cli import Context
+    from edge_al.cli import Context
 
 __all__ = ["run_demo", "write_digits_pool"]
 
 
 def write_digits_pool(root: Path, size: int = 32, limit: int | None = None) -> list[tuple[Path, str]]:
-    """Write sklearn's 1,797 digits as ``size`` x ``size`` grayscale PNGs; returns (path, label)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
+    """Write sklearn's 1,797 digits as ``size`` x ``size`` grayscale PNGs (and truth.csv); returns (path, label)."""
     root.mkdir(parents=True, exist_ok=True)
-    out = []
-    n = len(digits.images) if limit is None else min(limit, len(digits.images))
-    for i in range(n):
-        img = (digits.images[i] * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-        path = root / f"digit_{i:04d}.png"
-        if not path.exists():
-            cv2.imwrite(str(path), img)
-        out.append((path, f"d{int(digits.target[i])}"))
+    out = write_digits(root, size, by_class=False, limit=limit)
     with open(root / "truth.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["path", "label"])
@@ -50,9 +40,9 @@ def write_digits_pool(root: Path, size: int = 32, limit: int | None = None) -> l
 
 
 def run_demo(ctx: Context) -> int:
-    from .lifecycle import workflow
-    from .scoring import score_pool
-    from .selection import select_next
+    from edge_al.scoring import score_pool
+    from edge_al.selection import select_next
+    from export import workflow as wf
 
     args = ctx.args
     say = (lambda *a: None) if ctx.json else print
@@ -72,7 +62,6 @@ def run_demo(ctx: Context) -> int:
             seed_rows.append({"path": str(by_label[lab][int(j)]), "label": lab, "action": "correct", "annotator": "demo-seed"})
     res = apply_annotations(ctx.store, ctx.registry, seed_rows)
     say(f"[3/6] seed labels: {len(seed_rows)} ({args.per_class} per class; {res.written} new)")
-    wf = workflow()
     verbose = not ctx.json and not args.quiet
     if ctx.registry.active() is None:
         ckpt = wf.train_from_store(

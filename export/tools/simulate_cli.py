@@ -1,4 +1,4 @@
-"""The ``edge-al simulate`` verb: active learning against random sampling (see ``edge_al.simulate``)."""
+"""The ``edge-al simulate`` verb: active learning against random sampling (see ``export.tools.simulate``)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .argtypes import positive_int
-from .config import ARCHS, DEFAULT_ARCH
+from edge_al.argtypes import positive_int
+from edge_al.config import ARCHS, DEFAULT_ARCH
 
 __all__ = ["register"]
 
 
 def _strategies(text: str) -> tuple[str, ...]:
-    from .acquisition import STRATEGIES
+    from edge_al.acquisition import STRATEGIES
 
     names = tuple(s.strip() for s in text.split(",") if s.strip())
     bad = [s for s in names if s not in STRATEGIES]

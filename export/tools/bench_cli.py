@@ -1,4 +1,4 @@
-"""The ``edge-al bench`` verb: the speed benchmark of issue 4 (see ``edge_al.bench``)."""
+"""The ``edge-al bench`` verb: the speed benchmark of issue 4 (see ``export.tools.bench``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .argtypes import positive_float, positive_int
-from .config import ARCHS, DEFAULT_ARCH
+from edge_al.argtypes import positive_float, positive_int
+from edge_al.config import ARCHS, DEFAULT_ARCH
 
 __all__ = ["register"]
 

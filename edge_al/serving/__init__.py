@@ -1,0 +1,1 @@
+"""Serving machinery that is not HTTP: the adaptive batcher (``batcher``)."""
