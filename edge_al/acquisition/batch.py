@@ -107,72 +107,100 @@ def stratified_diverse(
     ``source`` (in blocks). Returns positions into ``candidates``, int64 ``[min(n, K)]``, in
     selection order.
     """
-    k = candidates.size
-    n = min(n, k)
+    n = min(n, candidates.size)
     if n <= 0:
         return np.empty(0, dtype=np.int64)
-    cap = max(1, candidate_factor) * n
+    queues = _class_queues(candidates, score, predicted, class_order, n, max(1, candidate_factor) * n)
+    diverse = similarity_threshold < 1.0
+    picker = _Picker(n, source.dim if diverse else None)
+    deferred = _round_robin(picker, queues, source, similarity_threshold, diverse)
+    # Not enough diverse rows: relax the threshold in steps (the last accepts anything) and
+    # go round-robin over the set-aside rows again.
+    relaxed = [similarity_threshold + (1.0 - similarity_threshold) * f for f in (0.5, 0.8)]
+    for threshold in [*relaxed, np.inf]:
+        _fill_from(picker, deferred, threshold)
+    # Each class offers min(count, cap) rows and cap >= n, so the visited rows always suffice.
+    assert len(picker.chosen) == n
+    return np.asarray(picker.chosen, dtype=np.int64)
+
+
+def _class_queues(
+    candidates: np.ndarray, score: np.ndarray, predicted: np.ndarray, class_order: np.ndarray, n: int, cap: int
+) -> list[_ClassQueue]:
+    """One queue per predicted class present, in ``class_order``: its best ``cap`` candidates, best first."""
     order = np.lexsort((candidates, -score.astype(np.float64), predicted))
     sorted_pred = predicted[order]
-    queues: list[_ClassQueue] = []
-    classes_present = np.unique(sorted_pred)
-    visiting = [int(c) for c in class_order if c in set(classes_present.tolist())]
-    per_class = max(1, math.ceil(n / max(1, len(visiting))))
-    block = min(cap, max(16, 2 * per_class))
+    present = set(np.unique(sorted_pred).tolist())
+    visiting = [int(c) for c in class_order if c in present]
+    block = min(cap, max(16, 2 * max(1, math.ceil(n / max(1, len(visiting))))))
+    queues = []
     for c in visiting:
         lo, hi = (int(v) for v in np.searchsorted(sorted_pred, [c, c + 1]))
         class_pos = order[lo : min(hi, lo + cap)]
         queues.append(_ClassQueue(class_pos, candidates[class_pos], block))
+    return queues
 
-    diverse = similarity_threshold < 1.0
-    chosen: list[int] = []
-    selected_emb = np.empty((n, source.dim), dtype=np.float32) if diverse else None
 
-    def too_similar(x: np.ndarray, threshold: float) -> bool:
-        if selected_emb is None or not chosen:
+class _Picker:
+    """The rows chosen so far, with their normalised embeddings (float32 ``[n, D]``) when diversity is on."""
+
+    def __init__(self, n: int, dim: int | None) -> None:
+        self.n = n
+        self.chosen: list[int] = []
+        self.emb = np.empty((n, dim), dtype=np.float32) if dim is not None else None
+
+    @property
+    def full(self) -> bool:
+        return len(self.chosen) >= self.n
+
+    def too_similar(self, x: np.ndarray | None, threshold: float) -> bool:
+        if self.emb is None or x is None or not self.chosen:
             return False
-        return float((selected_emb[: len(chosen)] @ x).max()) > threshold
+        return float((self.emb[: len(self.chosen)] @ x).max()) > threshold
 
-    def accept(pos: int, x: np.ndarray | None) -> None:
-        if selected_emb is not None and x is not None:
-            selected_emb[len(chosen)] = x
-        chosen.append(pos)
+    def accept(self, pos: int, x: np.ndarray | None) -> None:
+        if self.emb is not None and x is not None:
+            self.emb[len(self.chosen)] = x
+        self.chosen.append(pos)
 
-    # Set aside per class, best first, with their normalised embeddings.
+
+def _round_robin(
+    picker: _Picker, queues: list[_ClassQueue], source: EmbeddingSource, threshold: float, diverse: bool
+) -> list[list[tuple[int, np.ndarray]]]:
+    """Each class in turn gives its next candidate not too similar to the chosen ones; returns the
+    candidates set aside per class, best first, with their normalised embeddings."""
     deferred: list[list[tuple[int, np.ndarray]]] = [[] for _ in queues]
     active = list(range(len(queues)))
-    while len(chosen) < n and active:
+    while not picker.full and active:
         for qi in active:
             q = queues[qi]
             while not q.exhausted():
                 pos = int(q.positions[q.cursor])
                 x = q.embedding(source) if diverse else None
                 q.cursor += 1
-                if x is not None and too_similar(x, similarity_threshold):
+                if x is not None and picker.too_similar(x, threshold):
                     deferred[qi].append((pos, x))
                     continue
-                accept(pos, x)
+                picker.accept(pos, x)
                 break
-            if len(chosen) >= n:
+            if picker.full:
                 break
         active = [qi for qi in active if not queues[qi].exhausted()]
-    # Not enough diverse rows: relax the threshold in steps (the last accepts anything) and
-    # go round-robin over the set-aside rows again.
-    relaxed = [similarity_threshold + (1.0 - similarity_threshold) * f for f in (0.5, 0.8)]
-    for threshold in [*relaxed, np.inf]:
-        while len(chosen) < n and any(deferred):
-            progressed = False
-            for items in deferred:
-                for j, (pos, x) in enumerate(items):
-                    if not too_similar(x, threshold):
-                        accept(pos, x)
-                        del items[j]
-                        progressed = True
-                        break
-                if len(chosen) >= n:
+    return deferred
+
+
+def _fill_from(picker: _Picker, deferred: list[list[tuple[int, np.ndarray]]], threshold: float) -> None:
+    """Round-robin over the set-aside rows, taking each class's best one under ``threshold``."""
+    while not picker.full and any(deferred):
+        progressed = False
+        for items in deferred:
+            for j, (pos, x) in enumerate(items):
+                if not picker.too_similar(x, threshold):
+                    picker.accept(pos, x)
+                    del items[j]
+                    progressed = True
                     break
-            if not progressed:
+            if picker.full:
                 break
-    # Each class offers min(count, cap) rows and cap >= n, so the visited rows always suffice.
-    assert len(chosen) == n
-    return np.asarray(chosen, dtype=np.int64)
+        if not progressed:
+            break

@@ -69,6 +69,34 @@ def _check_args(
     return check_int("n", n), check_int("seed", seed, low=0), priority, weight
 
 
+def _clusters_for(
+    source: EmbeddingSource,
+    k: int,
+    clusters: Callable[[int], tuple[np.ndarray, np.ndarray]] | None,
+    max_fit: int,
+    iterations: int,
+    seed: int,
+    chunk_size: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(centres [k, D], assignment int [N], the normalised fit rows or None)``: the caller's cached
+    k-means for pools over ``max_fit`` rows, else one fitted here."""
+    if clusters is not None and len(source) > max_fit:
+        centres, assign = _check_clusters(clusters(k), k, len(source), source.dim)
+        return centres, assign, None
+    return fit_clusters(source, k, max_fit=max_fit, iterations=iterations, seed=seed, chunk_size=chunk_size)
+
+
+def _fill_farthest(
+    source: EmbeddingSource, x_fit: np.ndarray | None, lab: np.ndarray, picks: list[int], is_candidate: np.ndarray, m: int,
+    chunk_size: int, labeled_distance: np.ndarray | None,
+) -> list[int]:  # fmt: skip
+    """``m`` more picks, farthest first from the labeled and picked rows: exact passes when the pool is
+    resident (``x_fit``), else the lazy greedy that reads only the rows reaching the top."""
+    if x_fit is not None:
+        return _farthest_first(source, x_fit, lab, picks, is_candidate, m, chunk_size)
+    return _farthest_first_lazy(source, lab, picks, is_candidate, m, chunk_size, labeled_distance)
+
+
 def typical_diverse(
     embeddings: EmbeddingSource | np.ndarray,
     n: int,
@@ -132,11 +160,7 @@ def typical_diverse(
 
     # 1-2. k-means on a seeded subsample, every pool row to its cluster (or the caller's, cached)
     k = min(lab.shape[0] + n, max_clusters, len(source), max_fit)
-    if clusters is not None and len(source) > max_fit:
-        centres, assign = _check_clusters(clusters(k), k, len(source), source.dim)
-        x_fit = None
-    else:
-        centres, assign, x_fit = fit_clusters(source, k, max_fit=max_fit, iterations=iterations, seed=seed, chunk_size=chunk_size)
+    centres, assign, x_fit = _clusters_for(source, k, clusters, max_fit, iterations, seed, chunk_size)
     covered = np.zeros(len(centres), dtype=bool)
     if lab.shape[0]:
         covered[_nearest(lab, centres)[0]] = True
@@ -146,18 +170,15 @@ def typical_diverse(
     picks, typicality = _cluster_picks(source, assign, sizes, covered, is_candidate, n, k_neighbors, seed, blend)
     # 4. farthest-first when the clusters run out
     if len(picks) < n:
-        if x_fit is not None:  # the pool is resident: exact passes are cheap
-            picks += _farthest_first(source, x_fit, lab, picks, is_candidate, n - len(picks), chunk_size)
-        else:
-            picks += _farthest_first_lazy(source, lab, picks, is_candidate, n - len(picks), chunk_size, labeled_distance)
+        picks += _fill_farthest(source, x_fit, lab, picks, is_candidate, n - len(picks), chunk_size, labeled_distance)
         typicality += [0.0] * (n - len(typicality))
     idx = np.asarray(picks, dtype=np.int64)
-    score = ((n - np.arange(n)) / n).astype(np.float32)
-    components = {
-        "typicality": np.asarray(typicality, dtype=np.float32),
-        "cluster_size": sizes[assign[idx]].astype(np.float32),
-    }
-    return Selection(idx, score, components, "typiclust")
+    return Selection(idx, ((n - np.arange(n)) / n).astype(np.float32), _components(idx, typicality, sizes, assign), "typiclust")
+
+
+def _components(idx: np.ndarray, typicality: list[float], sizes: np.ndarray, assign: np.ndarray) -> dict[str, np.ndarray]:
+    """The picks' typicality and cluster size, float32 ``[n]`` each."""
+    return {"typicality": np.asarray(typicality, dtype=np.float32), "cluster_size": sizes[assign[idx]].astype(np.float32)}
 
 
 # --- inputs ------------------------------------------------------------------------------------
