@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from edge_al.api import create_app
-from tests.api_support import build_workspace
+from export.tools.fixtures import build_workspace
 
 ROUTES = [
     ("GET", "/v1/labels", None),

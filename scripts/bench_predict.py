@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_predict.py --work DIR [--images 20000] [--big 100000] [--repeat 3]
         [--parts throughput,memory,ray,errors] [--out docs/benchmarks]
 
-A tiny real OpenVINO model (tests.helpers.build_tiny_ir: u8 64x64 in, probs + embedding out; no
+A tiny real OpenVINO model (export.tools.fixtures.build_tiny_ir: u8 64x64 in, probs + embedding out; no
 torch) and generated 96x96 JPEGs (distinct content, reduced-scale decode to 64 px), so the figures
 measure the pipeline (read, probe, decode, infer, write) rather than a backbone.
 
@@ -35,12 +35,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import cv2
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the repository (docs/benchmarks, the working directory of servers)
 
 PARTS = ("throughput", "memory", "ray", "errors")
 SIZE = 64
@@ -91,7 +89,7 @@ def make_pool(root: Path, n: int, per_dir: int = 1000) -> Path:
 
 def make_registry(root: Path) -> Path:
     from edge_al.registry import Registry
-    from tests.helpers import publish_tiny
+    from export.tools.fixtures import publish_tiny
 
     reg = Registry(root)
     if reg.active() is None:

@@ -34,14 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from edge_al.acquisition import STRATEGIES, FileEmbeddings, select
+from edge_al.acquisition.cache import NoveltyCache, build_counts
+from edge_al.acquisition.index import EXACT_MAX_LABELED, NearestLabeled, exact_nearest
+from edge_al.acquisition.novelty import l2_normalize
 
-from edge_al.acquisition import STRATEGIES, FileEmbeddings, select  # noqa: E402
-from edge_al.acquisition.cache import NoveltyCache, build_counts  # noqa: E402
-from edge_al.acquisition.index import EXACT_MAX_LABELED, NearestLabeled, exact_nearest  # noqa: E402
-from edge_al.acquisition.novelty import l2_normalize  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the repository (docs/benchmarks, the working directory of servers)
 
 GEN_ROWS = 16384
 

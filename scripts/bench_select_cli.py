@@ -26,13 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from edge_al.config import Settings
+from edge_al.registry import Registry
+from edge_al.store import Store
+from export.tools.fixtures import publish_tiny
 
-from edge_al.config import Settings  # noqa: E402
-from edge_al.registry import Registry  # noqa: E402
-from edge_al.store import Store  # noqa: E402
-from tests.helpers import publish_tiny  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 
 
 def build(home: Path, pool: int, labeled: int, dim: int, classes: int, seed: int = 0) -> None:

@@ -37,11 +37,9 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from edge_al.config import DEFAULT_ARCH
 
-from edge_al.config import DEFAULT_ARCH  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the repository (docs/benchmarks, the working directory of servers)
 
 HOST = "127.0.0.1"  # the benchmark never talks to anything else
 MODES = ("adaptive", "fixed", "batch-1")
@@ -112,7 +110,7 @@ def prepare(home: Path, model: str, image_size: int, log: list[str], arch: str =
             f"export.workflow as {mv.version} ({mv.meta.get('precision', '?')}{', fallback' if report.get('fallback') else ''}; "
             f"{len(gates)} gates) in {time.perf_counter() - t0:.0f} s"
         )
-    from tests.helpers import publish_tiny
+    from export.tools.fixtures import publish_tiny
 
     labels = sorted({c for _, c in files})
     mv = publish_tiny(registry, labels, size=image_size, dim=512)

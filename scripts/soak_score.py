@@ -27,11 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+import bench_serve  # the workspace and server helpers of the serving benchmark (this script's folder is on sys.path)
 
-import bench_serve  # noqa: E402  (the workspace and server helpers of the serving benchmark)
+HERE = Path(__file__).resolve().parent
 
 HOST = bench_serve.HOST
 

@@ -5,42 +5,18 @@ from __future__ import annotations
 import re
 import struct
 import zlib
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 
 from edge_al.api.openapi import document
-from edge_al.config import Settings
-from edge_al.pool import ingest
-from edge_al.registry import Registry
-from edge_al.scoring import score_pool
-from edge_al.store import Store
-from tests.helpers import publish_tiny, write_digit_images
+from export.tools.fixtures import DIGIT_LABELS, build_workspace
 
-LABELS = [f"d{i}" for i in range(10)]
+LABELS = DIGIT_LABELS  # the tiny model's classes in build_workspace
+__all__ = ["LABELS", "build_workspace", "check_response", "png_header", "template"]
 
 _DOC = document()
 _RULE_RE = re.compile(r"<(?:[a-z]+:)?([a-z_]+)>")
-
-
-def build_workspace(root: Path, n: int = 30, score: bool = True, model: bool = True) -> tuple[Settings, list[tuple[Path, str]]]:
-    """A workspace with the tiny model active, ``n`` digit images ingested and (optionally) scored."""
-    settings = Settings(home=root / "home")
-    registry = Registry(settings.registry_dir)
-    if model:
-        publish_tiny(registry, LABELS)
-    pairs = write_digit_images(root / "pool", n=n)
-    store = Store(settings.db_path)
-    try:
-        for name in LABELS:
-            store.add_label(name)
-        ingest(store, settings, [root / "pool"])
-        if score and model:
-            score_pool(settings, store, registry)
-    finally:
-        store.close()
-    return settings, pairs
 
 
 def template(rule: str) -> str:
