@@ -185,6 +185,29 @@ class Server:
 
 
 # -- clients -----------------------------------------------------------------------------------
+class ScoreClient:
+    """One keep-alive connection that POSTs JPEGs to /v1/score and reconnects after a failure."""
+
+    def __init__(self, port: int, headers: dict[str, str]) -> None:
+        self.port, self.headers = port, {"Content-Type": "image/jpeg", **headers}
+        self.conn = http.client.HTTPConnection(HOST, port, timeout=60)
+
+    def post(self, body: bytes) -> tuple[bool, bytes]:
+        """``(200?, the response body or the error)``."""
+        try:
+            self.conn.request("POST", "/v1/score", body=body, headers=self.headers)
+            resp = self.conn.getresponse()
+            data = resp.read()
+            return resp.status == 200, data
+        except (OSError, http.client.HTTPException) as exc:
+            self.conn.close()
+            self.conn = http.client.HTTPConnection(HOST, self.port, timeout=60)
+            return False, repr(exc).encode()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def drive(port: int, bodies: list[bytes], clients: int, seconds: float, max_requests: int) -> dict[str, Any]:
     """``clients`` threads, each with one keep-alive connection, POST single JPEGs until ``seconds``
     pass or each has sent ``max_requests``."""
@@ -195,8 +218,7 @@ def drive(port: int, bodies: list[bytes], clients: int, seconds: float, max_requ
     stop_at = [0.0]
 
     def client(k: int) -> None:
-        conn = http.client.HTTPConnection(HOST, port, timeout=60)
-        headers = {"Content-Type": "image/jpeg", "Connection": "keep-alive"}
+        conn = ScoreClient(port, {"Connection": "keep-alive"})
         start.wait()
         i = k
         for _ in range(max_requests):
@@ -205,15 +227,7 @@ def drive(port: int, bodies: list[bytes], clients: int, seconds: float, max_requ
             body = bodies[i % len(bodies)]
             i += clients
             t0 = time.perf_counter()
-            try:
-                conn.request("POST", "/v1/score", body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                ok = resp.status == 200
-            except (OSError, http.client.HTTPException) as exc:
-                ok, data = False, str(exc).encode()
-                conn.close()
-                conn = http.client.HTTPConnection(HOST, port, timeout=60)
+            ok, data = conn.post(body)
             dt = time.perf_counter() - t0
             if ok:
                 lat[k].append(dt)

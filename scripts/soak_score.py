@@ -60,21 +60,12 @@ class Load:
             return self.ok, self.errors
 
     def _client(self, k: int) -> None:
-        conn = http.client.HTTPConnection(HOST, self.port, timeout=60)
-        headers = {"Content-Type": "image/jpeg", "Authorization": f"Bearer {self.key}"}
+        conn = bench_serve.ScoreClient(self.port, {"Authorization": f"Bearer {self.key}"})
         i = k
         while not self.stop.is_set():
             body = self.bodies[i % len(self.bodies)]
             i += self.clients
-            try:
-                conn.request("POST", "/v1/score", body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                ok = resp.status == 200
-            except (OSError, http.client.HTTPException) as exc:
-                ok, data = False, repr(exc).encode()
-                conn.close()
-                conn = http.client.HTTPConnection(HOST, self.port, timeout=60)
+            ok, data = conn.post(body)
             with self.lock:
                 if ok:
                     self.ok += 1

@@ -5,15 +5,19 @@ from __future__ import annotations
 import re
 import struct
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
+from flask import Flask
 
+from edge_al.api import create_app
 from edge_al.api.openapi import document
+from edge_al.config import Settings
 from export.tools.fixtures import DIGIT_LABELS, build_workspace
 
 LABELS = DIGIT_LABELS  # the tiny model's classes in build_workspace
-__all__ = ["LABELS", "build_workspace", "check_response", "png_header", "template"]
+__all__ = ["LABELS", "build_workspace", "check_response", "png_header", "running_app", "template"]
 
 _DOC = document()
 _RULE_RE = re.compile(r"<(?:[a-z]+:)?([a-z_]+)>")
@@ -64,3 +68,13 @@ def png_header(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     # a few KB of zeros inflate to the first rows; a real bomb carries far more
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 65536, 9)) + chunk(b"IEND", b"")
+
+
+def running_app(settings: Settings, **config: Any) -> Iterator[Flask]:
+    """A fixture body: the app with its model started (no auth unless ``config`` says so), stopped after."""
+    app = create_app(settings, {"AUTH_REQUIRED": False, "START_MODEL": True, **config})
+    try:
+        yield app
+    finally:
+        app.extensions["edge_al"].stop()
+        app.extensions["edge_al"].store.close()

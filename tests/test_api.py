@@ -15,11 +15,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from edge_al.api import create_app
 from edge_al.api.openapi import document
 from edge_al.registry import Registry
 from edge_al.store import Store
-from tests.api_support import LABELS, build_workspace, check_response, png_header, template
+from tests.api_support import LABELS, build_workspace, check_response, png_header, running_app, template
 from tests.helpers import publish_tiny
 
 
@@ -29,12 +28,7 @@ def workspace(tmp_path: Path) -> tuple[Any, list[tuple[Path, str]]]:
 
 
 def _app(settings: Any, **config: Any) -> Iterator[Flask]:
-    app = create_app(settings, {"AUTH_REQUIRED": False, "START_MODEL": True, **config})
-    try:
-        yield app
-    finally:
-        app.extensions["edge_al"].stop()
-        app.extensions["edge_al"].store.close()
+    yield from running_app(settings, **config)
 
 
 @pytest.fixture

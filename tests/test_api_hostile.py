@@ -11,8 +11,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from edge_al.api import create_app
-from tests.api_support import build_workspace, check_response
+from tests.api_support import build_workspace, check_response, running_app
 
 BIG = "9" * 30
 ID_MAX = 2**63 - 1
@@ -21,12 +20,7 @@ ID_MAX = 2**63 - 1
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     settings, _ = build_workspace(tmp_path_factory.mktemp("hostile"), n=8)
-    app = create_app(settings, {"AUTH_REQUIRED": False, "START_MODEL": True})
-    try:
-        yield app
-    finally:
-        app.extensions["edge_al"].stop()
-        app.extensions["edge_al"].store.close()
+    yield from running_app(settings)
 
 
 @pytest.fixture
