@@ -13,6 +13,7 @@ from flask_openapi3 import APIBlueprint
 from edge_al.errors import ImageError, NotFound
 from edge_al.images import decode, probe, reduction_for
 from edge_al.pool import ingest_bytes
+from edge_al.results import label_name
 
 from . import service
 from ._util import read_uploads
@@ -53,10 +54,10 @@ def sample_doc(sample_id: int) -> dict[str, Any]:
         pred = svc.store.prediction(sample_id, mv.version)
         if pred is not None:
             labels = mv.labels
-            names = [labels[i] if i < len(labels) else str(i) for i in range(len(pred.probs))]
+            names = [label_name(labels, i) for i in range(len(pred.probs))]
             prediction = {
                 "model_version": mv.version,
-                "label": names[pred.label_index] if pred.label_index < len(names) else str(pred.label_index),
+                "label": label_name(names, pred.label_index),
                 "confidence": pred.confidence,
                 "probs": {n: float(p) for n, p in zip(names, pred.probs.tolist(), strict=True)},
                 "scores": {k: float(v) for k, v in pred.scores.items()},

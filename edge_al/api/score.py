@@ -12,6 +12,7 @@ from flask_openapi3 import APIBlueprint
 
 from edge_al.errors import NoActiveModel
 from edge_al.pool import ingest_bytes
+from edge_al.results import label_name
 from edge_al.scoring import EmbeddingFile
 
 from . import service
@@ -58,9 +59,9 @@ def score(query: ScoreQuery) -> tuple[Response, int]:
         scores = _acquisition_scores(holder, sc)
         row: dict[str, Any] = {
             "filename": up.filename,
-            "label": labels[best] if best < len(labels) else str(best),
+            "label": label_name(labels, best),
             "confidence": float(probs[best]),
-            "top_k": [{"label": labels[i] if i < len(labels) else str(i), "probability": float(probs[i])} for i in order.tolist()],
+            "top_k": [{"label": label_name(labels, i), "probability": float(probs[i])} for i in order.tolist()],
             "scores": scores,
             "model_version": sc.version,
         }
