@@ -132,8 +132,8 @@ def cmd_keys_revoke(ctx: Any) -> int:
 def register(sub: Any) -> None:
     """Add serve, worker and keys to the ``edge-al`` parser's subcommands."""
     p = sub.add_parser("serve", help="run the HTTP API (waitress); see the README for gunicorn")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface; needs API keys)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--threads", type=positive_int, default=8, help="request threads (default 8)")
     p.add_argument("--with-worker", action="store_true", help="also run the job worker in this process (single box)")
     p.add_argument("--no-auth", action="store_true", help="no API keys (only on localhost)")
@@ -144,13 +144,13 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run the job worker (retrain, score jobs)")
-    p.add_argument("--workers", type=positive_int, default=1)
+    p.add_argument("--workers", type=positive_int, default=1, help="jobs run at the same time")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("keys", help="API keys: add, list, revoke")
     ks = p.add_subparsers(dest="keys_verb", required=True, metavar="ACTION")
     k = ks.add_parser("add", help="create a key and print it once")
-    k.add_argument("--role", required=True, choices=ROLES)
+    k.add_argument("--role", required=True, choices=ROLES, help="what the key may do: scorer (line systems), annotator, admin")
     k.add_argument("--name", default="", help="who or what uses it (shown in lists, used as the default annotator)")
     k.set_defaults(func=cmd_keys_add)
     k = ks.add_parser("list", help="list keys (never their secrets)")
