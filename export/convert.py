@@ -369,9 +369,12 @@ def _check_images(name: str, images: np.ndarray, size: int, allow_empty: bool = 
 
 
 def _say(progress: bool, text: str) -> None:
-    log.info(text)
-    if progress:
+    """A progress line, through one channel: printed on stderr for a person watching (``progress``)
+    unless logging already shows INFO records (``-v``, a server's log), else logged; never both."""
+    if progress and not log.isEnabledFor(logging.INFO):
         print(text, file=sys.stderr, flush=True)
+    else:
+        log.info(text)
 
 
 # -- the whole export --------------------------------------------------------------------------
@@ -629,7 +632,7 @@ def _gate_and_publish(
                    f"{report['gates']['int8_accuracy'].get('accuracy_drop')} vs max_drop {max_drop}); "
                    f"publishing the {precision.upper()} IR as model.xml instead (slower on the line).")  # fmt: skip
             report["warnings"].append(msg)
-            log.warning(msg)
+            # once, as a warning (the CLI shows it as one line; callers can filter or catch it), not also logged
             warnings.warn(msg, ExportGateWarning, stacklevel=3)
     report["precision"] = precision
     report["metrics"]["published"] = published_metrics
@@ -718,7 +721,8 @@ def _int8_line(version: str, method: str, agreement: dict[str, Any], accuracy: d
     drop = accuracy.get("accuracy_drop")
     drop_text = "skipped (no val)" if drop is None else f"drop={drop:+.4f} (max {accuracy['max_drop']:g})"
     return (f"[{version}] int8 ({method}): agreement {'pass' if agreement['passed'] else 'FAIL'} "
-            f"{agreement['top1_agreement']:.4f} (min {agreement['min_agreement']:g}); "
+            f"{agreement['confident_agreement']:.4f} on the {agreement['confident_n']} images FP32 is decided about "
+            f"(min {agreement['min_agreement']:g}), {agreement['top1_agreement']:.4f} on all (min {agreement['agreement_floor']:g}); "
             f"accuracy {'pass' if accuracy['passed'] else 'FAIL'} {drop_text}")  # fmt: skip
 
 
