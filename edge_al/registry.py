@@ -172,6 +172,10 @@ class Registry:
         return self.get(version)
 
     # -- activation --------------------------------------------------------------------------
+    def history(self) -> list[str]:
+        """The promotion path, oldest first, ending with the active version (a rollback drops the last)."""
+        return [str(v) for v in self._state().get("history", [])]
+
     def promote(self, version: str) -> ModelVersion:
         mv = self.get(version)
         state = self._state()

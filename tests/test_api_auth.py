@@ -31,6 +31,7 @@ ROUTES: list[tuple[str, str, dict[str, Any], str | None]] = [
     ("POST", "/v1/annotations", {"json": []}, "annotator"),
     ("POST", "/v1/annotations/undo", {"json": {"sample_id": 1}}, "annotator"),
     ("GET", "/v1/labels", {}, "annotator"),
+    ("GET", "/v1/labels/examples?label=d1", {}, "annotator"),
     ("POST", "/v1/labels", {"json": {"name": "new"}}, "admin"),
     ("GET", "/v1/stats", {}, "annotator"),
     ("GET", "/v1/jobs", {}, "admin"),

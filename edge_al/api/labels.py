@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, jsonify, request
 from flask.wrappers import Response
 
 from edge_al.errors import InvalidInput
 
 from . import service
-from ._util import json_body
+from ._util import json_body, query_int
 from .auth import require
 
 __all__ = ["bp"]
@@ -42,3 +42,17 @@ def add_label() -> tuple[Response, int]:
         raise InvalidInput(f'The body must be {{"name": "<label>"}}. Got {body!r} instead.')
     created = service().store.add_label(name)
     return jsonify({"labels": _labels(), "created": created}), 201 if created else 200
+
+
+@bp.get("/v1/labels/examples")
+@require("annotator")
+def label_examples() -> Response:
+    """Up to ``n`` samples whose standing decision is ``label`` (accepted or corrected), newest first."""
+    label = (request.args.get("label") or "").strip()
+    if not label:
+        raise InvalidInput("The 'label' query parameter must name a class, e.g. /v1/labels/examples?label=Blowhole. Got none.")
+    n = query_int("n", 6, 1, 24)
+    current = service().store.current_annotations()
+    picked = sorted((a for a in current.values() if a.label == label), key=lambda a: -a.created_at)[:n]
+    items = [{"sample_id": a.sample_id, "image_url": f"/v1/samples/{a.sample_id}/image"} for a in picked]
+    return jsonify({"label": label, "items": items})

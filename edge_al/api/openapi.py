@@ -162,7 +162,43 @@ _SCHEMAS: dict[str, Any] = {
             "probs": {"type": "object", "additionalProperties": {"type": "number"}},
             "score": _NUM_OR_NULL,
             "scores": {"type": "object", "additionalProperties": _NUM_OR_NULL},
+            "reason": _ref("PickReason"),
             "lease_expires_at": _TIME,
+        },
+    },
+    "PickReason": {
+        "type": "object",
+        "description": "why the sample was picked, for people (edge_al.selection.pick_reason)",
+        "required": ["code", "codes", "text"],
+        "properties": {
+            "code": {"type": "string", "description": "the most telling of codes"},
+            "codes": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "uncertain | rare predicted class | unlike anything labeled | cold-start typical | random | ranked by <strategy>",
+            },
+            "text": {"type": "string"},
+        },
+    },
+    "Validation": {
+        "type": "object",
+        "description": "how far a version's validation figures can be trusted (edge_al.figures)",
+        "required": ["n", "trusted", "note"],
+        "properties": {"n": {"type": ["integer", "null"]}, "trusted": {"type": "boolean"}, "note": {"type": ["string", "null"]}},
+    },
+    "LabelExamples": {
+        "type": "object",
+        "required": ["label", "items"],
+        "properties": {
+            "label": {"type": "string"},
+            "items": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["sample_id", "image_url"],
+                    "properties": {"sample_id": {"type": "integer"}, "image_url": {"type": "string"}},
+                },
+            },
         },
     },
     "Queue": {
@@ -331,6 +367,8 @@ _SCHEMAS: dict[str, Any] = {
                         "precision": {"type": ["string", "null"]},
                         "metrics": _ref("Headline"),
                         "created_at": _TIME_OR_NULL,
+                        "promoted": {"type": "boolean", "description": "on the promotion path (never promoted, or rolled back: false)"},
+                        "validation": _ref("Validation"),
                     },
                 },
             },
@@ -463,6 +501,14 @@ _PATHS: dict[str, Any] = {
             {"201": _json(_ref("Labels"), "Created"), "200": _json(_ref("Labels"), "Already there"), "422": _problem("invalid name")},
             requestBody=_body("LabelCreate"),
         ),
+    },
+    "/v1/labels/examples": {
+        "get": _op(
+            "Labeled examples of one class, newest first (the page shows them beside the guess)",
+            "annotator",
+            {"200": _json(_ref("LabelExamples")), "422": _problem("no label given")},
+            parameters=[_q("label", {"type": "string"}), _q("n", {"type": "integer", "minimum": 1, "maximum": 24})],
+        )
     },
     "/v1/jobs": {
         "get": _op(

@@ -73,6 +73,7 @@ def next_items() -> Response:
                     "probs": c.probs,
                     "score": c.score,
                     "scores": c.components,
+                    "reason": c.reason,
                     "lease_expires_at": expires,
                 }
             )
