@@ -333,6 +333,10 @@ def cmd_annotate(ctx: Context) -> int:
         print(f"written {result.written}, unchanged {result.unchanged}, invalid {len(result.errors)}")
         for e in result.errors:
             print(f"  row {e['row']} ({e['ref']}): {e['reason']}")
+        if any("Unknown label" in str(e["reason"]) for e in result.errors):
+            print(
+                f"next: if those are new classes (a first round defines them), run `{ctx.cli()} annotate --create-labels {ctx.args.file}`"
+            )
 
     ctx.emit(result.as_dict(), human)
     return EXIT_OK if result.ok else EXIT_PARTIAL

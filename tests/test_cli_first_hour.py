@@ -171,3 +171,12 @@ def test_train_next_hint_keeps_home_and_models(tmp_path: Path, capsys: pytest.Ca
     assert main(["train", "--home", str(tmp_path / "h"), "--models", str(tmp_path / "m"), "-q"]) == 0
     out = capsys.readouterr().out
     assert f"next: edge-al --home {tmp_path / 'h'} --models {tmp_path / 'm'} export {ckpt}" in out
+
+
+def test_unknown_labels_in_a_first_round_say_what_to_do(scored: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    f = tmp_path / "first.csv"
+    f.write_text("sample_id,label,action\n100,Blowhole,correct\n")
+    assert main(["annotate", str(f), "--home", str(scored)]) == 3
+    out = capsys.readouterr().out
+    assert f"edge-al --home {scored} annotate --create-labels {f}" in out
+    assert main(["annotate", "--create-labels", str(f), "--home", str(scored)]) == 0
