@@ -180,3 +180,11 @@ def test_unknown_labels_in_a_first_round_say_what_to_do(scored: Path, capsys: py
     out = capsys.readouterr().out
     assert f"edge-al --home {scored} annotate --create-labels {f}" in out
     assert main(["annotate", "--create-labels", str(f), "--home", str(scored)]) == 0
+
+
+def test_readme_says_what_scripts_test_installs_as_root() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    setup = (repo / "scripts" / "setup-browser.sh").read_text()
+    assert "setup-browser.sh" in (repo / "scripts" / "test").read_text() and "apt-get install" in setup
+    readme = " ".join((repo / "README.md").read_text().split())
+    assert "installs Debian's `chromium` package with `apt-get`" in readme and "as root" in readme
