@@ -41,7 +41,17 @@ from edge_al.config import Settings
 from edge_al.errors import GateFailed, InvalidInput
 from edge_al.features import BACKBONE_META, Backbone, backbone_dir
 
-from .convert import F32_CONFIG, _parity, _quiet, build_reference_ir, compile_static, export_onnx, infer_ir, quantize_int8
+from .convert import (
+    F32_CONFIG,
+    _parity,
+    _quiet,
+    build_reference_ir,
+    compile_static,
+    export_onnx,
+    infer_ir,
+    nncf_output,
+    quantize_int8,
+)
 from .efficientnet_lite import LITE_WEIGHTS
 from .train import IMAGENET_MEAN, IMAGENET_STD, build_model, predict
 
@@ -137,7 +147,10 @@ def _build(arch: str, size: int, calibration: np.ndarray, out: Path, parity_imag
                  "ignored_names": [convs[0], convs[-1]]}  # fmt: skip
     t = time.time()
     nncf.set_log_level(logging.WARNING)  # its INFO lines list every ignored node
-    int8 = quantize_int8(reference, calibration, qsettings)
+    # NNCF draws its progress bars (rich) on stdout: on stderr for a person watching, nowhere with -q,
+    # so stdout carries only the verb's own output
+    with nncf_output(progress):
+        int8 = quantize_int8(reference, calibration, qsettings)
     int8_s = time.time() - t
     with _quiet():
         ov.save_model(reference, str(out / "fp32.xml"), compress_to_fp16=False)

@@ -23,6 +23,7 @@ list of strings space-joined and labels may contain spaces.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import shutil
@@ -30,7 +31,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -368,6 +369,12 @@ def _check_images(name: str, images: np.ndarray, size: int, allow_empty: bool = 
     return images
 
 
+def nncf_output(progress: bool) -> AbstractContextManager[Any]:
+    """Where NNCF's progress bars (rich, drawn on stdout) go: stderr for a person watching, nowhere with
+    -q or --json, so stdout carries only the verb's own output."""
+    return redirect_stdout(sys.stderr if progress else io.StringIO())
+
+
 def _say(progress: bool, text: str) -> None:
     """A progress line, through one channel: printed on stderr for a person watching (``progress``)
     unless logging already shows INFO records (``-v``, a server's log), else logged; never both."""
@@ -585,7 +592,8 @@ def _gate_and_publish(
     attempts: list[dict[str, Any]] = []
     if int8:
         t = time.time()
-        candidate = _int8_candidate(reference, calibration_images, qsettings, checkpoint, backbone, core)
+        with nncf_output(progress):
+            candidate = _int8_candidate(reference, calibration_images, qsettings, checkpoint, backbone, core)
         compiled = compile_static(core, candidate, batch)
         agreement, accuracy, metrics = _int8_gates(compiled, ir_probs, fp32_val, sample_images, val_images, val_labels,
                                                    min_agreement, max_drop, batch)  # fmt: skip
@@ -598,8 +606,9 @@ def _gate_and_publish(
                 try:
                     calib = calibration_images[: qsettings["subset_size"]]
                     calib_ref, _ = infer_ir(ref_f32, calib, batch)
-                    candidate = _quantize_with_accuracy_control(reference, calib, calib_ref.argmax(1), qsettings,
-                                                                min_agreement)  # fmt: skip
+                    with nncf_output(progress):
+                        candidate = _quantize_with_accuracy_control(reference, calib, calib_ref.argmax(1), qsettings,
+                                                                    min_agreement)  # fmt: skip
                     compiled = compile_static(core, candidate, batch)
                     agreement, accuracy, metrics = _int8_gates(compiled, ir_probs, fp32_val, sample_images, val_images,
                                                                val_labels, min_agreement, max_drop, batch)  # fmt: skip

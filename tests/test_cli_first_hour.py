@@ -188,3 +188,12 @@ def test_readme_says_what_scripts_test_installs_as_root() -> None:
     assert "setup-browser.sh" in (repo / "scripts" / "test").read_text() and "apt-get install" in setup
     readme = " ".join((repo / "README.md").read_text().split())
     assert "installs Debian's `chromium` package with `apt-get`" in readme and "as root" in readme
+
+
+def test_retrain_says_why_the_active_models_figure_differs_from_status() -> None:
+    from edge_al.lifecycle import _split_note
+
+    meta = {"labels": ["a", "b"], "metrics": {"published": {"accuracy": 0.8, "balanced_accuracy": 0.75, "n": 13}}}
+    note = _split_note(meta, 0.55)
+    assert "`status` showed 0.750" in note and "its own 13 validation samples" in note
+    assert _split_note(meta, 0.75) == ""  # the same figure: nothing to explain

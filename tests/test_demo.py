@@ -52,4 +52,5 @@ def test_demo_default_publishes_int8_with_every_gate_passed(tmp_path: Path, caps
     line = next(x for x in captured.out.splitlines() if x.startswith("[4/6]"))
     assert line.endswith("published INT8; gates: ir_parity pass, int8_agreement pass, int8_accuracy pass"), line
     assert "{" not in captured.out, "a raw dict in the demo's output"
+    assert "Statistics collection" not in captured.out + captured.err, "NNCF's progress bars despite -q"
     assert "CUDA" not in captured.err
