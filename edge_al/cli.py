@@ -169,7 +169,7 @@ def cmd_models(ctx: Context) -> int:
 
     def human() -> None:
         if not rows:
-            print("no model versions yet: run `edge-al train` and `edge-al export`")
+            print(f"no model versions yet: run `{ctx.cli()} train` and `{ctx.cli()} export`")
         for mv in ctx.registry.versions():
             m = headline_metrics(mv.meta)
             acc, bal = m["accuracy"], m["balanced_accuracy"]
@@ -186,7 +186,7 @@ def cmd_models(ctx: Context) -> int:
 
 def cmd_promote(ctx: Context) -> int:
     mv = ctx.registry.promote(ctx.args.version)
-    ctx.emit({"active": mv.version}, lambda: print(f"active: {mv.version} (rescore with `edge-al score`)"))
+    ctx.emit({"active": mv.version}, lambda: print(f"active: {mv.version} (rescore with `{ctx.cli()} score`)"))
     return EXIT_OK
 
 
@@ -231,7 +231,7 @@ def cmd_embed(ctx: Context) -> int:
     doc = {"backbone": backbone.id, "arch": arch, "image_size": size, "embedded": len(got), "pool_size": len(ids),
            "seconds": round(time.perf_counter() - t, 2)}  # fmt: skip
     ctx.emit(doc, lambda: print(f"embedded {len(got)}/{len(ids)} samples with {arch} at {size} px (backbone {backbone.id})\n"
-                                "next: edge-al select -n 20     # typical and diverse, no labels needed"))  # fmt: skip
+                                f"next: {ctx.cli()} select -n 20     # typical and diverse, no labels needed"))  # fmt: skip
     return EXIT_OK if len(got) == len(ids) else EXIT_PARTIAL
 
 

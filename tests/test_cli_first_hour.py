@@ -197,3 +197,11 @@ def test_retrain_says_why_the_active_models_figure_differs_from_status() -> None
     note = _split_note(meta, 0.55)
     assert "`status` showed 0.750" in note and "its own 13 validation samples" in note
     assert _split_note(meta, 0.75) == ""  # the same figure: nothing to explain
+
+
+def test_hints_keep_the_workspace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "ws"
+    assert main(["keys", "list", "--home", str(home)]) == 0
+    assert f"run `edge-al --home {home} keys add --role admin`" in capsys.readouterr().out
+    assert main(["models", "--home", str(home)]) == 0
+    assert f"`edge-al --home {home} train`" in capsys.readouterr().out

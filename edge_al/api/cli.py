@@ -42,10 +42,10 @@ def cmd_serve(ctx: Any) -> int:
     a = ctx.args
     if a.no_auth and not is_loopback(a.host):
         print(f"edge-al: error: --no-auth only binds to localhost (127.0.0.1, ::1); got --host {a.host}. "
-              "Create keys with `edge-al keys add --role admin` to serve on the network.", file=sys.stderr)  # fmt: skip
+              f"Create keys with `{ctx.cli()} keys add --role admin` to serve on the network.", file=sys.stderr)  # fmt: skip
         return EXIT_ERROR
     if not a.no_auth and not list_keys(ctx.store, include_revoked=False):
-        print("edge-al: error: no API keys exist, so nobody could call the service. Run `edge-al keys add --role admin` "
+        print(f"edge-al: error: no API keys exist, so nobody could call the service. Run `{ctx.cli()} keys add --role admin` "
               "(and scorer/annotator keys for the line and the experts), or pass --no-auth to serve on localhost without keys.",
               file=sys.stderr)  # fmt: skip
         return EXIT_ERROR
@@ -114,7 +114,7 @@ def cmd_keys_list(ctx: Any) -> int:
 
     def human() -> None:
         if not rows:
-            print("no keys: run `edge-al keys add --role admin`")
+            print(f"no keys: run `{ctx.cli()} keys add --role admin`")
         for r in rows:
             print(f"{r['id']:>4}  {r['role']:<9}  {'revoked' if r['revoked'] else 'active ':<7}  {r['name']}")
 
