@@ -1,13 +1,29 @@
-"""Settings: frozen value object, from defaults, then environment (``EDGE_AL_*``), then arguments."""
+"""Settings: one loader, one precedence, for every part of edge-al.
+
+Precedence, lowest first: the defaults in this module (and the service's ``DEFAULTS`` in
+``edge_al.api``), then ``EDGE_AL_<NAME>`` environment variables, then explicit arguments
+(``--home``/``--models`` on the command line, ``test_config`` for ``create_app``). Every
+environment variable is read by :func:`env_values` here, and nowhere else:
+
+- workspace: ``EDGE_AL_HOME``, ``EDGE_AL_MODELS``, ``EDGE_AL_MAX_PIXELS``, ``EDGE_AL_MAX_FILE_BYTES``,
+  ``EDGE_AL_IMAGE_SIZE``, ``EDGE_AL_RETRAIN_AFTER``, ``EDGE_AL_HUEY_URL`` (:func:`load_settings`);
+- service: ``EDGE_AL_MAX_CONTENT_LENGTH``, ``EDGE_AL_MAX_IMAGES_PER_REQUEST``, ``EDGE_AL_LEASE_SECONDS``,
+  ``EDGE_AL_DEVICE``, ``EDGE_AL_MAX_BATCH``, ``EDGE_AL_MAX_WAIT_MS`` (``edge_al.api.ENV_KEYS``).
+
+An empty variable counts as unset; a value of the wrong type is an error that names the variable.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ARCHS", "ARCH_IMAGE_SIZE", "DEFAULT_ARCH", "PACKAGED_WEIGHTS", "Settings", "load_settings"]
+__all__ = ["ARCHS", "ARCH_IMAGE_SIZE", "DEFAULT_ARCH", "ENV_PREFIX", "PACKAGED_WEIGHTS", "Settings", "env_values", "load_settings"]
+
+ENV_PREFIX = "EDGE_AL_"
 
 # EfficientNet-Lite0 is the default: its ImageNet weights install with the train extra (no download),
 # so a few dozen labels train a head on pretrained features in seconds, and it was designed for INT8
@@ -36,6 +52,7 @@ class Settings:
     max_file_bytes: int = 64 * 1024 * 1024
     default_image_size: int | None = None  # None: per architecture (ARCH_IMAGE_SIZE)
     retrain_after: int = 12
+    huey_url: str | None = None  # the job queue's broker (redis://...); None: SQLite in the workspace
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -70,27 +87,46 @@ class Settings:
         return replace(self, **changes)
 
 
-def _int_env(name: str, default: int | None) -> int | None:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"The environment variable {name} must be an int. Got {raw!r} instead.") from None
+def env_values(kinds: Mapping[str, Callable[[str], Any]], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``{NAME: kind(value)}`` for each ``EDGE_AL_<NAME>`` in ``environ`` (default ``os.environ``) that is
+    set and not empty; ``kinds`` maps NAME to its converter (``int``, ``float``, ``str``)."""
+    env = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for name, kind in kinds.items():
+        raw = env.get(ENV_PREFIX + name)
+        if raw is None or raw == "":
+            continue
+        try:
+            out[name] = kind(raw)
+        except ValueError:
+            raise ValueError(
+                f"The environment variable {ENV_PREFIX}{name} must be {getattr(kind, '__name__', 'valid')}. Got {raw!r} instead."
+            ) from None
+    return out
+
+
+_SETTINGS_ENV: dict[str, Callable[[str], Any]] = {
+    "HOME": str,
+    "MODELS": str,
+    "MAX_PIXELS": int,
+    "MAX_FILE_BYTES": int,
+    "IMAGE_SIZE": int,
+    "RETRAIN_AFTER": int,
+    "HUEY_URL": str,
+}
 
 
 def load_settings(home: str | Path | None = None, models_dir: str | Path | None = None) -> Settings:
     """Defaults, overridden by ``EDGE_AL_*`` environment variables, overridden by arguments."""
-    env_home = os.environ.get("EDGE_AL_HOME")
-    env_models = os.environ.get("EDGE_AL_MODELS")
-    h = Path(home if home is not None else (env_home or "edge-al-home")).expanduser().resolve()
-    m = models_dir if models_dir is not None else env_models
+    env = env_values(_SETTINGS_ENV)
+    h = Path(home if home is not None else env.get("HOME", Settings.home)).expanduser().resolve()
+    m = models_dir if models_dir is not None else env.get("MODELS")
     return Settings(
         home=h,
         models_dir=Path(m).expanduser().resolve() if m else None,
-        max_pixels=_int_env("EDGE_AL_MAX_PIXELS", Settings.max_pixels) or Settings.max_pixels,
-        max_file_bytes=_int_env("EDGE_AL_MAX_FILE_BYTES", Settings.max_file_bytes) or Settings.max_file_bytes,
-        default_image_size=_int_env("EDGE_AL_IMAGE_SIZE", Settings.default_image_size),
-        retrain_after=_int_env("EDGE_AL_RETRAIN_AFTER", Settings.retrain_after) or Settings.retrain_after,
+        max_pixels=env.get("MAX_PIXELS") or Settings.max_pixels,
+        max_file_bytes=env.get("MAX_FILE_BYTES") or Settings.max_file_bytes,
+        default_image_size=env.get("IMAGE_SIZE") or Settings.default_image_size,
+        retrain_after=env.get("RETRAIN_AFTER") or Settings.retrain_after,
+        huey_url=env.get("HUEY_URL"),
     )

@@ -8,7 +8,9 @@ Two ways in:
 - ``Engine.stream(batches)``: the calling thread is the single producer that owns an
   ``AsyncInferQueue``; results come back in input order. Used by pool scoring.
 - ``Engine.infer(images)``: synchronous, serialised by a lock, for small calls (gates, tests).
-Never share one InferRequest or queue between threads (DESIGN.md field notes).
+The build side (``export``) builds models in memory and gates them through this same ``Engine``
+(it accepts an ``ov.Model`` as well as an IR path) and reads IRs with :func:`read_ir`: no other
+module reads or compiles a model. Never share one InferRequest or queue between threads (DESIGN.md field notes).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import openvino as ov
 
 from .errors import InvalidInput
 
-__all__ = ["AsyncRunner", "Engine", "ModelInfo", "available_devices", "get_core", "read_model_info", "resolve_device"]
+__all__ = ["AsyncRunner", "Engine", "ModelInfo", "available_devices", "get_core", "read_ir", "read_model_info", "resolve_device"]
 
 T = TypeVar("T")
 _core: ov.Core | None = None
@@ -42,6 +44,11 @@ def get_core() -> ov.Core:
             _core = ov.Core()
             _core_pid = os.getpid()
         return _core
+
+
+def read_ir(xml: str | Path) -> ov.Model:
+    """The ``ov.Model`` of an IR file (not compiled): for the build side to compose or inspect."""
+    return get_core().read_model(str(xml))
 
 
 def available_devices() -> list[str]:
@@ -122,11 +129,15 @@ def _output_rows(request: ov.InferRequest, port: int | None, n: int) -> np.ndarr
 
 
 class Engine:
-    """A compiled classifier: u8 NHWC BGR batches in, (probs [N, C], embedding [N, D]) out."""
+    """A compiled classifier: u8 NHWC BGR batches in, (probs [N, C], embedding [N, D]) out.
+
+    ``xml`` is an IR path or an in-memory ``ov.Model`` (copied, never changed); ``precision``
+    ``"f32"`` pins the inference precision (the gates compare at f32 on CPUs that default to bf16).
+    """
 
     def __init__(
         self,
-        xml: str | Path,
+        xml: str | Path | ov.Model,
         *,
         device: str = "CPU",
         batch: int = 8,
@@ -137,8 +148,12 @@ class Engine:
         if not 1 <= int(batch) <= 1024:
             raise InvalidInput(f"The 'batch' parameter must be an int in [1, 1024]. Got {batch!r} instead.")
         core = get_core()
-        self.xml = Path(xml)
-        model = core.read_model(self.xml)
+        if isinstance(xml, ov.Model):
+            self.xml = Path(f"<in-memory {xml.get_friendly_name()}>")
+            model = xml.clone()
+        else:
+            self.xml = Path(xml)
+            model = core.read_model(self.xml)
         self.info = read_model_info(model)
         self.batch = int(batch)
         inp = model.input(0)

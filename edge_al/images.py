@@ -36,6 +36,25 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _open_checked(data: bytes, *, max_pixels: int, verify: bool, fast_jpeg: bool) -> tuple[int, int, str]:
+    """``(width, height, format)`` of an encoded image after the format, pixel and decode checks of ``probe``."""
+    im = Image.open(io.BytesIO(data))
+    fmt = im.format or "?"
+    w, h = im.size
+    if fmt not in _FORMATS:
+        raise ImageError(f"Unsupported image format {fmt}; expected one of {', '.join(sorted(_FORMATS))}.")
+    if w * h > max_pixels:
+        raise ImageTooLarge(f"The image has {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,}.")
+    if verify and fmt == "JPEG" and fast_jpeg:
+        if not data.rstrip(b"\x00")[-2:] == b"\xff\xd9":
+            raise ImageError("The image is truncated or corrupt: the JPEG has no end-of-image marker.")
+    elif verify:
+        if fmt == "JPEG":
+            im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+        im.load()
+    return w, h, fmt
+
+
 def probe(data: bytes, *, max_pixels: int, max_bytes: int, verify: bool = True, fast_jpeg: bool = False) -> ImageInfo:
     """Header check and (with ``verify``) a decode check of an encoded image.
 
@@ -51,20 +70,7 @@ def probe(data: bytes, *, max_pixels: int, max_bytes: int, verify: bool = True, 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            fmt = im.format or "?"
-            w, h = im.size
-            if fmt not in _FORMATS:
-                raise ImageError(f"Unsupported image format {fmt}; expected one of {', '.join(sorted(_FORMATS))}.")
-            if w * h > max_pixels:
-                raise ImageTooLarge(f"The image has {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,}.")
-            if verify and fmt == "JPEG" and fast_jpeg:
-                if not data.rstrip(b"\x00")[-2:] == b"\xff\xd9":
-                    raise ImageError("The image is truncated or corrupt: the JPEG has no end-of-image marker.")
-            elif verify:
-                if fmt == "JPEG":
-                    im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
-                im.load()
+            w, h, fmt = _open_checked(data, max_pixels=max_pixels, verify=verify, fast_jpeg=fast_jpeg)
     except (ImageError, ImageTooLarge):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

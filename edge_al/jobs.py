@@ -23,6 +23,7 @@ state guard, so a duplicate or late task message never runs a job twice.
 from __future__ import annotations
 
 import builtins
+import io
 import json
 import logging
 import os
@@ -31,12 +32,16 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from tqdm import tqdm
 
 from .config import Settings
 from .errors import Conflict, EdgeALError, InvalidInput, MissingDependency, NotFound
-from .registry import ModelVersion, Registry
+from .lifecycle import annotations_since_model, model_created_at
+from .registry import Registry
 from .store import Store
 
 __all__ = [
@@ -56,28 +61,6 @@ JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 _FINISHED = ("succeeded", "failed", "cancelled")
 _TASK_NAME = "edge_al.jobs.run"
 _LOG_LINES = 50
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
-    progress REAL NOT NULL DEFAULT 0,
-    message TEXT NOT NULL DEFAULT '',
-    log_tail TEXT NOT NULL DEFAULT '[]',
-    params TEXT NOT NULL DEFAULT '{}',
-    result TEXT,
-    labels_at_submit INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    task_id TEXT,
-    worker TEXT,
-    heartbeat_at REAL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_kind_state ON jobs(kind, state);
-"""
 
 # allowed params per kind: name -> check(value) -> normalised value
 _PARAM_TYPES: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
@@ -127,16 +110,6 @@ def _validate(kind: str, params: Any) -> dict[str, Any]:
     return out
 
 
-def _model_created_at(mv: ModelVersion) -> float:
-    created = mv.meta.get("created_at")
-    if isinstance(created, (int, float)):
-        return float(created)
-    try:
-        return (mv.path / "meta.json").stat().st_mtime
-    except OSError:
-        return 0.0
-
-
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -155,59 +128,35 @@ def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class _Bar:
-    """A tqdm-compatible progress bar that reports into a job (``update``, ``close``, iteration)."""
+class _JobBar(tqdm):
+    """tqdm whose display is a job's progress (mapped into ``[lo, hi]``) and, every 5 s and at the
+    end, a line in its log tail, instead of a terminal: what tqdm-driven steps report inside a job."""
 
-    def __init__(
-        self, ctx: JobContext, lo: float, hi: float, iterable: Iterable[Any] | None = None, total: float | None = None, **kw: Any
-    ) -> None:
-        self.ctx, self.lo, self.hi = ctx, lo, hi
-        self.iterable = iterable
-        if total is None and isinstance(iterable, Sized):
-            total = len(iterable)
-        self.total = total
-        self.desc = str(kw.get("desc") or "")
-        self.unit = str(kw.get("unit") or "it")
-        self.n = 0.0
-        self._last_log = 0.0
-        self._t0 = time.monotonic()
-        if self.desc:
-            ctx.log(f"{self.desc}: started ({int(total) if total else '?'} {self.unit})")
+    LOG_EVERY_S = 5.0
 
-    def update(self, n: float = 1) -> None:
-        self.n += n
+    def __init__(self, *args: Any, ctx: JobContext, lo: float, hi: float, **kw: Any) -> None:
+        self._ctx, self._lo, self._hi, self._logged, self._closing = ctx, lo, hi, 0.0, False
+        kw.pop("file", None)
+        kw.setdefault("bar_format", "{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}]")
+        super().__init__(*args, file=io.StringIO(), mininterval=0.5, dynamic_ncols=False, **kw)
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        """Report progress; a cancel request raises ``JobCancelled`` from ``update``, never from ``close``."""
         frac = min(1.0, self.n / self.total) if self.total else 0.0
+        try:
+            self._ctx.set_progress(self._lo + (self._hi - self._lo) * frac)
+        except JobCancelled:
+            if not self._closing:
+                raise
         now = time.monotonic()
-        if now - self._last_log >= 5.0:
-            self._last_log = now
-            self.ctx.log(f"{self.desc or 'progress'}: {int(self.n)}/{int(self.total) if self.total else '?'} {self.unit}")
-        self.ctx.set_progress(self.lo + (self.hi - self.lo) * frac)
-
-    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
-        self.desc = str(desc or "")
-
-    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def refresh(self) -> None:
-        pass
+        if now - self._logged >= self.LOG_EVERY_S or (self.total and self.n >= self.total):
+            self._logged = now
+            self._ctx.log(str(self).strip())
+        return True
 
     def close(self) -> None:
-        if self.desc:
-            self.ctx.log(f"{self.desc}: {int(self.n)} {self.unit} in {time.monotonic() - self._t0:.1f} s")
-
-    def __iter__(self) -> Iterator[Any]:
-        if self.iterable is None:
-            return
-        for x in self.iterable:
-            yield x
-            self.update(1)
-
-    def __enter__(self) -> _Bar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        self._closing = True
+        super().close()
 
 
 class JobContext:
@@ -256,11 +205,11 @@ class JobContext:
             progress = self.progress_value
         self.cancel_requested = self.manager._report(self.job_id, progress, lines)
 
-    def progress(self, lo: float = 0.0, hi: float = 1.0) -> Callable[..., _Bar]:
-        """A tqdm-like factory whose bars move the job's progress within ``[lo, hi]``."""
+    def progress(self, lo: float = 0.0, hi: float = 1.0) -> Callable[..., _JobBar]:
+        """A tqdm factory whose bars move the job's progress within ``[lo, hi]``."""
 
-        def make(iterable: Iterable[Any] | None = None, **kw: Any) -> _Bar:
-            return _Bar(self, lo, hi, iterable, **kw)
+        def make(iterable: Iterable[Any] | None = None, **kw: Any) -> _JobBar:
+            return _JobBar(iterable, ctx=self, lo=lo, hi=hi, **kw)
 
         return make
 
@@ -355,11 +304,7 @@ class JobManager:
         self.on_model_change = on_model_change
         self.stale_s = float(stale_s)
         self.heartbeat_s = float(heartbeat_s)
-        self.huey_url = huey_url if huey_url is not None else (settings.extra.get("huey_url") or os.environ.get("EDGE_AL_HUEY_URL") or None)
-        with self.store.tx() as c:
-            for stmt in _SCHEMA.strip().split(";"):
-                if stmt.strip():
-                    c.execute(stmt)
+        self.huey_url = huey_url if huey_url is not None else (settings.extra.get("huey_url") or settings.huey_url)
         self.huey = self._make_huey()
         self._task = self.huey.task(name=_TASK_NAME)(self._execute)
 
@@ -409,33 +354,27 @@ class JobManager:
             jid = int(job_id)
         except (TypeError, ValueError):
             raise NotFound(f"Job {job_id!r} does not exist: job ids are integers.") from None
-        rows = self.store.query("SELECT * FROM jobs WHERE id = ?", (jid,))
-        if not rows:
+        row = self.store.jobs.get(jid)
+        if row is None:
             raise NotFound(f"Job {jid} does not exist.")
-        return self._as_dict(rows[0])
+        return self._as_dict(row)
 
     def list(self, limit: int = 50, state: str | None = None, kind: str | None = None) -> builtins.list[dict[str, Any]]:
         """The newest jobs first."""
         if not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise InvalidInput(f"The 'limit' parameter must be an int in [1, 1000]. Got {limit!r} instead.")
-        where, args = [], []
         if state is not None:
             if state not in JOB_STATES:
                 raise InvalidInput(f"The 'state' parameter must be one of {', '.join(JOB_STATES)}. Got {state!r} instead.")
-            where.append("state = ?")
-            args.append(state)
         if kind is not None:
             if kind not in JOB_KINDS:
                 raise InvalidInput(f"The 'kind' parameter must be one of {', '.join(JOB_KINDS)}. Got {kind!r} instead.")
-            where.append("kind = ?")
-            args.append(kind)
-        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
-        return [self._as_dict(r) for r in self.store.query(sql, (*args, limit))]
+        return [self._as_dict(r) for r in self.store.jobs.newest(limit, state, kind)]
 
     def active_retrain(self) -> dict[str, Any] | None:
         """The queued or running retrain job, if any."""
-        rows = self.store.query("SELECT * FROM jobs WHERE kind = 'retrain' AND state IN ('queued', 'running') ORDER BY id LIMIT 1")
-        return self._as_dict(rows[0]) if rows else None
+        row = self.store.jobs.live_retrain()
+        return self._as_dict(row) if row is not None else None
 
     def _labeled_count(self) -> int:
         return len(self.store.labeled()[0])
@@ -446,20 +385,8 @@ class JobManager:
         clean = _validate(kind, params)
         labels = self._labeled_count()
         task = self._task.s(0)
-        with self.store.tx() as c:
-            if kind == "retrain":
-                row = c.execute("SELECT id, state FROM jobs WHERE kind = 'retrain' AND state IN ('queued', 'running') LIMIT 1").fetchone()
-                if row is not None:
-                    raise Conflict(f"Retrain job {row['id']} is already {row['state']}: at most one retrain runs at a time.")
-            job_id = self._insert(c, kind, clean, labels, task.id)
+        job_id = self.store.jobs.insert(kind, clean, labels, task.id)
         return self._enqueue(job_id, task)
-
-    def _insert(self, c: Any, kind: str, params: dict[str, Any], labels: int, task_id: str, message: str = "queued") -> int:
-        cur = c.execute(
-            "INSERT INTO jobs(kind, state, params, labels_at_submit, task_id, message, created_at) VALUES (?, 'queued', ?, ?, ?, ?, ?)",
-            (kind, json.dumps(params, sort_keys=True), labels, task_id, message, time.time()),
-        )
-        return int(cur.lastrowid or 0)
 
     def _enqueue(self, job_id: int, task: Any) -> dict[str, Any]:
         task.args = (job_id,)
@@ -470,17 +397,9 @@ class JobManager:
             raise
         return self.get(job_id)
 
-    def annotations_since(self, since: float) -> int:
-        rows = self.store.query(
-            "SELECT COUNT(*) AS n FROM annotations WHERE action IN ('accept', 'correct', 'reject') AND created_at > ?", (since,)
-        )
-        return int(rows[0]["n"])
-
     def annotations_since_model(self) -> int:
-        """Annotation rows (accept, correct, reject) written since the active model was created
-        (all of them while no model is active)."""
-        mv = self.registry.active()
-        return self.annotations_since(_model_created_at(mv) if mv is not None else 0.0)
+        """Decisions written since the active model was published (``lifecycle.annotations_since_model``)."""
+        return annotations_since_model(self.store, self.registry)
 
     def maybe_queue_retrain(self, retrain_after: int | None = None, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """Queue a retrain when enough annotations arrived; the job, or None.
@@ -494,22 +413,11 @@ class JobManager:
             raise InvalidInput(f"The 'retrain_after' parameter must be an int >= 1. Got {retrain_after!r} instead.")
         clean = _validate("retrain", params)
         mv = self.registry.active()
-        model_at = _model_created_at(mv) if mv is not None else 0.0
         labels = self._labeled_count()
         task = self._task.s(0)
-        with self.store.tx() as c:
-            if c.execute("SELECT 1 FROM jobs WHERE kind = 'retrain' AND state IN ('queued', 'running') LIMIT 1").fetchone():
-                return None
-            last = c.execute("SELECT MAX(created_at) AS t FROM jobs WHERE kind = 'retrain'").fetchone()
-            since = max(model_at, float(last["t"] or 0.0))
-            n = int(
-                c.execute(
-                    "SELECT COUNT(*) AS n FROM annotations WHERE action IN ('accept', 'correct', 'reject') AND created_at > ?", (since,)
-                ).fetchone()["n"]
-            )
-            if n < threshold:
-                return None
-            job_id = self._insert(c, "retrain", clean, labels, task.id, f"queued: {n} new annotations (threshold {threshold})")
+        job_id = self.store.jobs.insert_retrain_if_due(model_created_at(mv) if mv is not None else 0.0, threshold, clean, labels, task.id)
+        if job_id is None:
+            return None
         return self._enqueue(job_id, task)
 
     # -- cancelling ----------------------------------------------------------------------------
@@ -517,24 +425,11 @@ class JobManager:
         """Cancel a queued job now, ask a running one to stop; ``Conflict`` when it has finished."""
         job = self.get(job_id)
         jid = job["id"]
-        task_id = None
-        with self.store.tx() as c:
-            row = c.execute("SELECT state, task_id FROM jobs WHERE id = ?", (jid,)).fetchone()
-            state = row["state"]
-            if state == "queued":
-                c.execute(
-                    "UPDATE jobs SET state = 'cancelled', message = 'cancelled before it started', finished_at = ? WHERE id = ?",
-                    (time.time(), jid),
-                )
-                task_id = row["task_id"]
-            elif state == "running":
-                c.execute(
-                    "UPDATE jobs SET cancel_requested = 1, message = 'cancel requested; stopping at the next step' WHERE id = ?", (jid,)
-                )
-            else:
-                raise Conflict(
-                    f"Job {jid} has already {'been ' if state == 'cancelled' else ''}{state}; only queued or running jobs can be cancelled."
-                )
+        state, task_id = self.store.jobs.cancel(jid)
+        if state not in ("queued", "running"):
+            raise Conflict(
+                f"Job {jid} has already {'been ' if state == 'cancelled' else ''}{state}; only queued or running jobs can be cancelled."
+            )
         if task_id:
             try:
                 self.huey.revoke_by_id(task_id, revoke_once=True)
@@ -545,42 +440,15 @@ class JobManager:
     # -- running -------------------------------------------------------------------------------
     def _report(self, job_id: int, progress: float, lines: builtins.list[str]) -> bool:
         """Write progress, log tail and heartbeat of a running job; returns its cancel flag."""
-        with self.store.tx() as c:
-            c.execute(
-                "UPDATE jobs SET progress = ?, log_tail = ?, heartbeat_at = ? WHERE id = ? AND state = 'running'",
-                (progress, json.dumps(lines), time.time(), job_id),
-            )
-            row = c.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return bool(row and row["cancel_requested"])
+        return self.store.jobs.report(job_id, progress, lines)
 
     def _finish(
         self, job_id: int, state: str, message: str, result: dict[str, Any] | None, lines: builtins.list[str], progress: float | None = None
     ) -> None:
-        with self.store.tx() as c:
-            c.execute(
-                "UPDATE jobs SET state = ?, message = ?, result = ?, log_tail = ?, finished_at = ?, progress = COALESCE(?, progress)"
-                " WHERE id = ? AND state IN ('queued', 'running')",
-                (
-                    state,
-                    message[:4000],
-                    json.dumps(result, default=str) if result is not None else None,
-                    json.dumps(lines),
-                    time.time(),
-                    progress,
-                    job_id,
-                ),
-            )
+        self.store.jobs.finish(job_id, state, message, result, lines, progress)
 
     def _claim(self, job_id: int) -> dict[str, Any] | None:
-        now = time.time()
-        with self.store.tx() as c:
-            cur = c.execute(
-                "UPDATE jobs SET state = 'running', started_at = ?, heartbeat_at = ?, worker = ?, message = 'running' WHERE id = ? AND state = 'queued'",
-                (now, now, _worker_id(), job_id),
-            )
-            if cur.rowcount != 1:
-                return None
-        return self.get(job_id)
+        return self.get(job_id) if self.store.jobs.claim(job_id, _worker_id()) else None
 
     def run_job(self, job_id: int) -> dict[str, Any] | None:
         """Run one queued job on the calling thread (what the huey task does); the finished job,
@@ -591,6 +459,23 @@ class JobManager:
             return None
         jid = job["id"]
         ctx = JobContext(self, jid)
+        active_before = self.registry.active_version()
+        with self._attached(ctx, jid):
+            ctx.log(f"job {jid} ({job['kind']}) started on {_worker_id()}")
+            state, message, result, progress = self._run_runner(job, ctx)
+        ctx.log(f"job {jid} {state}: {message}")
+        self._finish(jid, state, message, result, list(ctx.lines), progress)
+        if self.on_model_change is not None and self.registry.active_version() != active_before:
+            try:
+                self.on_model_change()
+            except Exception:
+                log.warning("job %s: the model-change hook failed", jid, exc_info=True)
+        return self.get(jid)
+
+    @contextmanager
+    def _attached(self, ctx: JobContext, jid: int) -> Iterator[None]:
+        """While a job runs: its thread's edge_al/export log lines go to its log tail, and a heartbeat
+        thread flushes progress every ``heartbeat_s`` (what ``recover`` reads to find dead workers)."""
         handler = _JobLogHandler(ctx, threading.get_ident())
         loggers = [logging.getLogger(name) for name in ("edge_al", "export")]
         for lg in loggers:
@@ -606,38 +491,31 @@ class JobManager:
 
         beater = threading.Thread(target=beat, name=f"edge-al-job-{jid}-heartbeat", daemon=True)
         beater.start()
-        ctx.log(f"job {jid} ({job['kind']}) started on {_worker_id()}")
-        active_before = self.registry.active_version()
-        state, message, result, progress = "failed", "", None, None
         try:
-            runner = self.runners[job["kind"]]
-            result = runner(self.settings, self.store, self.registry, job["params"], ctx)
-            state, progress = "succeeded", 1.0
-            message = str(result.get("summary") or "done") if isinstance(result, dict) else "done"
-            if ctx.cancel_requested:
-                message += " (the cancel request came after the last step; the job had finished)"
-        except JobCancelled:
-            state, message = "cancelled", "cancelled while running"
-            ctx.log(message)
-        except EdgeALError as exc:
-            message = str(exc)
-            ctx.log(traceback.format_exc())
-        except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}"
-            ctx.log(traceback.format_exc())
+            yield
         finally:
             stop_beat.set()
             beater.join(timeout=5)
             for lg in loggers:
                 lg.removeHandler(handler)
-        ctx.log(f"job {jid} {state}: {message}")
-        self._finish(jid, state, message, result, list(ctx.lines), progress)
-        if self.on_model_change is not None and self.registry.active_version() != active_before:
-            try:
-                self.on_model_change()
-            except Exception:
-                log.warning("job %s: the model-change hook failed", jid, exc_info=True)
-        return self.get(jid)
+
+    def _run_runner(self, job: dict[str, Any], ctx: JobContext) -> tuple[str, str, Any, float | None]:
+        """``(state, message, result, progress)`` of running the job's runner; never raises."""
+        try:
+            result = self.runners[job["kind"]](self.settings, self.store, self.registry, job["params"], ctx)
+        except JobCancelled:
+            ctx.log("cancelled while running")
+            return "cancelled", "cancelled while running", None, None
+        except EdgeALError as exc:
+            ctx.log(traceback.format_exc())
+            return "failed", str(exc), None, None
+        except Exception as exc:
+            ctx.log(traceback.format_exc())
+            return "failed", f"{type(exc).__name__}: {exc}", None, None
+        message = str(result.get("summary") or "done") if isinstance(result, dict) else "done"
+        if ctx.cancel_requested:
+            message += " (the cancel request came after the last step; the job had finished)"
+        return "succeeded", message, result, 1.0
 
     def _execute(self, job_id: int) -> None:
         try:
@@ -654,22 +532,17 @@ class JobManager:
         now = time.time()
         host = socket.gethostname()
         dead: builtins.list[int] = []
-        for row in self.store.query("SELECT id, worker, heartbeat_at FROM jobs WHERE state = 'running'"):
+        for row in self.store.jobs.running():
             worker = row["worker"] or ""
             whost, _, wpid = worker.rpartition(":")
             beat = float(row["heartbeat_at"] or 0.0)
             same_host_dead = whost == host and wpid.isdigit() and int(wpid) != os.getpid() and not _pid_alive(int(wpid))
             if same_host_dead or now - beat > self.stale_s or not worker:
                 reason = "its process is gone" if same_host_dead else f"no heartbeat for {now - beat:.0f} s"
-                with self.store.tx() as c:
-                    cur = c.execute(
-                        "UPDATE jobs SET state = 'failed', message = ?, finished_at = ? WHERE id = ? AND state = 'running'",
-                        (f"worker died ({worker or 'unknown'}: {reason})", now, row["id"]),
-                    )
-                if cur.rowcount:
+                if self.store.jobs.fail_running(int(row["id"]), f"worker died ({worker or 'unknown'}: {reason})"):
                     dead.append(int(row["id"]))
                     log.warning("job %s: worker %s died; marked failed", row["id"], worker)
-        queued = self.store.query("SELECT id, task_id FROM jobs WHERE state = 'queued' AND created_at < ?", (now - requeue_after_s,))
+        queued = self.store.jobs.queued_before(now - requeue_after_s)
         if queued:
             try:
                 pending = {t.id for t in self.huey.pending()}
@@ -678,8 +551,7 @@ class JobManager:
             for row in queued:
                 if pending is not None and row["task_id"] not in pending:
                     task = self._task.s(int(row["id"]))
-                    with self.store.tx() as c:
-                        c.execute("UPDATE jobs SET task_id = ? WHERE id = ? AND state = 'queued'", (task.id, row["id"]))
+                    self.store.jobs.set_task(int(row["id"]), task.id)
                     self.huey.enqueue(task)
                     log.warning("job %s: its task message was lost; queued again", row["id"])
         return dead
@@ -688,7 +560,7 @@ class JobManager:
         """A huey consumer with thread workers; it sets signal handlers only on the main thread."""
         from huey.consumer import Consumer
 
-        class _Consumer(Consumer):  # type: ignore[misc]
+        class _Consumer(Consumer):
             def _set_signal_handlers(self) -> None:
                 if threading.current_thread() is threading.main_thread():
                     super()._set_signal_handlers()

@@ -24,7 +24,15 @@ from .registry import ModelVersion, Registry, headline_metrics
 from .scoring import ScoreReport, score_pool
 from .store import Store
 
-__all__ = ["RetrainResult", "balanced_accuracy", "evaluate_version", "retrain", "workflow"]
+__all__ = [
+    "RetrainResult",
+    "annotations_since_model",
+    "balanced_accuracy",
+    "evaluate_version",
+    "model_created_at",
+    "retrain",
+    "workflow",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +54,25 @@ def workflow() -> ModuleType:
             ) from None
         raise
     return module
+
+
+def model_created_at(mv: ModelVersion) -> float:
+    """When a version was published (epoch seconds): its ``created_at``, else its meta.json's mtime."""
+    created = mv.meta.get("created_at")
+    if isinstance(created, (int, float)):
+        return float(created)
+    try:
+        return (mv.path / "meta.json").stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def annotations_since_model(store: Store, registry: Registry) -> int:
+    """Decisions (accept, correct, reject rows) written since the active model was published, all of
+    them while no model is active: the one figure the retrain trigger, ``/v1/stats`` and the
+    annotation responses report, with or without the job system."""
+    mv = registry.active()
+    return store.jobs.decisions_since(model_created_at(mv) if mv is not None else 0.0)
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:

@@ -350,11 +350,4 @@ def update_novelty(settings: Settings, store: Store, mv: ModelVersion, emb_file:
     scores = novelty_scores(probs, src, lab_emb, lab_cls, chunk_size=chunk)
     fre = scores.get("fre")
     knn = scores.get("knn")
-    with store.tx() as c:
-        c.executemany(
-            "UPDATE predictions SET fre = ?, knn = ? WHERE sample_id = ? AND model_version = ?",
-            [
-                (None if fre is None else float(fre[i]), None if knn is None else float(knn[i]), int(ids[i]), mv.version)
-                for i in range(len(ids))
-            ],
-        )
+    store.set_novelty(mv.version, ids, fre, knn)

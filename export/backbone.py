@@ -38,21 +38,15 @@ import openvino as ov
 from openvino import opset13 as ops
 
 from edge_al.config import Settings
+from edge_al.engine import Engine
 from edge_al.errors import GateFailed, InvalidInput
 from edge_al.features import BACKBONE_META, Backbone, backbone_dir
 
-from .convert import (
-    F32_CONFIG,
-    _parity,
-    _quiet,
-    build_reference_ir,
-    compile_static,
-    export_onnx,
-    infer_ir,
-    nncf_output,
-    quantize_int8,
-)
+from .convert import build_reference_ir, export_onnx
 from .efficientnet_lite import LITE_WEIGHTS
+from .gates import parity_gate
+from .quantize import nncf_output, quantize_int8
+from .quantize import quiet as _quiet
 from .train import IMAGENET_MEAN, IMAGENET_STD, build_model, predict
 
 __all__ = ["compose_head", "ensure_backbone", "head_arrays", "weights_digest"]
@@ -128,9 +122,8 @@ def _build(arch: str, size: int, calibration: np.ndarray, out: Path, parity_imag
     exporter = export_onnx(model, size, onnx_path)
     reference = _embedding_only(build_reference_ir(onnx_path, size, IMAGENET_MEAN, IMAGENET_STD))
     onnx_path.unlink()
-    core = ov.Core()
-    _, ir_emb = infer_ir(compile_static(core, _with_dummy_probs(reference), batch, F32_CONFIG), probe, batch)
-    gate = _parity("backbone_ir_parity", np.zeros((len(probe), 1)), torch_emb, np.zeros((len(probe), 1)), ir_emb, PARITY_TOL)
+    _, ir_emb = Engine(_with_dummy_probs(reference), batch=batch, hint="LATENCY", precision="f32").infer(probe)
+    gate = parity_gate("backbone_ir_parity", np.zeros((len(probe), 1)), torch_emb, np.zeros((len(probe), 1)), ir_emb, PARITY_TOL)
     if not gate["passed"]:
         raise GateFailed(
             f"The {arch} backbone's IR does not match torch: embedding rel diff {gate['max_rel_embedding_diff']:.3g} "
@@ -147,8 +140,7 @@ def _build(arch: str, size: int, calibration: np.ndarray, out: Path, parity_imag
                  "ignored_names": [convs[0], convs[-1]]}  # fmt: skip
     t = time.time()
     nncf.set_log_level(logging.WARNING)  # its INFO lines list every ignored node
-    # NNCF draws its progress bars (rich) on stdout: on stderr for a person watching, nowhere with -q,
-    # so stdout carries only the verb's own output
+    # NNCF's progress bars: on stderr when watching, nowhere with -q (never between the verb's stdout lines)
     with nncf_output(progress):
         int8 = quantize_int8(reference, calibration, qsettings)
     int8_s = time.time() - t

@@ -112,7 +112,7 @@ class EfficientNetLite(nn.Module):
         return torch.flatten(self.pool(x), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._fc(self.features(x))  # type: ignore[no-any-return]
+        return self._fc(self.features(x))
 
 
 def efficientnet_lite(arch: str, num_classes: int = 1000) -> EfficientNetLite:

@@ -27,6 +27,7 @@ import numpy as np
 
 from edge_al.errors import InvalidInput, MissingDependency
 from edge_al.fsutil import atomic_write
+from edge_al.lifecycle import balanced_accuracy
 
 try:
     import torch
@@ -145,7 +146,7 @@ def build_model(arch: str, num_classes: int, weights: str = "none") -> Embedding
     if arch in LITE_WEIGHTS:
         net = efficientnet_lite(arch)
         if weights == "imagenet":
-            load_imagenet(net, arch)  # type: ignore[arg-type]
+            load_imagenet(net, arch)
     else:
         net = torchvision.models.get_model(arch, weights=None)
     if weights == "imagenet" and arch not in LITE_WEIGHTS:
@@ -276,9 +277,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
     y_pred = np.asarray(y_pred)
     if len(y_true) == 0:
         return {"accuracy": float("nan"), "balanced_accuracy": float("nan"), "n": 0}
-    acc = float(np.mean(y_true == y_pred))
-    recalls = [float(np.mean(y_pred[y_true == c] == c)) for c in np.unique(y_true)]
-    return {"accuracy": acc, "balanced_accuracy": float(np.mean(recalls)), "n": len(y_true)}
+    return {"accuracy": float(np.mean(y_true == y_pred)), "balanced_accuracy": balanced_accuracy(y_true, y_pred), "n": len(y_true)}
 
 
 @torch.no_grad()
@@ -373,20 +372,8 @@ def train(
     from tqdm.auto import tqdm
 
     labels = np.asarray(labels, dtype=np.int64)
-    _validate(images, labels, label_names, image_size)
-    if balance not in BALANCE_MODES:
-        raise InvalidInput(f"The 'balance' parameter must be one of {', '.join(BALANCE_MODES)}. Got {balance!r} instead.")
-    for name, value, lo in (("epochs", epochs, 1), ("batch_size", batch_size, 2)):
-        if not isinstance(value, int) or value < lo:
-            raise InvalidInput(f"The '{name}' parameter must be an int >= {lo}. Got {value!r} instead.")
-    if val_mask is None:
-        val_mask = np.zeros(len(images), dtype=bool)
-    val_mask = np.asarray(val_mask, dtype=bool)
-    if val_mask.shape != labels.shape:
-        raise InvalidInput(f"The 'val_mask' parameter must be bool [{len(labels)}]. Got shape {val_mask.shape} instead.")
+    val_mask = _check_train_args(images, labels, label_names, image_size, balance, epochs, batch_size, val_mask)
     train_idx = np.flatnonzero(~val_mask)
-    if len(train_idx) < 2:
-        raise InvalidInput(f"Training needs at least 2 training samples. Got {len(train_idx)}.")
     num_classes = len(label_names)
 
     prev_det = torch.are_deterministic_algorithms_enabled()
@@ -412,14 +399,24 @@ def train(
         torch.set_num_threads(prev_threads)
 
     model.eval()
-    val_metrics: dict[str, Any] = {"n": 0}
-    if val_mask.any():
-        probs, _ = predict(model, images[val_mask])
-        val_metrics = classification_metrics(labels[val_mask], probs.argmax(1))
-    train_probs, _ = predict(model, images[train_idx])
-    train_metrics: dict[str, Any] = classification_metrics(labels[train_idx], train_probs.argmax(1))
-    train_metrics["final_loss"] = history[-1]["loss"] if history else float("nan")
-    checkpoint: dict[str, Any] = {
+    run = {"seed": int(seed), "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "balance": balance,
+           "weights": "init_state" if init_state is not None else str(weights)}  # fmt: skip
+    checkpoint = {
+        **_checkpoint(model, arch, label_names, image_size, run),
+        "num_train": len(train_idx),
+        "num_val": int(val_mask.sum()),
+        "class_counts": [int(c) for c in np.bincount(labels[train_idx], minlength=num_classes)],
+        **_fit_metrics(model, images, labels, val_mask, history),
+        "created_at": time.time(),
+        "torch_version": str(torch.__version__),
+        "extra": {},
+    }
+    return TrainResult(model, checkpoint, history)
+
+
+def _checkpoint(model: EmbeddingClassifier, arch: str, label_names: Sequence[str], image_size: int, run: dict[str, Any]) -> dict[str, Any]:
+    """The model part of a checkpoint: weights, labels, input contract, and the run's settings."""
+    return {
         "format": CHECKPOINT_FORMAT,
         "arch": arch,
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
@@ -429,22 +426,41 @@ def train(
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "embedding_dim": model.embedding_dim,
-        "seed": int(seed),
-        "epochs": int(epochs),
-        "batch_size": int(batch_size),
-        "lr": float(lr),
-        "balance": balance,
-        "weights": "init_state" if init_state is not None else str(weights),
-        "num_train": len(train_idx),
-        "num_val": int(val_mask.sum()),
-        "class_counts": [int(c) for c in np.bincount(labels[train_idx], minlength=num_classes)],
-        "train_metrics": train_metrics,
-        "val_metrics": val_metrics,
-        "created_at": time.time(),
-        "torch_version": str(torch.__version__),
-        "extra": {},
+        **run,
     }
-    return TrainResult(model, checkpoint, history)
+
+
+def _check_train_args(
+    images: np.ndarray, labels: np.ndarray, label_names: Sequence[str], image_size: int, balance: str, epochs: int,
+    batch_size: int, val_mask: np.ndarray | None,
+) -> np.ndarray:  # fmt: skip
+    """Validate ``train``'s arguments; returns ``val_mask`` as bool [N] (all False when None)."""
+    _validate(images, labels, label_names, image_size)
+    if balance not in BALANCE_MODES:
+        raise InvalidInput(f"The 'balance' parameter must be one of {', '.join(BALANCE_MODES)}. Got {balance!r} instead.")
+    for name, value, lo in (("epochs", epochs, 1), ("batch_size", batch_size, 2)):
+        if not isinstance(value, int) or value < lo:
+            raise InvalidInput(f"The '{name}' parameter must be an int >= {lo}. Got {value!r} instead.")
+    mask = np.zeros(len(images), dtype=bool) if val_mask is None else np.asarray(val_mask, dtype=bool)
+    if mask.shape != labels.shape:
+        raise InvalidInput(f"The 'val_mask' parameter must be bool [{len(labels)}]. Got shape {mask.shape} instead.")
+    if int((~mask).sum()) < 2:
+        raise InvalidInput(f"Training needs at least 2 training samples. Got {int((~mask).sum())}.")
+    return mask
+
+
+def _fit_metrics(
+    model: EmbeddingClassifier, images: np.ndarray, labels: np.ndarray, val_mask: np.ndarray, history: list[dict[str, float]]
+) -> dict[str, dict[str, Any]]:
+    """``train_metrics`` (with the final loss) and ``val_metrics`` (``{"n": 0}`` without held-out samples)."""
+    val_metrics: dict[str, Any] = {"n": 0}
+    if val_mask.any():
+        probs, _ = predict(model, images[val_mask])
+        val_metrics = classification_metrics(labels[val_mask], probs.argmax(1))
+    train_probs, _ = predict(model, images[~val_mask])
+    train_metrics: dict[str, Any] = classification_metrics(labels[~val_mask], train_probs.argmax(1))
+    train_metrics["final_loss"] = history[-1]["loss"] if history else float("nan")
+    return {"train_metrics": train_metrics, "val_metrics": val_metrics}
 
 
 def _fit(
@@ -576,10 +592,10 @@ def fit_linear_head(
         opt.zero_grad()
         logits = x @ weight.T + bias + mask
         loss = (F.cross_entropy(logits, y, reduction="none") * w_t).mean() + alpha * (weight * weight).sum()
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         return loss
 
-    opt.step(closure)  # type: ignore[no-untyped-call]
+    opt.step(closure)
     with torch.no_grad():
         b = bias + mask
     return weight.detach().numpy().astype(np.float32), b.numpy().astype(np.float32)

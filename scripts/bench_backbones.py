@@ -28,7 +28,8 @@ import numpy as np
 
 from edge_al.config import Settings
 from export.backbone import ensure_backbone
-from export.convert import _quantization_settings, build_reference_ir, export_onnx, quantize_int8
+from export.convert import build_reference_ir, export_onnx
+from export.quantize import quantization_settings, quantize_int8
 from export.tools.bench import benchmark_app, machine_info
 from export.train import IMAGENET_MEAN, IMAGENET_STD, build_model
 
@@ -46,7 +47,7 @@ def _torchvision_irs(arch: str, size: int, folder: Path, calibration: np.ndarray
     onnx_path = folder / f"{arch}.onnx"
     export_onnx(model, size, onnx_path, "torchscript")
     reference = build_reference_ir(onnx_path, size, IMAGENET_MEAN, IMAGENET_STD)
-    int8 = quantize_int8(reference, calibration, _quantization_settings(arch, len(calibration)))
+    int8 = quantize_int8(reference, calibration, quantization_settings(arch, len(calibration)))
     fp32_xml, int8_xml = folder / f"{arch}-fp32.xml", folder / f"{arch}-int8.xml"
     ov.save_model(reference, str(fp32_xml), compress_to_fp16=False)
     ov.save_model(int8, str(int8_xml), compress_to_fp16=False)

@@ -32,18 +32,17 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from edge_al.config import DEFAULT_ARCH, Settings
+from edge_al.registry import Registry
+from edge_al.store import Store
+from export.tools import bench
 
-from edge_al.config import DEFAULT_ARCH, Settings  # noqa: E402
-from edge_al.registry import Registry  # noqa: E402
-from edge_al.store import Store  # noqa: E402
-from export.tools import bench  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # where docs/benchmarks is
 
 PARTS = ("throughput", "int8", "memory")
 
@@ -56,7 +55,7 @@ def _median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def _workspace(args: argparse.Namespace) -> bench.Workspace:
+def _workspace(args: argparse.Namespace) -> bench.BenchWorkspace:
     log(f"pool: {args.images} generated {args.source_size[0]}x{args.source_size[1]} JPEGs under {args.work}")
     pool = bench.generate_jpegs(args.work / f"pool-{args.source_size[0]}x{args.source_size[1]}", args.images, size=args.source_size)
     return bench.build_workspace(
@@ -64,7 +63,7 @@ def _workspace(args: argparse.Namespace) -> bench.Workspace:
     )
 
 
-def part_throughput(args: argparse.Namespace, ws: bench.Workspace) -> dict[str, Any]:
+def part_throughput(args: argparse.Namespace, ws: bench.BenchWorkspace) -> dict[str, Any]:
     """(1): ceiling between passes; first pass and cached, medians of ``--repeat``."""
     from edge_al.engine import Engine
 
@@ -141,7 +140,7 @@ def part_throughput(args: argparse.Namespace, ws: bench.Workspace) -> dict[str, 
     return out
 
 
-def part_int8(args: argparse.Namespace, ws: bench.Workspace) -> dict[str, Any]:
+def part_int8(args: argparse.Namespace, ws: bench.BenchWorkspace) -> dict[str, Any]:
     """(2): INT8 vs FP32 IR at f32 and at the default precision, interleaved, medians of 2."""
     mv = ws.version
     size = ws.size[0]
@@ -182,7 +181,7 @@ def _peak_rss_of(cmd: list[str]) -> tuple[int, float, str]:
     return proc.returncode, usage.ru_maxrss / 1024, out + f"\n#wall {time.perf_counter() - t0:.1f}"
 
 
-def part_memory(args: argparse.Namespace, ws: bench.Workspace) -> dict[str, Any]:
+def part_memory(args: argparse.Namespace, ws: bench.BenchWorkspace) -> dict[str, Any]:
     """(4): peak RSS of ``edge-al score`` on a --big-pool pool of small distinct JPEGs."""
     n = args.big_pool
     t0 = time.perf_counter()
@@ -307,7 +306,9 @@ def _size(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/edge-al-bench-score"), help="generated pools and workspaces (reused)")
+    ap.add_argument(
+        "--work", type=Path, default=Path(tempfile.gettempdir()) / "edge-al-bench-score", help="generated pools and workspaces (reused)"
+    )
     ap.add_argument("--images", type=int, default=5000)
     ap.add_argument("--source-size", type=_size, default=(640, 480))
     ap.add_argument("--batch", type=int, default=8)

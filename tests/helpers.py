@@ -64,20 +64,9 @@ def publish_tiny(registry: Registry, labels: list[str], size: int = 32, dim: int
 
 def write_digit_images(root: Path, n: int | None = None, size: int = 32, by_class: bool = True) -> list[tuple[Path, str]]:
     """sklearn digits as PNGs (``root/d<k>/...`` when by_class); returns (path, label) pairs."""
-    from sklearn.datasets import load_digits
+    from export.tools.digits import write_digits
 
-    d = load_digits()
-    count = len(d.images) if n is None else n
-    out = []
-    for i in range(count):
-        lab = f"d{int(d.target[i])}"
-        folder = root / lab if by_class else root
-        folder.mkdir(parents=True, exist_ok=True)
-        img = cv2.resize((d.images[i] * 255 / 16).astype(np.uint8), (size, size), interpolation=cv2.INTER_LINEAR)
-        p = folder / f"img_{i:04d}.png"
-        cv2.imwrite(str(p), img)
-        out.append((p, lab))
-    return out
+    return write_digits(root, size, by_class=by_class, limit=n)
 
 
 def write_jpegs(root: Path, n: int, size: tuple[int, int] = (320, 240), seed: int = 0) -> list[Path]:

@@ -16,9 +16,10 @@ import cv2
 import openvino as ov
 import torch
 
+from edge_al.engine import Engine, read_model_info
 from edge_al.errors import GateFailed, InvalidInput
 from edge_al.registry import Registry
-from export.convert import ExportGateWarning, compile_static, export_checkpoint, infer_ir, read_model_info
+from export.convert import ExportGateWarning, export_checkpoint
 from export.train import build_model, imagenet_weights_path, load_checkpoint, save_checkpoint, train
 from export.workflow import export_from_store, train_from_store, training_fingerprint, val_mask_for
 
@@ -28,15 +29,13 @@ LABELS = ["zero", "one", "two", "three"]
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    from export.tools.digits import digit_images
 
-    d = load_digits()
-    keep = np.isin(d.target, CLASSES)
-    imgs = np.stack([cv2.resize((x * 255 / 16).astype(np.uint8), (SIZE, SIZE), interpolation=cv2.INTER_LINEAR) for x in d.images[keep]])
+    imgs, digits, _ = digit_images(SIZE, classes=CLASSES)
     bgr = np.repeat(imgs[..., None], 3, axis=3)
     # A little colour so that a BGR/RGB swap in the IR would show up in the parity gate.
     bgr[..., 0] = (bgr[..., 0].astype(np.int32) * 3 // 4).astype(np.uint8)
-    return bgr, d.target[keep].astype(np.int64)
+    return bgr, digits
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -186,7 +185,7 @@ def test_export_publishes_an_int8_ir_that_passes_the_gates(trained: dict, pool: 
     assert model.input(0).get_element_type() == ov.Type.u8
     assert list(model.input(0).get_partial_shape()[1:].to_shape()) == [SIZE, SIZE, 3]
     assert [o.get_any_name() for o in model.outputs] == ["probs", "embedding"]
-    info = read_model_info(model)
+    info = read_model_info(model).raw
     assert info["labels"] == LABELS and info["model_version"] == mv.version and info["precision"] == "int8"
     assert info["normalization"]["mean"] == [0.485, 0.456, 0.406] and info["resize_mode"] == "stretch"
     assert info["quantization"]["preset"] == "mixed" and info["quantization"]["fast_bias_correction"] is False
@@ -197,12 +196,10 @@ def test_export_publishes_an_int8_ir_that_passes_the_gates(trained: dict, pool: 
     assert out[0].shape == (8, 4) and out[1].shape == (8, 1024)
 
     # INT8 agrees with the FP32 reference (compiled at f32) on top-1.
-    ref = compile_static(core, core.read_model(mv.reference_xml), 8, {"INFERENCE_PRECISION_HINT": "f32"})
-    q = compile_static(core, core.read_model(mv.xml), 8)
-    p_ref, _ = infer_ir(ref, pool["images"][:200])
-    p_q, _ = infer_ir(q, pool["images"][:200])
+    p_ref, _ = Engine(mv.reference_xml, batch=8, precision="f32").infer(pool["images"][:200])
+    p_q, _ = Engine(mv.xml, batch=8).infer(pool["images"][:200])
     assert np.mean(p_ref.argmax(1) == p_q.argmax(1)) >= 0.95
-    assert read_model_info(core.read_model(mv.reference_xml))["precision"] == "fp32"
+    assert read_model_info(core.read_model(mv.reference_xml)).raw["precision"] == "fp32"
 
 
 @pytest.mark.slow
@@ -213,7 +210,7 @@ def test_failed_accuracy_gate_falls_back_to_fp32_loudly(trained: dict, pool: dic
     assert report["fallback"] is True and report["precision"] == "fp32"
     assert not report["gates"]["int8_accuracy"]["passed"]
     assert mv.meta["precision"] == "fp32" and mv.meta["fallback"] is True
-    info = read_model_info(ov.Core().read_model(mv.xml))
+    info = read_model_info(ov.Core().read_model(mv.xml)).raw
     assert info["precision"] == "fp32" and info["runtime_config"] == {"INFERENCE_PRECISION_HINT": "f32"}
     assert (mv.path / "model.bin").stat().st_size == (mv.path / "reference.bin").stat().st_size
 
@@ -259,7 +256,7 @@ def test_resnet18_exports(pool: dict[str, np.ndarray], tmp_path: Path) -> None:
     assert report["gates"]["ir_parity"]["passed"] and mv.meta["embedding_dim"] == 512
     model = ov.Core().read_model(mv.xml)
     assert model.output(1).get_partial_shape()[1].get_length() == 512
-    assert read_model_info(model)["quantization"]["preset"] == "performance"
+    assert read_model_info(model).raw["quantization"]["preset"] == "performance"
 
 
 @pytest.mark.slow

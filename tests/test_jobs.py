@@ -186,3 +186,24 @@ def test_dead_worker_job_is_failed_on_start(settings: Settings, store: Store) ->
             assert got["finished_at"] is not None
     finally:
         stop()
+
+
+def test_stats_count_the_same_decisions_with_the_job_system_on_or_off(tmp_path: Path) -> None:
+    """'Annotations since the model' is one figure: /v1/stats and the retrain trigger agree, jobs on or off."""
+    from edge_al.api import create_app
+    from tests.api_support import build_workspace
+
+    settings, _ = build_workspace(tmp_path / "ws", n=12)
+    store = Store(settings.db_path)
+    ids = store.sample_ids().tolist()
+    label = store.labels()[0]
+    store.add_annotation(int(ids[0]), "correct", label, "a")
+    store.add_annotation(int(ids[1]), "reject", None, "a")
+    store.add_annotation(int(ids[2]), "accept", label, "a")
+    figures = []
+    for jobs in (True, False):
+        app = create_app(settings, {"START_MODEL": False, "JOBS": jobs, "AUTH_REQUIRED": False})
+        doc = app.test_client().get("/v1/stats").get_json()
+        figures.append(doc["annotations_since_model"])
+    assert figures == [3, 3]
+    assert JobManager(settings).annotations_since_model() == 3

@@ -45,6 +45,24 @@ _MIN_TRIALS = 10  # k-means++ candidates per centre, at least
 _BLOCK = 2048  # rows per in-memory distance block
 
 
+def _check_args(
+    rows: int, n: int, seed: int, max_fit: int, k_neighbors: int, iterations: int, max_clusters: int, chunk_size: int,
+    priority: np.ndarray | None, priority_weight: float,
+) -> tuple[int, int, np.ndarray | None, float]:  # fmt: skip
+    """``typical_diverse``'s parameters checked; returns ``n``, ``seed``, ``priority`` (float64 [rows]) and its weight."""
+    for name, value, low in (("max_fit", max_fit, 1), ("k_neighbors", k_neighbors, 1), ("iterations", iterations, 0),
+                             ("max_clusters", max_clusters, 1), ("chunk_size", chunk_size, 1)):  # fmt: skip
+        check_int(name, value, low=low)
+    weight = check_float("priority_weight", priority_weight, low=0.0, high=1.0)
+    if priority is not None:
+        priority = np.asarray(priority, dtype=np.float64)
+        if priority.shape != (rows,) or not np.all(np.isfinite(priority)):
+            raise param_error("priority", f"a finite float array of shape ({rows},)", getattr(priority, "shape", priority))
+    elif weight > 0:
+        raise param_error("priority", "an array when priority_weight > 0", None)
+    return check_int("n", n), check_int("seed", seed, low=0), priority, weight
+
+
 def typical_diverse(
     embeddings: EmbeddingSource | np.ndarray,
     n: int,
@@ -90,20 +108,8 @@ def typical_diverse(
         ValueError: a parameter out of range, or inputs of the wrong shape, dtype or values.
     """
     source = as_source(embeddings)
-    n = check_int("n", n)
-    seed = check_int("seed", seed, low=0)
-    max_fit = check_int("max_fit", max_fit)
-    k_neighbors = check_int("k_neighbors", k_neighbors)
-    iterations = check_int("iterations", iterations, low=0)
-    max_clusters = check_int("max_clusters", max_clusters)
-    chunk_size = check_int("chunk_size", chunk_size)
-    priority_weight = check_float("priority_weight", priority_weight, low=0.0, high=1.0)
-    if priority is not None:
-        priority = np.asarray(priority, dtype=np.float64)
-        if priority.shape != (len(source),) or not np.all(np.isfinite(priority)):
-            raise param_error("priority", f"a finite float array of shape ({len(source)},)", getattr(priority, "shape", priority))
-    elif priority_weight > 0:
-        raise param_error("priority", "an array when priority_weight > 0", None)
+    n, seed, priority, priority_weight = _check_args(len(source), n, seed, max_fit, k_neighbors, iterations, max_clusters,
+                                                     chunk_size, priority, priority_weight)  # fmt: skip
     lab = _check_labeled(labeled, source.dim)
     is_candidate = _check_exclude(exclude, len(source))
     n = min(n, int(is_candidate.sum()))

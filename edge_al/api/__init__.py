@@ -7,7 +7,7 @@ which happens on the first request (``START_MODEL="lazy"``, the default), right 
 ``--preload``) builds the app, and the model, in each worker after the fork.
 
 Configuration: defaults below, then ``EDGE_AL_<KEY>`` environment variables for the keys in
-``_ENV_KEYS``, then ``test_config``. The service objects (settings, store, registry, model
+``ENV_KEYS`` (read by ``edge_al.config.env_values``, the one loader), then ``test_config``. The service objects (settings, store, registry, model
 holder, job manager, metrics) live on ``app.extensions["edge_al"]`` as a ``Service``.
 """
 
@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, g, request
 from flask.wrappers import Response
 
-from edge_al.config import Settings, load_settings
+from edge_al.config import Settings, env_values, load_settings
 from edge_al.registry import Registry
 from edge_al.store import Store
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from .metrics import Metrics
 
-__all__ = ["DEFAULTS", "Service", "create_app", "service"]
+__all__ = ["DEFAULTS", "ENV_KEYS", "Service", "create_app", "service"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ DEFAULTS: dict[str, Any] = {
     "JOB_MANAGER": None,  # an object with the JobManager interface, instead of building one
 }
 
-_ENV_KEYS = {
+ENV_KEYS: dict[str, Callable[[str], Any]] = {
     "MAX_CONTENT_LENGTH": int,
     "MAX_IMAGES_PER_REQUEST": int,
     "LEASE_SECONDS": int,
@@ -110,13 +110,7 @@ def service() -> Service:
 
 def _config(settings: Settings, test_config: dict[str, Any] | None) -> dict[str, Any]:
     cfg = dict(DEFAULTS)
-    for key, kind in _ENV_KEYS.items():
-        raw = os.environ.get(f"EDGE_AL_{key}")
-        if raw:
-            try:
-                cfg[key] = kind(raw)
-            except ValueError:
-                raise ValueError(f"The environment variable EDGE_AL_{key} must be a {kind.__name__}. Got {raw!r} instead.") from None
+    cfg.update(env_values(ENV_KEYS))
     cfg.update(test_config or {})
     return cfg
 

@@ -11,6 +11,7 @@ from flask import current_app, request
 
 from edge_al.errors import EdgeALError, ImageTooLarge, InvalidInput
 from edge_al.images import ImageInfo, probe
+from edge_al.lifecycle import annotations_since_model as lifecycle_annotations_since_model
 from edge_al.registry import ModelVersion, Registry, headline_metrics
 from edge_al.store import Store
 
@@ -158,16 +159,7 @@ def model_row(mv: ModelVersion, active: str | None) -> dict[str, Any]:
     }
 
 
-def annotations_since_model(store: Store, registry: Registry, jobs: Any = None) -> int:
-    """Annotations since the active model: the job manager's count (the one it compares with
-    ``retrain_after``) when there is one, else labeled samples beyond the model's ``num_train_labels``."""
-    counter = getattr(jobs, "annotations_since_model", None)
-    if counter is not None:
-        return int(counter())
-    labeled = sum(1 for a in store.current_annotations().values() if a.label is not None)
-    mv = registry.active()
-    if mv is None:
-        return labeled
-    n = mv.meta.get("num_train_labels")
-    trained = int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else 0
-    return max(0, labeled - trained)
+def annotations_since_model(store: Store, registry: Registry) -> int:
+    """Decisions since the active model (``lifecycle.annotations_since_model``): the same figure
+    whether or not the job system runs."""
+    return lifecycle_annotations_since_model(store, registry)

@@ -92,7 +92,7 @@ def annotate() -> tuple[Response, int]:
     doc: dict[str, Any] = {
         "written": result.written,
         "unchanged": result.unchanged,
-        "annotations_since_model": annotations_since_model(svc.store, svc.registry, svc.jobs),
+        "annotations_since_model": annotations_since_model(svc.store, svc.registry),
         "retrain_after": svc.retrain_after,
         "retrain_job": job,
     }

@@ -70,7 +70,7 @@ def cmd_serve(ctx: Any) -> int:
             stop_worker = start_worker_thread(ctx.settings, manager=svc.jobs)
         svc.start_model()
         app.config["START_MODEL"] = True
-        host, port = server.effective_host, server.effective_port  # type: ignore[union-attr]
+        host, port = server.effective_host, server.effective_port
         ready = f"model {svc.holder.version}" if svc.holder is not None and svc.holder.ready else "no model yet (GET /readyz)"
         print(f"edge-al: serving http://{host}:{port} ({ready}; auth {'off' if a.no_auth else 'on'}"
               f"{'; worker in-process' if a.with_worker else ''})", flush=True)  # fmt: skip

@@ -154,7 +154,7 @@ def register_error_handlers(app: Flask) -> None:
         elif status == 404:
             detail = f"There is no resource at {request.path}."
         elif status == 405:
-            allowed = exc.valid_methods if hasattr(exc, "valid_methods") else None  # type: ignore[attr-defined]
+            allowed = exc.valid_methods if hasattr(exc, "valid_methods") else None
             detail = f"{request.method} is not allowed on {request.path}" + (f"; allowed: {', '.join(allowed)}." if allowed else ".")
         headers = {k: v for k, v in exc.get_headers() if k.lower() not in {"content-type", "content-length"}}
         return problem_response(status, detail, headers=headers)

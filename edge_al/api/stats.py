@@ -38,7 +38,7 @@ def stats() -> Response:
             log.exception("could not read the retrain job")
     doc.update(
         {
-            "annotations_since_model": annotations_since_model(svc.store, svc.registry, svc.jobs),
+            "annotations_since_model": annotations_since_model(svc.store, svc.registry),
             "retrain_after": svc.retrain_after,
             "serving": svc.holder.version if svc.holder else None,
             "retrain_job": job,

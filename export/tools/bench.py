@@ -56,7 +56,7 @@ from edge_al.store import Store
 
 __all__ = [
     "BenchRow",
-    "Workspace",
+    "BenchWorkspace",
     "benchmark_app",
     "build_workspace",
     "generate_jpegs",
@@ -225,7 +225,7 @@ def generate_jpegs(
 
 # -- a workspace with a real exported model ----------------------------------------------------
 @dataclass
-class Workspace:
+class BenchWorkspace:
     """A workspace (store + cache + registry) with an exported, active model version."""
 
     settings: Settings
@@ -255,7 +255,7 @@ def build_workspace(
     labeled: int = 128,
     epochs: int = 8,
     log: Callable[[str], None] | None = None,
-) -> Workspace:
+) -> BenchWorkspace:
     """Ingest ``pool`` into ``home``, label ``labeled`` samples, train and export a model (INT8).
 
     Reuses a workspace that already holds an active model of the same architecture and input
@@ -285,7 +285,7 @@ def build_workspace(
             and ckpts
         ):
             _say(log, f"reusing workspace {settings.home} (model {mv.version}, {store.count_samples()} samples)")
-            return Workspace(settings, mv, ckpts[-1], store.count_samples(), time.perf_counter() - t0)
+            return BenchWorkspace(settings, mv, ckpts[-1], store.count_samples(), time.perf_counter() - t0)
         _say(log, f"ingesting {len(pool)} images into {settings.home}")
         ingest(store, settings, [str(p) for p in pool], workers=os.cpu_count() or 2)
         ids = store.sample_ids()
@@ -308,7 +308,7 @@ def build_workspace(
         notes = []
         if mv.meta.get("precision") != "int8":
             notes.append(f"the export fell back to {mv.meta.get('precision')} (INT8 gates failed): model.xml is not INT8")
-        return Workspace(settings, mv, Path(ckpt), store.count_samples(), time.perf_counter() - t0, notes)
+        return BenchWorkspace(settings, mv, Path(ckpt), store.count_samples(), time.perf_counter() - t0, notes)
     finally:
         store.close()
 
@@ -538,6 +538,118 @@ def _measure(rows: dict[str, BenchRow], key: str, path: str, fn: Callable[[], di
     _say(log, f"{path}: {ips:.0f} img/s")
 
 
+def _bench_subject(
+    work: Path, home: str | Path | None, images: int, source_size: tuple[int, int], arch: str, image_size: int,
+    log: Callable[[str], None] | None,
+) -> tuple[Settings, ModelVersion, list[str], list[Path]]:  # fmt: skip
+    """The workspace, model version, notes and JPEGs to measure: a generated pool and a freshly built
+    model under ``work``, or the active model of an existing workspace ``home`` (its first 200 images)."""
+    if home is None:
+        _say(log, f"generating {images} JPEGs of {source_size[0]}x{source_size[1]} under {work}")
+        pool = generate_jpegs(work / f"pool-{source_size[0]}x{source_size[1]}", images, size=source_size)
+        ws = build_workspace(work / f"ws-{arch}-{image_size}-{images}", pool, arch=arch, image_size=image_size, log=log)
+        return ws.settings, ws.version, list(ws.notes), pool
+    settings = Settings(home=Path(home).resolve())
+    active = Registry(settings.registry_dir).active()
+    if active is None:
+        raise InvalidInput(f"The workspace {settings.home} has no active model.")
+    st = Store(settings.db_path)
+    try:
+        return settings, active, [], [Path(s.path) for s in st.samples(st.sample_ids()[:200].tolist())]
+    finally:
+        st.close()
+
+
+def _scoring_rows(
+    rows: dict[str, BenchRow], settings: Settings, mv: ModelVersion, bench_kw: dict[str, Any], cached_repeats: int,
+    log: Callable[[str], None] | None,
+) -> None:  # fmt: skip
+    """The ceiling (benchmark_app before and after, the higher counts) and edge-al's first and cached passes."""
+    batch, device = int(bench_kw["batch"]), str(bench_kw["device"])
+    _say(log, "benchmark_app on model.xml (the ceiling)")
+    ceilings = [benchmark_app(mv.xml, **bench_kw)]
+    passes: dict[str, dict[str, Any]] = {}
+    try:
+        passes = score_passes(settings, batch=batch, device=device, log=log)
+        # a cached pass over a small pool lasts ~a second: take the median of three
+        more = [
+            score_passes(settings, batch=batch, device=device, passes=("cached",), log=log)["cached"] for _ in range(cached_repeats - 1)
+        ]
+        runs = sorted([passes["cached"], *more], key=lambda r: float(r["images_per_s"]))
+        passes["cached"] = {**runs[len(runs) // 2], "runs": [round(float(r["images_per_s"]), 1) for r in runs]}
+    except EdgeALError as exc:
+        for key in ("first_pass", "cached"):
+            rows[key] = BenchRow(key, "", skipped=str(exc))
+    ceilings.append(benchmark_app(mv.xml, **bench_kw))
+    best = max(ceilings, key=lambda r: float(r["images_per_s"]))
+    rows["ceiling"] = BenchRow(
+        "ceiling", f"benchmark_app, model.xml ({mv.meta.get('precision', '?').upper()})", float(best["images_per_s"]),
+        precision=f"{mv.meta.get('precision', '?')} (hint {best['precision']})",
+        note="the higher of two runs (before and after edge-al's passes)",
+        details={"runs": [round(float(c["images_per_s"]), 1) for c in ceilings], "command": best["command"]},
+    )  # fmt: skip
+    for key, label in (("first_pass", "edge-al score, first pass (cold image cache)"), ("cached", "edge-al score, cached rescoring")):
+        p = passes.get("first" if key == "first_pass" else "cached")
+        if p is not None:
+            rows[key] = BenchRow(
+                key, label, float(p["images_per_s"]),
+                precision=f"{mv.meta.get('precision', '?')} (hint {p['engine'].get('inference_precision', '?')})",
+                note=f"{p['scored']} images; score_pool wall time, engine compiled beforehand ({p['compile_s']:.2f} s)"
+                + (f"; median of {len(p['runs'])} passes {p['runs']}" if p.get("runs") else ""),
+                details=p,
+            )  # fmt: skip
+        elif key not in rows:
+            rows[key] = BenchRow(key, label, skipped="the scoring pass did not run")
+        rows[key].path = rows[key].path or label
+
+
+def _baseline_rows(
+    rows: dict[str, BenchRow], mv: ModelVersion, jpegs: list[Path], work: Path, arch: str, size: int, bench_kw: dict[str, Any],
+    log: Callable[[str], None] | None,
+) -> None:  # fmt: skip
+    """Decode only, the FP32 IR at f32 and at the default precision, PyTorch eager and ONNX Runtime."""
+    batch, seconds = int(bench_kw["batch"]), float(bench_kw["seconds"])
+    _measure(rows, "decode_only", f"JPEG decode + resize only, {os.cpu_count() or 1} threads (no inference)",
+             lambda: {**decode_only(jpegs, (size, size)), "precision": "-"}, log)  # fmt: skip
+    rows["decode_only"].note = "the bound on a first pass: decoding shares the cores with inference"
+    _measure(rows, "fp32_f32", "benchmark_app, reference.xml (FP32 IR) at f32",
+             lambda: benchmark_app(mv.reference_xml, infer_precision="f32", **bench_kw), log)  # fmt: skip
+    _measure(rows, "fp32_default", "benchmark_app, reference.xml (FP32 IR) at the default precision",
+             lambda: benchmark_app(mv.reference_xml, **bench_kw), log)  # fmt: skip
+    checkpoint = mv.path / "checkpoint.pt"
+    torch_label, ort_label = "PyTorch eager (CPU, no_grad, float NCHW)", "ONNX Runtime (CPUExecutionProvider, float NCHW)"
+    if not checkpoint.exists():
+        reason = f"{mv.version} has no checkpoint.pt (not built by `edge-al export`): no torch model to run"
+        rows["torch_eager"] = BenchRow("torch_eager", torch_label, skipped=reason)
+        rows["onnxruntime"] = BenchRow("onnxruntime", ort_label, skipped=reason)
+        return
+    _measure(rows, "torch_eager", torch_label, lambda: torch_eager(checkpoint, batch=batch, seconds=seconds), log)
+    onnx_path = work / "onnx" / f"{mv.version}-{arch}-{size}.onnx"
+    _measure(rows, "onnxruntime", ort_label,
+             lambda: onnxruntime_cpu(onnx_model(checkpoint, onnx_path), batch=batch, size=size, seconds=seconds), log)  # fmt: skip
+    for key in ("torch_eager", "onnxruntime"):
+        if rows[key].skipped is None:
+            rows[key].note = f"images/s by thread count {rows[key].details.get('by_threads')}: the faster is reported"
+
+
+def _targets(rows: dict[str, BenchRow]) -> dict[str, dict[str, Any]]:
+    """Each row's ratio to the ceiling (set on the rows), and each target ratio with its verdict."""
+    ceiling = rows["ceiling"].images_per_s or float("nan")
+    for row in rows.values():
+        if row.images_per_s is not None:
+            row.ratio = row.images_per_s / ceiling
+    targets = {}
+    for name, (num, den, minimum) in TARGETS.items():
+        top, bottom = rows[num].images_per_s, rows[den].images_per_s
+        ratio = None if top is None or bottom is None else top / bottom
+        targets[name] = {
+            "value": None if ratio is None else round(ratio, 3),
+            "target": minimum,
+            "met": None if ratio is None else ratio >= minimum,
+        }
+    return targets
+
+
 def run_bench(
     *,
     work: str | Path,
@@ -566,142 +678,17 @@ def run_bench(
         raise InvalidInput(f"The 'seconds' parameter must be > 0. Got {seconds!r} instead.")
     started = time.time()
     work = Path(work).resolve()
-    pool: list[Path] = []
-    if home is None:
-        _say(log, f"generating {images} JPEGs of {source_size[0]}x{source_size[1]} under {work}")
-        pool = generate_jpegs(work / f"pool-{source_size[0]}x{source_size[1]}", images, size=source_size)
-        ws = build_workspace(work / f"ws-{arch}-{image_size}-{images}", pool, arch=arch, image_size=image_size, log=log)
-        settings, mv, notes = ws.settings, ws.version, list(ws.notes)
-    else:
-        settings = Settings(home=Path(home).resolve())
-        active = Registry(settings.registry_dir).active()
-        if active is None:
-            raise InvalidInput(f"The workspace {settings.home} has no active model.")
-        mv, notes = active, []
-        st = Store(settings.db_path)
-        try:
-            pool = [Path(s.path) for s in st.samples(st.sample_ids()[:200].tolist())]
-        finally:
-            st.close()
+    settings, mv, notes, pool = _bench_subject(work, home, images, source_size, arch, image_size, log)
     size = int(mv.meta.get("image_size") or image_size)
-    checkpoint = mv.path / "checkpoint.pt"
     rows: dict[str, BenchRow] = {}
-    bench_kw = {"batch": batch, "height": size, "width": size, "seconds": seconds, "device": device}
-
-    ceilings: list[dict[str, Any]] = []
-    _say(log, "benchmark_app on model.xml (the ceiling)")
-    ceilings.append(benchmark_app(mv.xml, **bench_kw))  # type: ignore[arg-type]
-    passes: dict[str, dict[str, Any]] = {}
-    try:
-        passes = score_passes(settings, batch=batch, device=device, log=log)
-        # a cached pass over a small pool lasts ~a second: take the median of three
-        more = [
-            score_passes(settings, batch=batch, device=device, passes=("cached",), log=log)["cached"] for _ in range(cached_repeats - 1)
-        ]
-        runs = sorted([passes["cached"], *more], key=lambda r: float(r["images_per_s"]))
-        passes["cached"] = {**runs[len(runs) // 2], "runs": [round(float(r["images_per_s"]), 1) for r in runs]}
-    except EdgeALError as exc:
-        for key in ("first_pass", "cached"):
-            rows[key] = BenchRow(key, "", skipped=str(exc))
-    ceilings.append(benchmark_app(mv.xml, **bench_kw))  # type: ignore[arg-type]
-    best = max(ceilings, key=lambda r: float(r["images_per_s"]))
-    rows["ceiling"] = BenchRow(
-        "ceiling",
-        f"benchmark_app, model.xml ({mv.meta.get('precision', '?').upper()})",
-        float(best["images_per_s"]),
-        precision=f"{mv.meta.get('precision', '?')} (hint {best['precision']})",
-        note="the higher of two runs (before and after edge-al's passes)",
-        details={"runs": [round(float(c["images_per_s"]), 1) for c in ceilings], "command": best["command"]},
-    )
-    for key, label in (("first_pass", "edge-al score, first pass (cold image cache)"), ("cached", "edge-al score, cached rescoring")):
-        if key in passes or (key == "first_pass" and "first" in passes):
-            p = passes["first" if key == "first_pass" else "cached"]
-            rows[key] = BenchRow(
-                key,
-                label,
-                float(p["images_per_s"]),
-                precision=f"{mv.meta.get('precision', '?')} (hint {p['engine'].get('inference_precision', '?')})",
-                note=f"{p['scored']} images; score_pool wall time, engine compiled beforehand ({p['compile_s']:.2f} s)"
-                + (f"; median of {len(p['runs'])} passes {p['runs']}" if p.get("runs") else ""),
-                details=p,
-            )
-        elif key not in rows:
-            rows[key] = BenchRow(key, label, skipped="the scoring pass did not run")
-    rows["first_pass"].path = rows["first_pass"].path or "edge-al score, first pass (cold image cache)"
-    rows["cached"].path = rows["cached"].path or "edge-al score, cached rescoring"
-
-    jpegs = pool if pool else []
-    _measure(
-        rows,
-        "decode_only",
-        f"JPEG decode + resize only, {os.cpu_count() or 1} threads (no inference)",
-        lambda: {**decode_only(jpegs, (size, size)), "precision": "-"},
-        log,
-    )
-    rows["decode_only"].note = "the bound on a first pass: decoding shares the cores with inference"
-    _measure(
-        rows,
-        "fp32_f32",
-        "benchmark_app, reference.xml (FP32 IR) at f32",
-        lambda: benchmark_app(mv.reference_xml, infer_precision="f32", **bench_kw),  # type: ignore[arg-type]
-        log,
-    )
-    _measure(
-        rows,
-        "fp32_default",
-        "benchmark_app, reference.xml (FP32 IR) at the default precision",
-        lambda: benchmark_app(mv.reference_xml, **bench_kw),  # type: ignore[arg-type]
-        log,
-    )
-    if checkpoint.exists():
-        _measure(
-            rows,
-            "torch_eager",
-            "PyTorch eager (CPU, no_grad, float NCHW)",
-            lambda: torch_eager(checkpoint, batch=batch, seconds=seconds),
-            log,
-        )
-        _measure(
-            rows,
-            "onnxruntime",
-            "ONNX Runtime (CPUExecutionProvider, float NCHW)",
-            lambda: onnxruntime_cpu(
-                onnx_model(checkpoint, work / "onnx" / f"{mv.version}-{arch}-{size}.onnx"), batch=batch, size=size, seconds=seconds
-            ),
-            log,
-        )
-    else:
-        reason = f"{mv.version} has no checkpoint.pt (not built by `edge-al export`): no torch model to run"
-        rows["torch_eager"] = BenchRow("torch_eager", "PyTorch eager (CPU, no_grad, float NCHW)", skipped=reason)
-        rows["onnxruntime"] = BenchRow("onnxruntime", "ONNX Runtime (CPUExecutionProvider, float NCHW)", skipped=reason)
-
-    for key in ("torch_eager", "onnxruntime"):
-        if rows[key].skipped is None:
-            rows[key].note = f"images/s by thread count {rows[key].details.get('by_threads')}: the faster is reported"
-    ceiling = rows["ceiling"].images_per_s or float("nan")
-    for row in rows.values():
-        if row.images_per_s is not None:
-            row.ratio = row.images_per_s / ceiling
-    targets = {}
-    for name, (num, den, minimum) in TARGETS.items():
-        top, bottom = rows[num].images_per_s, rows[den].images_per_s
-        ratio = None if top is None or bottom is None else top / bottom
-        targets[name] = {
-            "value": None if ratio is None else round(ratio, 3),
-            "target": minimum,
-            "met": None if ratio is None else ratio >= minimum,
-        }
+    bench_kw: dict[str, Any] = {"batch": batch, "height": size, "width": size, "seconds": seconds, "device": device}
+    _scoring_rows(rows, settings, mv, bench_kw, cached_repeats, log)
+    _baseline_rows(rows, mv, pool, work, arch, size, bench_kw, log)
+    targets = _targets(rows)
     return {
         "machine": machine_info(),
-        "model": {
-            "version": mv.version,
-            "arch": mv.meta.get("arch", arch),
-            "precision": mv.meta.get("precision"),
-            "image_size": size,
-            "batch": batch,
-            "device": device,
-            "workspace": str(settings.home),
-        },
+        "model": {"version": mv.version, "arch": mv.meta.get("arch", arch), "precision": mv.meta.get("precision"),
+                  "image_size": size, "batch": batch, "device": device, "workspace": str(settings.home)},
         "pool": {"images": len(pool) if home is None else None, "source_size": list(source_size) if home is None else None},
         "seconds_per_measurement": seconds,
         "rows": [rows[k].as_dict() for k in ROW_KEYS],
@@ -714,7 +701,7 @@ def run_bench(
         ],
         "started_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
         "total_seconds": round(time.time() - started, 1),
-    }
+    }  # fmt: skip
 
 
 def _fmt(value: float | None, digits: int = 0) -> str:

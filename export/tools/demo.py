@@ -14,12 +14,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 
 from edge_al.annotations import apply_annotations
 from edge_al.config import DEFAULT_ARCH
 from edge_al.pool import ingest
+
+from .digits import write_digits
 
 if TYPE_CHECKING:
     from edge_al.cli import Context
@@ -28,20 +29,9 @@ __all__ = ["run_demo", "write_digits_pool"]
 
 
 def write_digits_pool(root: Path, size: int = 32, limit: int | None = None) -> list[tuple[Path, str]]:
-    """Write sklearn's 1,797 digits as ``size`` x ``size`` grayscale PNGs; returns (path, label)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
+    """Write sklearn's 1,797 digits as ``size`` x ``size`` grayscale PNGs (and truth.csv); returns (path, label)."""
     root.mkdir(parents=True, exist_ok=True)
-    out = []
-    n = len(digits.images) if limit is None else min(limit, len(digits.images))
-    for i in range(n):
-        img = (digits.images[i] * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-        path = root / f"digit_{i:04d}.png"
-        if not path.exists():
-            cv2.imwrite(str(path), img)
-        out.append((path, f"d{int(digits.target[i])}"))
+    out = write_digits(root, size, by_class=False, limit=limit)
     with open(root / "truth.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["path", "label"])

@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import shutil
-import sqlite3
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -42,9 +41,12 @@ import numpy as np
 from edge_al import acquisition
 from edge_al.config import DEFAULT_ARCH, PACKAGED_WEIGHTS, Settings
 from edge_al.errors import InvalidInput
+from edge_al.lifecycle import balanced_accuracy
 from edge_al.pool import IMAGE_SUFFIXES, ImageCache, ingest
 from edge_al.registry import ModelVersion, Registry
 from edge_al.store import Store
+
+from .digits import write_digits
 
 __all__ = [
     "DatasetSplit",
@@ -240,26 +242,12 @@ def write_digits_folders(root: Path, size: int = 32, classes: Sequence[int] | No
 
     ``classes`` keeps only those digits; ``limit`` keeps the first ``limit`` images after that.
     """
-    import cv2
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    keep = [i for i in range(len(digits.images)) if classes is None or int(digits.target[i]) in set(classes)]
-    if limit is not None:
-        keep = keep[:limit]
-    for i in keep:
-        img = (digits.images[i] * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-        path = Path(root) / f"d{int(digits.target[i])}" / f"digit_{i:04d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            cv2.imwrite(str(path), img)
-    return len(keep)
+    return len(write_digits(root, size, by_class=True, classes=classes, limit=limit))
 
 
 # -- workspaces ----------------------------------------------------------------------------------
 @dataclass
-class Workspace:
+class SimHome:
     """One edge-al home: store, registry, embeddings; ``cache`` may be a link to a shared cache."""
 
     home: Path
@@ -276,20 +264,6 @@ class Workspace:
         self.store.close()
 
 
-def _copy_db(src: Store, dst_path: Path) -> None:
-    """A consistent copy of a live SQLite store (the backup API, not a file copy under WAL)."""
-    dst_path.parent.mkdir(parents=True, exist_ok=True)
-    src_conn = sqlite3.connect(src.path)
-    try:
-        dst = sqlite3.connect(dst_path)
-        try:
-            src_conn.backup(dst)
-        finally:
-            dst.close()
-    finally:
-        src_conn.close()
-
-
 def _link_tree(src: Path, dst: Path) -> None:
     """Hard-link copy of a folder: sound for files that are only ever replaced, never rewritten
     (registry versions, checkpoints, embeddings of a scored version, registry.json)."""
@@ -298,21 +272,21 @@ def _link_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=os.link, symlinks=True)
 
 
-def clone_workspace(src: Workspace, home: Path, shared_cache: Path) -> Workspace:
+def clone_workspace(src: SimHome, home: Path, shared_cache: Path) -> SimHome:
     """A new workspace whose store is a copy of ``src``'s, sharing its registry files by hard link."""
     if home.exists():
         shutil.rmtree(home)
     home.mkdir(parents=True)
-    _copy_db(src.store, Settings(home=home).db_path)
+    src.store.backup_to(Settings(home=home).db_path)
     (home / "cache").symlink_to(shared_cache.resolve(), target_is_directory=True)
     for sub in ("models", "embeddings", "checkpoints"):
         _link_tree(src.home / sub, home / sub)
     if (src.home / "backbones").exists():  # one backbone and feature cache for every workspace of the run
         (home / "backbones").symlink_to((src.home / "backbones").resolve(), target_is_directory=True)
-    return Workspace(home)
+    return SimHome(home)
 
 
-def _prune(ws: Workspace, keep: Iterable[str]) -> None:
+def _prune(ws: SimHome, keep: Iterable[str]) -> None:
     """Drop the big files of versions not in ``keep`` (meta.json and report.json stay)."""
     keep = set(keep)
     for mv in ws.registry.versions():
@@ -336,7 +310,7 @@ class RoundResult:
 
 
 def _train_export_score(
-    wf: Any, ws: Workspace, cfg: SimConfig, seed: int, *, init: Path | None, epochs: int, tag: str, score: bool = True
+    wf: Any, ws: SimHome, cfg: SimConfig, seed: int, *, init: Path | None, epochs: int, tag: str, score: bool = True
 ) -> RoundResult:
     """train_from_store -> export_from_store (gates) -> promote -> score_pool."""
     from edge_al.scoring import score_pool
@@ -412,7 +386,7 @@ def _uses_features(cfg: SimConfig) -> bool:
     return cfg.arch in PACKAGED_WEIGHTS and weights == "imagenet" and cfg.mode in (None, "auto", "head")
 
 
-def _pool_features(wf: Any, base: Workspace, cfg: SimConfig, pool_ids: np.ndarray) -> np.ndarray | None:
+def _pool_features(wf: Any, base: SimHome, cfg: SimConfig, pool_ids: np.ndarray) -> np.ndarray | None:
     """float32 [len(pool_ids), D]: the base workspace's frozen backbone features of the whole pool
     (computed once; every workspace of the run shares them). None when the run trains no head."""
     if not _uses_features(cfg):
@@ -428,7 +402,7 @@ def _pool_features(wf: Any, base: Workspace, cfg: SimConfig, pool_ids: np.ndarra
     return feats
 
 
-def _test_features(base: Workspace, cfg: SimConfig, images: np.ndarray) -> np.ndarray:
+def _test_features(base: SimHome, cfg: SimConfig, images: np.ndarray) -> np.ndarray:
     from edge_al.engine import Engine
     from edge_al.features import find_backbone
 
@@ -458,7 +432,7 @@ def _feature_baselines(
     def fit_score(idx: np.ndarray) -> float:
         m = LogisticRegression(C=0.05, max_iter=3000, class_weight="balanced").fit(features[idx], y[idx])
         pred = m.predict(test_features)
-        return float(np.mean([np.mean(pred[test_truth == k] == k) for k in np.unique(test_truth)]))
+        return balanced_accuracy(test_truth, pred)
 
     budget = cfg.initial + cfg.rounds * cfg.batch
     draws = []
@@ -477,16 +451,220 @@ def _feature_baselines(
     }  # fmt: skip
 
 
-def _reveal(ws: Workspace, ids: Iterable[int], oracle: dict[int, str], version: str | None = None) -> None:
+def _reveal(ws: SimHome, ids: Iterable[int], oracle: dict[int, str], version: str | None = None) -> None:
     for sid in ids:
         ws.store.add_annotation(int(sid), "correct", oracle[int(sid)], ORACLE, version)
 
 
+@dataclass
+class _Data:
+    """The run's data once prepared: the base workspace with the pool ingested and decoded, the
+    oracle (sample id -> class), and the test set decoded (u8 [T, S, S, 3]) with its truth (int64 [T])."""
+
+    split: DatasetSplit
+    base: SimHome
+    oracle: dict[int, str]
+    pool_ids: np.ndarray
+    test_images: np.ndarray
+    test_truth: np.ndarray
+
+    @property
+    def classes(self) -> list[str]:
+        return self.split.classes
+
+    @property
+    def rarest(self) -> str:
+        return self.split.rarest
+
+
+def _prepare_data(cfg: SimConfig, work: Path, say: Callable[[str], None]) -> _Data:
+    """Split the data set, ingest and decode the pool once into the base workspace, decode the test set."""
+    items = read_dataset(cfg.data)
+    groups = read_groups(cfg.groups) if cfg.groups else None
+    split = split_dataset(items, groups, cfg.test_fraction, cfg.split_seed)
+    say(f"data: {len(items)} images, {len(split.classes)} classes; pool {len(split.pool)}, test {len(split.test)} "
+        f"({'group' if split.grouped else 'stratified'} split); rarest class in the pool: {split.rarest} "
+        f"({split.pool_counts[split.rarest]})")  # fmt: skip
+    side = cfg.image_size or Settings().image_size_for(cfg.arch)
+    base = SimHome(work / "base")
+    for c in split.classes:
+        base.store.add_label(c)
+    ingest(base.store, base.settings, [p for p, _ in split.pool])
+    cls_of = {str(p): c for p, c in split.pool}
+    oracle = {s.id: cls_of[s.path] for s in base.store.samples()}
+    pool_ids = np.array(sorted(oracle), dtype=np.int64)
+    with ImageCache(base.settings.cache_dir, (side, side)) as cache:
+        _, failed = cache.load_many(base.store.samples(pool_ids.tolist()))
+    if failed:
+        raise InvalidInput(f"{len(failed)} pool image(s) could not be decoded; fix or remove them first.")
+    test_ws = SimHome(work / "test")
+    ingest(test_ws.store, test_ws.settings, [p for p, _ in split.test])
+    test_cls = {str(p): c for p, c in split.test}
+    test_samples = test_ws.store.samples()
+    with ImageCache(test_ws.settings.cache_dir, (side, side)) as cache:
+        test_images, failed = cache.load_many(test_samples)
+    if failed:
+        raise InvalidInput(f"{len(failed)} test image(s) could not be decoded; fix or remove them first.")
+    cidx = {c: k for k, c in enumerate(split.classes)}
+    test_truth = np.array([cidx[test_cls[s.path]] for s in test_samples], dtype=np.int64)
+    test_ws.close()
+    return _Data(split, base, oracle, pool_ids, test_images, test_truth)
+
+
+class _Simulation:
+    """One simulation run: every seed's shared round 0, each strategy's rounds, the cold-start row and
+    the full-data reference, on the production path; collects the points ``results.json`` holds."""
+
+    def __init__(self, cfg: SimConfig, work: Path, data: _Data, say: Callable[[str], None]) -> None:
+        from export import workflow
+
+        self.cfg, self.work, self.data, self.say, self.wf = cfg, work, data, say, workflow
+        self.shared_cache = data.base.settings.cache_dir
+        self.ref_seeds = (
+            (cfg.seed_list[: cfg.reference_seeds] if cfg.reference_seeds is not None else cfg.seed_list) if cfg.reference else []
+        )
+        self.cold = _pool_features(workflow, data.base, cfg, data.pool_ids) if cfg.cold_start else None
+        self.test_features = _test_features(data.base, cfg, data.test_images) if self.cold is not None else None
+        rows = (*cfg.strategies, *((COLD_ROW,) if self.cold is not None else ()))
+        self.rare_first: dict[str, dict[str, int | None]] = {s: {} for s in rows}
+        self.points: list[dict[str, Any]] = []
+        self.references: list[dict[str, Any]] = []
+        self.initial_sets: dict[str, list[int]] = {}
+        self.precisions: dict[str, int] = {}
+        per_seed = 1 + (1 if cfg.cold_start else 0) + (len(cfg.strategies) + (1 if cfg.cold_start else 0)) * cfg.rounds
+        self.bar = _progress(cfg, len(cfg.seed_list) * per_seed + len(self.ref_seeds))
+
+    def evaluate(self, mv: ModelVersion) -> dict[str, Any]:
+        return _evaluate(mv, self.data.test_images, self.data.test_truth, self.data.classes, self.cfg.device)
+
+    def point(self, strategy: str, seed: int, rnd: int, ws: SimHome, res: RoundResult, metrics: dict[str, Any], sel_s: float) -> None:
+        _, names = ws.store.labeled()
+        counts = _counts(names)
+        rarest = self.data.rarest
+        self.points.append({
+            "strategy": strategy, "seed": seed, "round": rnd, "labels": len(names),
+            "accuracy": metrics["accuracy"], "balanced_accuracy": metrics["balanced_accuracy"],
+            "rarest_recall": metrics["recall"].get(rarest, float("nan")), "rarest_labeled": counts.get(rarest, 0),
+            "classes_labeled": len(counts), "labeled_counts": counts, "recall": metrics["recall"],
+            "version": res.version, "precision": res.precision, "int8_fallback": res.fallback,
+            "select_s": round(sel_s, 3), **{k: round(v, 3) for k, v in res.timings.items()},
+        })  # fmt: skip
+        self.precisions[res.precision] = self.precisions.get(res.precision, 0) + 1
+
+    def done_with(self, ws: SimHome) -> None:
+        ws.close()
+        if not self.cfg.keep_work:
+            shutil.rmtree(ws.home, ignore_errors=True)
+
+    def round_zero(self, folder: str, seed: int, ids: list[int]) -> tuple[SimHome, RoundResult, ModelVersion, dict[str, Any]]:
+        """A workspace holding ``ids`` labeled, its model trained, exported, promoted and evaluated."""
+        ws = clone_workspace(self.data.base, self.work / f"s{seed}" / folder, self.shared_cache)
+        _reveal(ws, ids, self.data.oracle)
+        res = _train_export_score(self.wf, ws, self.cfg, seed, init=None, epochs=self.cfg.epochs, tag="r00")
+        mv = ws.registry.get(res.version)
+        metrics = self.evaluate(mv)
+        self.bar.update(1)
+        return ws, res, mv, metrics
+
+    def run_rounds(self, row: str, strategy: str, seed: int, r0: SimHome, mv0: ModelVersion) -> None:
+        """Rounds 1..R of one strategy from a round-0 workspace, points recorded under ``row``."""
+        from edge_al.selection import select_next
+
+        cfg, oracle = self.cfg, self.data.oracle
+        ws = clone_workspace(r0, self.work / f"s{seed}" / row.replace("/", "-"), self.shared_cache)
+        prev = mv0
+        for rnd in range(1, cfg.rounds + 1):
+            self.bar.set_description(f"{row} seed {seed} round {rnd}/{cfg.rounds}")
+            n_before = len(ws.store.labeled()[0])
+            t = time.perf_counter()
+            chosen = [c.sample_id for c in select_next(ws.settings, ws.store, ws.registry, cfg.batch, strategy, seed=seed * 1000 + rnd)]
+            sel_s = time.perf_counter() - t
+            _reveal(ws, chosen, oracle, prev.version)
+            if self.rare_first[row][str(seed)] is None:
+                hits = [k for k, sid in enumerate(chosen) if oracle[sid] == self.data.rarest]
+                if hits:
+                    self.rare_first[row][str(seed)] = n_before + hits[0] + 1
+            init = prev.path / "checkpoint.pt" if cfg.warm_start else None
+            epochs = (cfg.warm_epochs or cfg.epochs) if init else cfg.epochs
+            res = _train_export_score(self.wf, ws, cfg, seed, init=init, epochs=epochs, tag=f"r{rnd:02d}", score=rnd < cfg.rounds)
+            mv = ws.registry.get(res.version)
+            self.point(row, seed, rnd, ws, res, self.evaluate(mv), sel_s)
+            _prune(ws, keep={mv.version})
+            prev = mv
+            self.bar.update(1)
+        last = self.points[-1]
+        self.say(f"seed {seed} {row}: {last['labels']} labels, balanced accuracy {last['balanced_accuracy']:.3f}, "
+                 f"rarest labeled {last['rarest_labeled']}")  # fmt: skip
+        self.done_with(ws)
+
+    def run_seed(self, seed: int) -> None:
+        """Round 0 (one model per seed, shared by every strategy), then each strategy's rounds."""
+        cfg, oracle, rarest = self.cfg, self.data.oracle, self.data.rarest
+        self.bar.set_description(f"seed {seed} round 0 (shared)")
+        init_ids = _initial_set(self.data.pool_ids, oracle, cfg.initial, seed)
+        self.initial_sets[str(seed)] = init_ids
+        r0, res0, mv0, m0 = self.round_zero("r0", seed, init_ids)
+        found0 = any(oracle[i] == rarest for i in init_ids)
+        for strategy in cfg.strategies:
+            self.point(strategy, seed, 0, r0, res0, m0, 0.0)
+            self.rare_first[strategy][str(seed)] = cfg.initial if found0 else None
+        self.say(f"seed {seed} round 0: {len(init_ids)} labels, balanced accuracy {m0['balanced_accuracy']:.3f} "
+                 f"({res0.precision}); rarest class {'in' if found0 else 'not in'} the initial set")  # fmt: skip
+        for strategy in cfg.strategies:
+            self.run_rounds(strategy, strategy, seed, r0, mv0)
+        if self.cold is not None:
+            self.run_cold_start(seed)
+        self.done_with(r0)
+
+    def run_cold_start(self, seed: int) -> None:
+        """The cold-start row: round 0 chosen with no labels (TypiClust), then hybrid's rounds."""
+        assert self.cold is not None
+        self.bar.set_description(f"seed {seed} round 0 (cold start)")
+        cold_ids = _cold_start_set(self.cold, self.data.pool_ids, self.cfg.initial, seed)
+        rc, resc, mvc, mc = self.round_zero("r0-cold", seed, cold_ids)
+        self.point(COLD_ROW, seed, 0, rc, resc, mc, 0.0)
+        found = any(self.data.oracle[sid] == self.data.rarest for sid in cold_ids)
+        self.rare_first[COLD_ROW][str(seed)] = self.cfg.initial if found else None
+        self.run_rounds(COLD_ROW, COLD_STRATEGY, seed, rc, mvc)
+        self.done_with(rc)
+
+    def run_reference(self, seed: int) -> None:
+        """The full-data reference: the whole pool labeled, same settings."""
+        cfg, pool_ids = self.cfg, self.data.pool_ids
+        self.bar.set_description(f"reference seed {seed} (all {len(pool_ids)} labels)")
+        ws = clone_workspace(self.data.base, self.work / f"s{seed}" / "full", self.shared_cache)
+        _reveal(ws, pool_ids.tolist(), self.data.oracle)
+        res = _train_export_score(self.wf, ws, cfg, seed, init=None, epochs=cfg.reference_epochs or cfg.epochs, tag="full", score=False)
+        m = self.evaluate(ws.registry.get(res.version))
+        self.references.append({"seed": seed, "labels": len(pool_ids), **m, "precision": res.precision, **res.timings})
+        self.say(f"reference seed {seed}: balanced accuracy {m['balanced_accuracy']:.3f}, accuracy {m['accuracy']:.3f}")
+        self.bar.update(1)
+        self.done_with(ws)
+
+    def results(self, elapsed: float) -> dict[str, Any]:
+        cfg, data = self.cfg, self.data
+        baselines = (
+            _feature_baselines(self.cold, data.pool_ids, data.oracle, self.test_features, data.test_truth, data.classes, cfg)
+            if self.cold is not None and self.test_features is not None
+            else {}
+        )
+        split = data.split
+        return {
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+            "dataset": {"classes": split.classes, "rarest": split.rarest, "grouped_split": split.grouped,
+                        "pool": split.pool_counts, "test": split.test_counts},
+            "initial_sets": self.initial_sets,
+            "references": self.references,
+            "rarest_first_found": self.rare_first,
+            "precisions": self.precisions,
+            "baselines": baselines,
+            "points": self.points,
+            "elapsed_s": round(elapsed, 1),
+        }  # fmt: skip
+
+
 def run_simulation(cfg: SimConfig, log_line: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the whole simulation; writes the reports into ``cfg.out`` and returns ``results.json``'s content."""
-    from edge_al.selection import select_next
-    from export import workflow as wf
-
     cfg = cfg.validate()
     say = log_line or (lambda text: None)
     started = time.time()
@@ -496,185 +674,25 @@ def run_simulation(cfg: SimConfig, log_line: Callable[[str], None] | None = None
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-
-    items = read_dataset(cfg.data)
-    groups = read_groups(cfg.groups) if cfg.groups else None
-    split = split_dataset(items, groups, cfg.test_fraction, cfg.split_seed)
-    classes, rarest = split.classes, split.rarest
-    say(f"data: {len(items)} images, {len(classes)} classes; pool {len(split.pool)}, test {len(split.test)} "
-        f"({'group' if split.grouped else 'stratified'} split); rarest class in the pool: {rarest} ({split.pool_counts[rarest]})")  # fmt: skip
-    side = cfg.image_size or Settings().image_size_for(cfg.arch)
-    size = (side, side)
-
-    # The base workspace: the pool ingested and decoded once; the test set in its own store.
-    base = Workspace(work / "base")
-    for c in classes:
-        base.store.add_label(c)
-    ingest(base.store, base.settings, [p for p, _ in split.pool])
-    cls_of = {str(p): c for p, c in split.pool}
-    oracle = {s.id: cls_of[s.path] for s in base.store.samples()}
-    pool_ids = np.array(sorted(oracle), dtype=np.int64)
-    with ImageCache(base.settings.cache_dir, size) as cache:
-        _, failed = cache.load_many(base.store.samples(pool_ids.tolist()))
-    if failed:
-        raise InvalidInput(f"{len(failed)} pool image(s) could not be decoded; fix or remove them first.")
-    shared_cache = base.settings.cache_dir
-    test_ws = Workspace(work / "test")
-    ingest(test_ws.store, test_ws.settings, [p for p, _ in split.test])
-    test_cls = {str(p): c for p, c in split.test}
-    test_samples = test_ws.store.samples()
-    with ImageCache(test_ws.settings.cache_dir, size) as cache:
-        test_images, failed = cache.load_many(test_samples)
-    if failed:
-        raise InvalidInput(f"{len(failed)} test image(s) could not be decoded; fix or remove them first.")
-    cidx = {c: k for k, c in enumerate(classes)}
-    test_truth = np.array([cidx[test_cls[s.path]] for s in test_samples], dtype=np.int64)
-    test_ws.close()
-
-    seeds = cfg.seed_list
-    ref_seeds = seeds[: cfg.reference_seeds] if cfg.reference_seeds is not None else seeds
-    if not cfg.reference:
-        ref_seeds = []
-    n_strat = len(cfg.strategies)
-    n_rows = n_strat + (1 if cfg.cold_start else 0)
-    bar = _progress(cfg, len(seeds) * (1 + (1 if cfg.cold_start else 0) + n_rows * cfg.rounds) + len(ref_seeds))
+    data = _prepare_data(cfg, work, say)
     # Gate fallbacks are recorded per point (precision, int8_fallback); their log lines would only
     # break the progress display.
     export_log = logging.getLogger("export")
     export_level = export_log.level
     export_log.setLevel(logging.ERROR)
-    points: list[dict[str, Any]] = []
-    references: list[dict[str, Any]] = []
-    initial_sets: dict[str, list[int]] = {}
-    cold = _pool_features(wf, base, cfg, pool_ids) if cfg.cold_start else None
-    test_ws_features = _test_features(base, cfg, test_images) if cold is not None else None
-    rare_first: dict[str, dict[str, int | None]] = {s: {} for s in (*cfg.strategies, *((COLD_ROW,) if cold is not None else ()))}
-    precisions: dict[str, int] = {}
-    warm_epochs = cfg.warm_epochs or cfg.epochs
-
-    def point(strategy: str, seed: int, rnd: int, ws: Workspace, res: RoundResult, metrics: dict[str, Any], sel_s: float) -> None:
-        _, names = ws.store.labeled()
-        counts = _counts(names)
-        points.append({
-            "strategy": strategy, "seed": seed, "round": rnd, "labels": len(names),
-            "accuracy": metrics["accuracy"], "balanced_accuracy": metrics["balanced_accuracy"],
-            "rarest_recall": metrics["recall"].get(rarest, float("nan")), "rarest_labeled": counts.get(rarest, 0),
-            "classes_labeled": len(counts), "labeled_counts": counts, "recall": metrics["recall"],
-            "version": res.version, "precision": res.precision, "int8_fallback": res.fallback,
-            "select_s": round(sel_s, 3), **{k: round(v, 3) for k, v in res.timings.items()},
-        })  # fmt: skip
-        precisions[res.precision] = precisions.get(res.precision, 0) + 1
-
-    def run_rounds(row: str, strategy: str, seed: int, r0: Workspace, mv0: ModelVersion) -> None:
-        """Rounds 1..R of one strategy from a round-0 workspace, points recorded under ``row``."""
-        ws = clone_workspace(r0, work / f"s{seed}" / row.replace("/", "-"), shared_cache)
-        prev = mv0
-        for rnd in range(1, cfg.rounds + 1):
-            bar.set_description(f"{row} seed {seed} round {rnd}/{cfg.rounds}")
-            n_before = len(ws.store.labeled()[0])
-            t = time.perf_counter()
-            cands = select_next(ws.settings, ws.store, ws.registry, cfg.batch, strategy, seed=seed * 1000 + rnd)
-            sel_s = time.perf_counter() - t
-            chosen = [c.sample_id for c in cands]
-            _reveal(ws, chosen, oracle, prev.version)
-            if rare_first[row][str(seed)] is None:
-                hits = [k for k, sid in enumerate(chosen) if oracle[sid] == rarest]
-                if hits:
-                    rare_first[row][str(seed)] = n_before + hits[0] + 1
-            init = prev.path / "checkpoint.pt" if cfg.warm_start else None
-            res = _train_export_score(wf, ws, cfg, seed, init=init, epochs=warm_epochs if init else cfg.epochs,
-                                      tag=f"r{rnd:02d}", score=rnd < cfg.rounds)  # fmt: skip
-            mv = ws.registry.get(res.version)
-            metrics = _evaluate(mv, test_images, test_truth, classes, cfg.device)
-            point(row, seed, rnd, ws, res, metrics, sel_s)
-            _prune(ws, keep={mv.version})
-            prev = mv
-            bar.update(1)
-        last = points[-1]
-        say(f"seed {seed} {row}: {last['labels']} labels, balanced accuracy {last['balanced_accuracy']:.3f}, "
-            f"rarest labeled {last['rarest_labeled']}")  # fmt: skip
-        ws.close()
-        if not cfg.keep_work:
-            shutil.rmtree(ws.home, ignore_errors=True)
-
     try:
-        for seed in seeds:
-            # Round 0: one model per seed, shared by every strategy.
-            bar.set_description(f"seed {seed} round 0 (shared)")
-            r0 = clone_workspace(base, work / f"s{seed}" / "r0", shared_cache)
-            init_ids = _initial_set(pool_ids, oracle, cfg.initial, seed)
-            initial_sets[str(seed)] = init_ids
-            _reveal(r0, init_ids, oracle)
-            res0 = _train_export_score(wf, r0, cfg, seed, init=None, epochs=cfg.epochs, tag="r00")
-            mv0 = r0.registry.get(res0.version)
-            m0 = _evaluate(mv0, test_images, test_truth, classes, cfg.device)
-            bar.update(1)
-            found0 = sum(1 for i in init_ids if oracle[i] == rarest) > 0
-            for strategy in cfg.strategies:
-                point(strategy, seed, 0, r0, res0, m0, 0.0)
-                rare_first[strategy][str(seed)] = cfg.initial if found0 else None
-            say(f"seed {seed} round 0: {len(init_ids)} labels, balanced accuracy {m0['balanced_accuracy']:.3f} "
-                f"({res0.precision}); rarest class {'in' if found0 else 'not in'} the initial set")  # fmt: skip
-
-            for strategy in cfg.strategies:
-                run_rounds(strategy, strategy, seed, r0, mv0)
-            if cold is not None:
-                bar.set_description(f"seed {seed} round 0 (cold start)")
-                rc = clone_workspace(base, work / f"s{seed}" / "r0-cold", shared_cache)
-                cold_ids = _cold_start_set(cold, pool_ids, cfg.initial, seed)
-                _reveal(rc, cold_ids, oracle)
-                resc = _train_export_score(wf, rc, cfg, seed, init=None, epochs=cfg.epochs, tag="r00")
-                mvc = rc.registry.get(resc.version)
-                point(COLD_ROW, seed, 0, rc, resc, _evaluate(mvc, test_images, test_truth, classes, cfg.device), 0.0)
-                hits = [k for k, sid in enumerate(cold_ids) if oracle[sid] == rarest]
-                rare_first[COLD_ROW][str(seed)] = cfg.initial if hits else None
-                bar.update(1)
-                run_rounds(COLD_ROW, COLD_STRATEGY, seed, rc, mvc)
-                rc.close()
-                if not cfg.keep_work:
-                    shutil.rmtree(rc.home, ignore_errors=True)
-            r0.close()
-            if not cfg.keep_work:
-                shutil.rmtree(r0.home, ignore_errors=True)
-
-        # Full-data reference: the whole pool labeled, same settings, trained from scratch/weights.
-        for seed in ref_seeds:
-            bar.set_description(f"reference seed {seed} (all {len(pool_ids)} labels)")
-            ws = clone_workspace(base, work / f"s{seed}" / "full", shared_cache)
-            _reveal(ws, pool_ids.tolist(), oracle)
-            res = _train_export_score(wf, ws, cfg, seed, init=None, epochs=cfg.reference_epochs or cfg.epochs, tag="full", score=False)
-            m = _evaluate(ws.registry.get(res.version), test_images, test_truth, classes, cfg.device)
-            references.append({"seed": seed, "labels": len(pool_ids), **m, "precision": res.precision, **res.timings})
-            say(f"reference seed {seed}: balanced accuracy {m['balanced_accuracy']:.3f}, accuracy {m['accuracy']:.3f}")
-            bar.update(1)
-            ws.close()
-            if not cfg.keep_work:
-                shutil.rmtree(ws.home, ignore_errors=True)
+        sim = _Simulation(cfg, work, data, say)
+        try:
+            for seed in cfg.seed_list:
+                sim.run_seed(seed)
+            for seed in sim.ref_seeds:
+                sim.run_reference(seed)
+        finally:
+            sim.bar.close()
     finally:
-        bar.close()
-        base.close()
+        data.base.close()
         export_log.setLevel(export_level)
-
-    elapsed = time.time() - started
-    results: dict[str, Any] = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-        "dataset": {
-            "classes": classes,
-            "rarest": rarest,
-            "grouped_split": split.grouped,
-            "pool": split.pool_counts,
-            "test": split.test_counts,
-        },
-        "initial_sets": initial_sets,
-        "references": references,
-        "rarest_first_found": rare_first,
-        "precisions": precisions,
-        "baselines": _feature_baselines(cold, pool_ids, oracle, test_ws_features, test_truth, classes, cfg)
-        if cold is not None and test_ws_features is not None
-        else {},
-        "points": points,
-        "elapsed_s": round(elapsed, 1),
-    }
+    results = sim.results(time.time() - started)
     results["summary"] = summarize(results)
     write_reports(results, out)
     if not cfg.keep_work:
@@ -901,8 +919,9 @@ def _n(v: float | None, fmt: str = "{:.0f}") -> str:
     return "not reached" if v is None else fmt.format(v)
 
 
-def _summary_md(results: dict[str, Any]) -> str:
-    cfg, ds, sm = results["config"], results["dataset"], results["summary"]
+def _summary_header(results: dict[str, Any]) -> list[str]:
+    """The run's data set, budget, model and wall time."""
+    cfg, ds = results["config"], results["dataset"]
     seeds = sorted({p["seed"] for p in results["points"]})
     rounds = max(p["round"] for p in results["points"])
     lines = [
@@ -924,6 +943,13 @@ def _summary_md(results: dict[str, Any]) -> str:
         f"- Wall time: {results['elapsed_s'] / 60:.1f} min.",
         "",
     ]
+    return lines
+
+
+def _summary_tables(results: dict[str, Any]) -> list[str]:
+    """The reference, each strategy against random, the frozen-feature baseline and the curve shapes."""
+    sm = results["summary"]
+    lines: list[str] = []
     if sm["reference_balanced_accuracy"] is not None:
         refs = results["references"]
         lines += [
@@ -963,6 +989,14 @@ def _summary_md(results: dict[str, Any]) -> str:
     ]
     for name, s in sm["strategies"].items():
         lines.append(f"| {name} | {s['initial_classes_mean']:.1f} | {s['largest_drop']:+.3f} ({s['largest_drop_se']:.3f}) |")
+    return lines
+
+
+def _summary_rarest(results: dict[str, Any]) -> list[str]:
+    """When each strategy first labeled the rarest class."""
+    ds, sm = results["dataset"], results["summary"]
+    seeds = sorted({p["seed"] for p in results["points"]})
+    lines: list[str] = []
     lines += [
         "",
         f"## Rarest class ({ds['rarest']})",
@@ -981,6 +1015,11 @@ def _summary_md(results: dict[str, Any]) -> str:
             f"{s['rarest_first_mean_censored']:.1f} | {s['rarest_speedup_vs_random']:.2f}x | {s['rarest_labeled_final']:.1f} | "
             f"{s['rarest_recall_final']:.3f} |"
         )
+    return lines
+
+
+def _summary_md(results: dict[str, Any]) -> str:
+    lines = [*_summary_header(results), *_summary_tables(results), *_summary_rarest(results)]
     lines += [
         "",
         "- BA: balanced accuracy (mean per-class recall on the test set, every class counted, unknown ones as 0).",

@@ -13,12 +13,16 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import InvalidInput, NotFound, UnknownLabel
+from edge_al.errors import InvalidInput, NotFound, UnknownLabel
+
+if TYPE_CHECKING:
+    from .jobs import JobTable
 
 __all__ = ["ACTIONS", "Annotation", "Prediction", "Sample", "Store"]
 
@@ -154,6 +158,29 @@ class Store:
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         return list(self._conn().execute(sql, params))
+
+    def backup_to(self, path: Path) -> None:
+        """A consistent copy of this live store at ``path`` (SQLite's backup API: a file copy under WAL is not one)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        dst = sqlite3.connect(path)
+        try:
+            self._conn().backup(dst)
+        finally:
+            dst.close()
+
+    def create_tables(self, script: str) -> None:
+        """Run a ``CREATE ... IF NOT EXISTS`` script (a part's own tables, such as ``jobs``)."""
+        with self.tx() as c:
+            for stmt in script.split(";"):
+                if stmt.strip():
+                    c.execute(stmt)
+
+    @cached_property
+    def jobs(self) -> JobTable:
+        """The background-job records (:class:`edge_al.store.jobs.JobTable`)."""
+        from .jobs import JobTable
+
+        return JobTable(self)
 
     # -- samples -----------------------------------------------------------------------------
     def add_sample(self, sha256: str, path: str, width: int, height: int, source: str = "ingest") -> tuple[int, bool]:
@@ -324,6 +351,14 @@ class Store:
                     for sid, p, s in rows
                 ],
             )
+
+    def set_novelty(self, version: str, ids: np.ndarray, fre: np.ndarray | None, knn: np.ndarray | None) -> None:
+        """Write the FRE and k-NN novelty (``[N]`` float, or None for absent) of ``ids``' predictions by ``version``."""
+        rows = [
+            (None if fre is None else float(fre[i]), None if knn is None else float(knn[i]), int(ids[i]), version) for i in range(len(ids))
+        ]
+        with self.tx() as c:
+            c.executemany("UPDATE predictions SET fre = ?, knn = ? WHERE sample_id = ? AND model_version = ?", rows)
 
     def scored_ids(self, version: str) -> np.ndarray:
         return np.array(
