@@ -32,7 +32,9 @@ def test_export_progress_line_goes_to_stderr_or_the_log_never_both(
 def test_int8_line_names_the_figure_the_gate_decides_on() -> None:
     agreement = {"passed": True, "top1_agreement": 0.9, "confident_agreement": 1.0, "confident_n": 120, "min_agreement": 0.99,
                  "agreement_floor": 0.9}  # fmt: skip
-    line = convert._int8_line("v0001", "quantize", agreement, {"passed": True, "accuracy_drop": 0.0, "max_drop": 0.01})
+    from export.gates import int8_line
+
+    line = int8_line("quantize", agreement, {"passed": True, "accuracy_drop": 0.0, "max_drop": 0.01})
     # was "agreement pass 0.9000 (min 0.99)": a pass below its own minimum
     assert "1.0000 on the 120 images FP32 is decided about (min 0.99)" in line and "0.9000 on all (min 0.9)" in line
 
