@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -27,8 +28,9 @@ from . import __version__, acquisition
 from .argtypes import positive_int
 from .config import ARCHS, DEFAULT_ARCH, PACKAGED_WEIGHTS, Settings, load_settings
 from .errors import EdgeALError
+from .figures import gate_summary, validation_note
 from .registry import Registry, headline_metrics
-from .status import status_doc
+from .status import status_doc, validation_of
 from .store import Store
 
 __all__ = ["build_parser", "main"]
@@ -49,6 +51,15 @@ class Context:
         # With --json, stdout carries exactly one JSON document: the verb runs with sys.stdout
         # pointed at stderr (libraries such as nncf print progress to stdout) and emit() writes here.
         self.out: TextIO = sys.stdout
+
+    def cli(self) -> str:
+        """``edge-al`` with the workspace options the user passed, for "next:" hints they can copy."""
+        parts = ["edge-al"]
+        if self.args.home:
+            parts += ["--home", str(self.args.home)]
+        if self.args.models:
+            parts += ["--models", str(self.args.models)]
+        return " ".join(parts)
 
     def progress(self) -> Callable[..., Any] | None:
         if self.json or self.args.quiet:
@@ -108,7 +119,7 @@ def cmd_train(ctx: Context) -> int:
     from .lifecycle import workflow
 
     path = workflow().train_from_store(ctx.settings, ctx.store, progress=not ctx.json and not ctx.args.quiet, **_train_options(ctx.args))
-    ctx.emit({"checkpoint": str(path)}, lambda: print(f"checkpoint: {path}\nnext: edge-al export {path}"))
+    ctx.emit({"checkpoint": str(path)}, lambda: print(f"checkpoint: {path}\nnext: {ctx.cli()} export {path}"))
     return EXIT_OK
 
 
@@ -122,7 +133,7 @@ def cmd_export(ctx: Context) -> int:
 
     ckpt = Path(ctx.args.checkpoint) if ctx.args.checkpoint else _latest_checkpoint(ctx.settings)
     if ckpt is None:
-        raise EdgeALError("No checkpoint to export: run `edge-al train` first or name one.")
+        raise EdgeALError(f"No checkpoint to export in {ctx.settings.checkpoints_dir.name}/: run `{ctx.cli()} train` first, or name one.")
     mv, report = workflow().export_from_store(
         ctx.settings, ctx.store, ckpt, max_drop=ctx.args.max_drop, progress=not ctx.json and not ctx.args.quiet
     )
@@ -131,9 +142,11 @@ def cmd_export(ctx: Context) -> int:
     active = ctx.registry.active_version()
 
     def human() -> None:
-        print(f"published {mv.version} ({mv.meta.get('precision')}){' [FALLBACK]' if report.get('fallback') else ''}; active: {active}")
-        for name, gate in (report.get("gates") or {}).items():
-            print(f"  gate {name}: {gate}")
+        fallback = " [FALLBACK: INT8 failed its gates]" if report.get("fallback") else ""
+        print(f"published {mv.version} ({mv.meta.get('precision')}){fallback}; gates: {gate_summary(report)}; active: {active}")
+        note = validation_of(mv.meta)["note"]
+        if note:
+            print(f"  validation figures: {note}")
 
     ctx.emit({"version": mv.version, "active": active, "report": report}, human)
     return EXIT_OK
@@ -157,7 +170,7 @@ def cmd_models(ctx: Context) -> int:
 
     def human() -> None:
         if not rows:
-            print("no model versions yet: run `edge-al train` and `edge-al export`")
+            print(f"no model versions yet: run `{ctx.cli()} train` and `{ctx.cli()} export`")
         for mv in ctx.registry.versions():
             m = headline_metrics(mv.meta)
             acc, bal = m["accuracy"], m["balanced_accuracy"]
@@ -181,7 +194,7 @@ def _compiles(mv: Any) -> None:
 
 def cmd_promote(ctx: Context) -> int:
     mv = ctx.registry.promote(ctx.args.version, load=_compiles)
-    ctx.emit({"active": mv.version}, lambda: print(f"active: {mv.version} (rescore with `edge-al score`)"))
+    ctx.emit({"active": mv.version}, lambda: print(f"active: {mv.version} (rescore with `{ctx.cli()} score`)"))
     return EXIT_OK
 
 
@@ -231,8 +244,76 @@ def cmd_embed(ctx: Context) -> int:
     doc = {"backbone": backbone.id, "arch": arch, "image_size": size, "embedded": len(got), "pool_size": len(ids),
            "seconds": round(time.perf_counter() - t, 2)}  # fmt: skip
     ctx.emit(doc, lambda: print(f"embedded {len(got)}/{len(ids)} samples with {arch} at {size} px (backbone {backbone.id})\n"
-                                "next: edge-al select -n 20     # typical and diverse, no labels needed"))  # fmt: skip
+                                f"next: {ctx.cli()} select -n 20     # typical and diverse, no labels needed"))  # fmt: skip
     return EXIT_OK if len(got) == len(ids) else EXIT_PARTIAL
+
+
+# What the selection's component scores are, named for what they hold (``margin`` holds 1 - (p1 - p2)).
+COLUMN_NAMES = {
+    "least_confidence": "1-top1",
+    "margin": "1-margin",
+    "entropy": "entropy",
+    "fre": "fre",
+    "knn": "knn_dist",
+    "typicality": "typicality",
+    "cluster_size": "group_size",
+}
+COLUMN_LEGEND = {
+    "1-top1": "1 - top-1 probability",
+    "1-margin": "1 - (top-1 minus top-2 probability): 1 is a coin toss",
+    "entropy": "entropy of the class probabilities",
+    "fre": "feature reconstruction error vs the labeled images of the guessed class (novelty)",
+    "knn_dist": "cosine distance to the nearest labeled image",
+    "typicality": "1 / mean distance to its nearest pool neighbours",
+    "group_size": "pool images in its group of similar images (none labeled yet)",
+}
+
+
+def selection_order(strategy: str, rows: list[dict[str, Any]]) -> str:
+    """One sentence: the order the rows are in, and why it is not plain score order where it is not."""
+    comps = rows[0]["components"] if rows else {}
+    if "cluster_size" in comps:
+        weight = comps.get("uncertainty_weight")
+        blend = "" if weight is None else f", mixing typicality with uncertainty at weight {weight:.2f}"
+        return (f"rows in pick order: one image from each group of similar pool images that holds no label, largest "
+                f"group first{blend}; score = (n - rank + 1) / n")  # fmt: skip
+    if strategy == "hybrid":
+        return "rows in round-robin order across guessed classes (fewest labels first), so score is not sorted across classes"
+    return "rows in score order, highest first"
+
+
+def _select_columns(rows: list[dict[str, Any]]) -> list[str]:
+    return [k for k in COLUMN_NAMES if any(k in r["components"] for r in rows)]
+
+
+def _write_selection_csv(path: str, rows: list[dict[str, Any]]) -> None:
+    keys = _select_columns(rows)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["rank", "sample_id", "path", "predicted", "confidence", "score", *[COLUMN_NAMES[k] for k in keys], "reason"])
+        for r in rows:
+            comps = [r["components"].get(k, "") for k in keys]
+            w.writerow(
+                [r["rank"], r["sample_id"], r["path"], r["predicted"], r["confidence"], r["score"], *comps, r["reason"].get("text", "")]
+            )
+
+
+def _print_selection(strategy: str, rows: list[dict[str, Any]]) -> None:
+    keys = _select_columns(rows)
+    names = [COLUMN_NAMES[k] for k in keys]
+    gw = max([len("guessed"), *(len(r["predicted"]) for r in rows)])
+    rw = max([len("reason"), *(len(", ".join(r["reason"].get("codes", []))) for r in rows)])
+    cols = " ".join(f"{n:>10}" for n in names)
+    print(f"{'rank':>4} {'id':>7} {'guessed':<{gw}} {'conf':>6} {'score':>7} {cols} {'reason':<{rw}}  path")
+    for r in rows:
+        comps = " ".join(f"{r['components'][k]:>10.4f}" if k in r["components"] else f"{'-':>10}" for k in keys)
+        reason = ", ".join(r["reason"].get("codes", []))
+        print(
+            f"{r['rank']:>4} {r['sample_id']:>7} {r['predicted']:<{gw}} {r['confidence']:>6.3f} {r['score']:>7.4f} {comps} {reason:<{rw}}  {r['path']}"
+        )
+    print(selection_order(strategy, rows))
+    for n in names:
+        print(f"  {n}: {COLUMN_LEGEND[n]}")
 
 
 def cmd_select(ctx: Context) -> int:
@@ -241,36 +322,17 @@ def cmd_select(ctx: Context) -> int:
     cands = select_next(ctx.settings, ctx.store, ctx.registry, ctx.args.n, ctx.args.strategy, seed=ctx.args.seed)
     rows = [c.as_dict() for c in cands]
     if ctx.args.csv:
-        comp_keys = sorted({k for r in rows for k in r["components"]})
-        with open(ctx.args.csv, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["rank", "sample_id", "path", "predicted", "confidence", "score", *comp_keys])
-            for r in rows:
-                w.writerow(
-                    [
-                        r["rank"],
-                        r["sample_id"],
-                        r["path"],
-                        r["predicted"],
-                        r["confidence"],
-                        r["score"],
-                        *[r["components"].get(k, "") for k in comp_keys],
-                    ]
-                )
+        _write_selection_csv(ctx.args.csv, rows)
 
     def human() -> None:
         if not rows:
-            print("nothing to select: every scored sample is annotated (ingest more, or run `edge-al score`)")
+            print(f"nothing to select: every scored sample is annotated (ingest more, or run `{ctx.cli()} score`)")
             return
-        comp_keys = sorted({k for r in rows for k in r["components"]})
-        print(f"{'rank':>4} {'id':>7} {'predicted':<14} {'conf':>6} {'score':>7} " + " ".join(f"{k[:9]:>9}" for k in comp_keys) + "  path")
-        for r in rows:
-            comps = " ".join(f"{r['components'].get(k, float('nan')):>9.4f}" for k in comp_keys)
-            print(
-                f"{r['rank']:>4} {r['sample_id']:>7} {r['predicted'][:14]:<14} {r['confidence']:>6.3f} {r['score']:>7.4f} {comps}  {r['path']}"
-            )
+        _print_selection(ctx.args.strategy, rows)
 
-    ctx.emit({"strategy": ctx.args.strategy, "version": ctx.registry.active_version(), "selected": rows}, human)
+    doc = {"strategy": ctx.args.strategy, "version": ctx.registry.active_version(), "order": selection_order(ctx.args.strategy, rows),
+           "selected": rows}  # fmt: skip
+    ctx.emit(doc, human)
     return EXIT_OK
 
 
@@ -284,6 +346,10 @@ def cmd_annotate(ctx: Context) -> int:
         print(f"written {result.written}, unchanged {result.unchanged}, invalid {len(result.errors)}")
         for e in result.errors:
             print(f"  row {e['row']} ({e['ref']}): {e['reason']}")
+        if any("Unknown label" in str(e["reason"]) for e in result.errors):
+            print(
+                f"next: if those are new classes (a first round defines them), run `{ctx.cli()} annotate --create-labels {ctx.args.file}`"
+            )
 
     ctx.emit(result.as_dict(), human)
     return EXIT_OK if result.ok else EXIT_PARTIAL
@@ -306,6 +372,9 @@ def cmd_retrain(ctx: Context) -> int:
 
     def human() -> None:
         print(f"{res.version}: {'promoted' if res.promoted else 'not promoted'} ({res.reason})")
+        note = validation_note(int(res.metrics_new.get("n", 0)) if res.metrics_new else None, len(ctx.store.labels()))
+        if note and res.metrics_new:
+            print(f"  validation figures: {note}")
         if res.score:
             print(f"rescored {res.score.scored} samples with {res.score.version}")
 
@@ -334,6 +403,8 @@ def cmd_status(ctx: Context) -> int:
                 else f", validation accuracy {m['accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}"
             )
             print(f"active model: {am['version']} ({am['precision']}), trained on {am['num_train_labels']} labels{figures}")
+            if figures and am["validation"]["note"]:
+                print(f"  validation figures: {am['validation']['note']}")
             print(f"scored by active model: {doc['scored_by_active']}/{doc['pool_size']}")
 
     ctx.emit(doc, human)
@@ -341,14 +412,61 @@ def cmd_status(ctx: Context) -> int:
 
 
 # -- parser -----------------------------------------------------------------------------------
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the text already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if "default" in text or d is None or d is False or d is argparse.SUPPRESS or d == []:
+            return text
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+# (flags, kwargs): accepted before or after the verb (`edge-al status --json`, `edge-al ingest X --home H`)
+GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (("--home",), {"default": None, "help": "workspace directory (default: env EDGE_AL_HOME, else ./edge-al-home)"}),
+    (("--models",), {"default": None, "help": "model registry directory (default: env EDGE_AL_MODELS, else HOME/models)"}),
+    (("--json",), {"action": "store_true", "help": "print one JSON document on stdout instead of text for people"}),
+    (("-q", "--quiet"), {"action": "store_true", "help": "no progress bars or progress lines"}),
+    (("-v", "--verbose"), {"action": "store_true", "help": "debug logging on stderr"}),
+]
+
+
+def _add_global_options(p: argparse.ArgumentParser, top: bool) -> None:
+    """On the top parser with their defaults; on a verb's parser with SUPPRESS defaults, so a value
+    given after the verb overrides and an absent one leaves the top parser's value alone."""
+    for flags, kw in GLOBAL_OPTIONS:
+        if any(f in p._option_string_actions for f in flags):
+            continue
+        p.add_argument(*flags, **(kw if top else {**kw, "default": argparse.SUPPRESS}))
+
+
+def _verb_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    out: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for p in dict.fromkeys(action.choices.values()):
+                out += [p, *_verb_parsers(p)]
+    return out
+
+
+def existing_path(text: str) -> str:
+    """argparse type: a path that exists, checked before any workspace is created."""
+    if not Path(text).exists():
+        raise argparse.ArgumentTypeError(
+            f"{text} does not exist: pass an image file, a folder of images (searched recursively) or a text file "
+            "listing image paths, one a line"
+        )
+    return text
+
+
 def _add_train_args(p: argparse.ArgumentParser, retrain: bool = False) -> None:
-    d = None if retrain else DEFAULT_ARCH
-    p.add_argument(
-        "--arch",
-        default=d,
-        choices=list(ARCHS),
-        help=f"torchvision architecture (default {DEFAULT_ARCH})",
-    )
+    keep = "; retrain: the active model's" if retrain else ""
+    p.add_argument("--arch", default=None if retrain else DEFAULT_ARCH, choices=list(ARCHS),
+                   help=f"torchvision architecture (default {DEFAULT_ARCH}{keep})")  # fmt: skip
     p.add_argument(
         "--weights",
         default=None,
@@ -362,34 +480,24 @@ def _add_train_args(p: argparse.ArgumentParser, retrain: bool = False) -> None:
         help="head: a linear head on the frozen pretrained backbone (seconds); finetune: the whole network for --epochs; "
         "auto (default): head where pretrained weights are packaged",
     )
-    p.add_argument(
-        "--image-size",
-        type=positive_int,
-        default=None,
-        help="square model input size in pixels (default 224 for efficientnet_lite0, 128 otherwise)",
-    )
-    p.add_argument("--epochs", type=positive_int, default=None if retrain else 15)
-    p.add_argument("--batch-size", type=positive_int, default=None if retrain else 32)
-    p.add_argument(
-        "--balance", choices=["sampler", "loss", "none"], default=None if retrain else "sampler", help="class balancing for imbalanced sets"
-    )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=positive_int, default=None,
+                   help=f"square model input size in pixels (default 224 for efficientnet_lite0, 128 otherwise{keep})")  # fmt: skip
+    if retrain:
+        p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: train's, 15)")
+        p.add_argument("--batch-size", type=positive_int, default=None, help="training batch size (default: train's, 32)")
+        p.add_argument("--balance", choices=["sampler", "loss", "none"], default=None,
+                       help="class balancing for imbalanced sets (default: train's, sampler)")  # fmt: skip
+    else:
+        p.add_argument("--epochs", type=positive_int, default=15, help="training epochs")
+        p.add_argument("--batch-size", type=positive_int, default=32, help="training batch size")
+        p.add_argument("--balance", choices=["sampler", "loss", "none"], default="sampler",
+                       help="class balancing for imbalanced sets: a class-balanced sampler, a weighted loss, or none")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="random seed of training (the validation split does not depend on it)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="edge-al", description="Edge active learning on OpenVINO: ingest, train, export, score, select, annotate, retrain, serve."
-    )
-    parser.add_argument("--version", action="version", version=f"edge-al {__version__}")
-    parser.add_argument("--home", default=None, help="workspace directory (env EDGE_AL_HOME, default ./edge-al-home)")
-    parser.add_argument("--models", default=None, help="model registry directory (env EDGE_AL_MODELS, default HOME/models)")
-    parser.add_argument("--json", action="store_true", help="print one JSON document instead of human output")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-
+def _add_core_verbs(sub: Any) -> None:
     p = sub.add_parser("ingest", help="register images (files, directories, or text files of paths)")
-    p.add_argument("paths", nargs="+")
+    p.add_argument("paths", nargs="+", type=existing_path, help="image files, folders (recursive) or text files listing paths")
     p.add_argument("--labels-from-dirs", action="store_true", help="import each image's parent folder name as its annotation")
     p.set_defaults(func=cmd_ingest)
 
@@ -399,54 +507,71 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="checkpoint -> ONNX -> IR -> INT8 with gates -> published version")
     p.add_argument("checkpoint", nargs="?", help="checkpoint to export (default: the latest trained)")
-    p.add_argument("--max-drop", type=float, default=0.01, help="largest accuracy loss INT8 may have (default 0.01)")
+    p.add_argument("--max-drop", type=float, default=0.01, help="largest validation accuracy loss INT8 may have vs FP32")
     p.add_argument("--promote", action="store_true", help="make the new version active (the first version always is)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="list model versions")
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("promote", help="activate a model version")
-    p.add_argument("version")
+    p.add_argument("version", help="a version from `edge-al models`, e.g. v0002")
     p.set_defaults(func=cmd_promote)
     p = sub.add_parser("rollback", help="go back to the previously active version")
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("score", help="score every unscored sample with the active model")
-    p.add_argument("--device", default="CPU", help="CPU, GPU, GPU.N or AUTO (built from the devices present)")
-    p.add_argument("--batch", type=positive_int, default=8)
-    p.add_argument("--limit", type=positive_int, default=None, help="score at most this many samples now")
+    _add_device_args(p)
+    p.add_argument("--limit", type=positive_int, default=None, help="score at most this many samples now (default: all)")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="score on a Ray cluster (install edge-al[ray]; image paths on a shared filesystem); default address: RAY_ADDRESS or a local one")  # fmt: skip
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("embed", help="embed the pool with the pretrained backbone: a cold-start selection before any label")
-    p.add_argument("--arch", default=DEFAULT_ARCH, choices=list(PACKAGED_WEIGHTS), help=f"backbone (default {DEFAULT_ARCH})")
+    p.add_argument("--arch", default=DEFAULT_ARCH, choices=list(PACKAGED_WEIGHTS), help="backbone")
     p.add_argument("--image-size", type=positive_int, default=None, help="input size (default: the architecture's, 224)")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("select", help="print the ranked next-to-annotate list")
-    p.add_argument("-n", type=positive_int, default=20)
-    p.add_argument("--strategy", choices=list(acquisition.STRATEGIES), default=acquisition.DEFAULT_STRATEGY)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--csv", help="also write the list to this CSV file")
+    p.add_argument("-n", type=positive_int, default=20, help="how many images to list")
+    p.add_argument("--strategy", choices=list(acquisition.STRATEGIES), default=acquisition.DEFAULT_STRATEGY,
+                   help="acquisition strategy (see the README's Concepts)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the strategies that draw at random (random, k-means)")
+    p.add_argument("--csv", help="also write the list to this CSV file (default: none)")
     p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("annotate", help="import decisions from CSV or JSON (sample_id|path, label, action, annotator)")
-    p.add_argument("file")
-    p.add_argument("--annotator", default="", help="annotator for rows that name none")
+    p.add_argument("file", help="CSV with columns sample_id or path, label, action (accept|correct|reject), annotator; or JSON")
+    p.add_argument("--annotator", default="", help="annotator for rows that name none (default: empty)")
     p.add_argument("--create-labels", action="store_true", help="add unknown labels instead of rejecting the row")
     p.set_defaults(func=cmd_annotate)
 
     p = sub.add_parser("retrain", help="train -> export -> gates -> promote if not worse -> score")
     _add_train_args(p, retrain=True)
-    p.add_argument("--max-drop", type=float, default=0.01)
+    p.add_argument("--max-drop", type=float, default=0.01, help="largest validation accuracy loss INT8 may have vs FP32")
     p.add_argument("--tolerance", type=float, default=0.02, help="promote when balanced accuracy >= active - tolerance")
-    p.add_argument("--device", default="CPU")
-    p.add_argument("--batch", type=positive_int, default=8)
+    _add_device_args(p)
     p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("status", help="pool, labels per class, active model")
     p.set_defaults(func=cmd_status)
+
+
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, GPU.N or AUTO (built from the devices present)")
+    p.add_argument("--batch", type=positive_int, default=8, help="images per inference request (a static batch)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-al",
+        description="Edge active learning on OpenVINO: ingest, train, export, score, select, annotate, retrain, serve.",
+        epilog="Global options (--home, --models, --json, -q, -v) go before or after the verb. `edge-al VERB --help` for a verb.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"edge-al {__version__}")
+    _add_global_options(parser, top=True)
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _add_core_verbs(sub)
 
     from .api.cli import register as register_service_verbs
     from .predict_cli import register as register_predict
@@ -455,6 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
     register_predict(sub)
     for extra in _extra_verbs():
         extra(sub)
+    for p in _verb_parsers(parser):
+        p.formatter_class = HelpFormatter
+        _add_global_options(p, top=False)
     return parser
 
 
@@ -464,10 +592,16 @@ def _extra_verbs() -> list[Callable[[Any], None]]:
     return [ep.load() for ep in sorted(entry_points(group="edge_al.verbs"), key=lambda ep: ep.name)]
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    """Warnings once, as one line for people (not the file and source line Python shows by default)."""
+    print(f"edge-al: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.showwarning = _show_warning
     try:
         ctx = Context(args)
         if ctx.json:

@@ -20,7 +20,7 @@ import numpy as np
 from .config import Settings
 from .errors import MissingDependency
 from .pool import ImageCache
-from .registry import ModelVersion, Registry
+from .registry import ModelVersion, Registry, headline_metrics
 from .scoring import ScoreReport, score_pool
 from .store import Store
 
@@ -131,6 +131,19 @@ class RetrainResult:
         }
 
 
+def _split_note(meta: dict[str, Any], remeasured: float) -> str:
+    """Why the active model's figure here can differ from the one ``status`` shows for it."""
+    shown = headline_metrics(meta)["balanced_accuracy"]
+    if shown is None or abs(shown - remeasured) < 5e-4:
+        return ""
+    n = ((meta.get("metrics") or {}).get("published") or {}).get("n")
+    on = f"its own {n} validation samples" if n else "its own validation samples"
+    return (
+        f"; `status` showed {shown:.3f} for it, measured at its export on {on}: the held-out split grows with "
+        "the labels, so both models are re-measured here on this round's"
+    )
+
+
 def retrain(
     settings: Settings,
     store: Store,
@@ -173,9 +186,12 @@ def retrain(
         new, old = result.metrics_new["balanced_accuracy"], result.metrics_previous["balanced_accuracy"]
         if new >= old - tolerance:
             result.promoted = True
-            result.reason = f"balanced accuracy {new:.3f} vs active {old:.3f} on the same {len(val_ids)} validation samples"
+            result.reason = (
+                f"balanced accuracy {new:.3f} vs active {active.version} {old:.3f} on the same {len(val_ids)} validation samples"
+            )
         else:
             result.reason = f"kept {active.version}: new balanced accuracy {new:.3f} < active {old:.3f} - {tolerance}"
+        result.reason += _split_note(active.meta, old)
     if result.promoted:
         from .engine import Engine
 

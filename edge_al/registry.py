@@ -173,6 +173,10 @@ class Registry:
         return self.get(version)
 
     # -- activation --------------------------------------------------------------------------
+    def history(self) -> list[str]:
+        """The promotion path, oldest first, ending with the active version (a rollback drops the last)."""
+        return [str(v) for v in self._state().get("history", [])]
+
     def promote(self, version: str, load: Callable[[ModelVersion], Any] | None = None) -> ModelVersion:
         """Make ``version`` the active one. With ``load`` (e.g. compile it), it is loaded first and
         activated only if that succeeds: a version that cannot load raises ``ModelLoadFailed`` and

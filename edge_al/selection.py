@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,10 @@ from .results import label_name
 from .scoring import IdEmbeddings, embedding_file, labeled_reference, novelty_cache
 from .store import Store
 
-__all__ = ["Candidate", "cold_start", "select_next"]
+__all__ = ["UNCERTAIN_MARGIN", "Candidate", "cold_start", "pick_reason", "select_next"]
+
+# top-1 minus top-2 probability below this: the pick is called "uncertain" (the INT8 gate calls >= 0.2 "decided")
+UNCERTAIN_MARGIN = 0.2
 
 _RESIDENT_POOL = 20000  # typiclust's default max_fit: larger pools are read in chunks
 _MAX_CLUSTERS = 500  # typiclust's default max_clusters
@@ -34,6 +38,7 @@ class Candidate:
     score: float
     components: dict[str, float] = field(default_factory=dict)
     probs: dict[str, float] = field(default_factory=dict)
+    reason: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -44,6 +49,7 @@ class Candidate:
             "confidence": round(self.confidence, 6),
             "score": round(self.score, 6),
             "components": {k: round(v, 6) for k, v in self.components.items()},
+            "reason": self.reason,
         }
 
 
@@ -103,6 +109,7 @@ def select_next(
     chosen = ids[sel.indices]
     samples = {s.id: s for s in store.samples(chosen.tolist())}
     labels = mv.labels
+    labeled_counts = Counter(a.label for a in store.current_annotations().values() if a.label is not None)
     out = []
     for rank, (pos, sid) in enumerate(zip(sel.indices.tolist(), chosen.tolist(), strict=True)):
         p = probs[pos]
@@ -119,7 +126,7 @@ def select_next(
                 probs={label_name(labels, i): float(p[i]) for i in range(len(p))},
             )
         )
-    return out
+    return [replace(c, reason=pick_reason(c, labeled_counts, labels, strategy)) for c in out]
 
 
 def _cached_inputs(
@@ -169,6 +176,42 @@ def cold_start(
             confidence=0.0,
             score=float(sel.score[rank]),
             components={name: float(v[rank]) for name, v in sel.components.items()},
+            reason={
+                "code": "cold-start typical",
+                "codes": ["cold-start typical"],
+                "text": f"typical of a group of {int(sel.components['cluster_size'][rank])} pool images that no label covers yet "
+                "(no model yet)"
+                if "cluster_size" in sel.components
+                else "unlike the images picked so far (no model yet)",
+            },
         )
         for rank, sid in enumerate(chosen.tolist())
     ]
+
+
+def pick_reason(c: Candidate, labeled_counts: Mapping[str, int], labels: Sequence[str], strategy: str) -> dict[str, Any]:
+    """Why ``c`` was picked, for people: ``{"code", "codes", "text"}``. Codes, most telling first:
+    ``uncertain`` (top-2 margin below ``UNCERTAIN_MARGIN``), ``rare predicted class`` (its guessed class
+    has fewer than half the mean labels per class), ``unlike anything labeled`` (a cluster no label covers,
+    or the novelty strategies), else ``random`` or ``ranked by <strategy>``."""
+    codes: list[str] = []
+    texts: list[str] = []
+    top = sorted(c.probs.items(), key=lambda kv: -kv[1])[:2]
+    if len(top) == 2 and top[0][1] - top[1][1] < UNCERTAIN_MARGIN:
+        codes.append("uncertain")
+        texts.append(f"uncertain: {top[0][0]} {top[0][1]:.2f} vs {top[1][0]} {top[1][1]:.2f}")
+    mean_labeled = sum(labeled_counts.get(x, 0) for x in labels) / max(1, len(labels))
+    have = labeled_counts.get(c.predicted, 0)
+    if c.predicted and have < max(1.0, 0.5 * mean_labeled):
+        codes.append("rare predicted class")
+        texts.append(f"rare predicted class: {have} labeled {c.predicted} (mean {mean_labeled:.1f} per class)")
+    if "cluster_size" in c.components:
+        codes.append("unlike anything labeled")
+        texts.append(f"unlike anything labeled: from a group of {int(c.components['cluster_size'])} similar pool images with no label yet")
+    elif strategy in ("fre", "knn") or ("fre" in c.components and not codes):
+        codes.append("unlike anything labeled")
+        texts.append("unlike anything labeled: far from the labeled images of its guessed class (feature novelty)")
+    if not codes:
+        codes.append("random" if strategy == "random" else f"ranked by {strategy}")
+        texts.append("a random draw (the baseline)" if strategy == "random" else f"ranked by {strategy}")
+    return {"code": codes[0], "codes": codes, "text": "; ".join(texts)}

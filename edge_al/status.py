@@ -8,10 +8,11 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from .figures import validation_summary
 from .registry import Registry, headline_metrics
 from .store import Store
 
-__all__ = ["status_doc"]
+__all__ = ["status_doc", "validation_of"]
 
 
 def status_doc(store: Store, registry: Registry) -> dict[str, Any]:
@@ -39,6 +40,14 @@ def status_doc(store: Store, registry: Registry) -> dict[str, Any]:
             "precision": mv.meta.get("precision"),
             "metrics": headline_metrics(mv.meta),
             "num_train_labels": mv.meta.get("num_train_labels"),
+            "validation": validation_of(mv.meta),
         },
         "scored_by_active": len(store.scored_ids(mv.version)) if mv else 0,
     }
+
+
+def validation_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """``{"n", "trusted", "note"}`` of a version's headline figures (see :mod:`edge_al.figures`)."""
+    metrics = meta.get("metrics") or {}
+    src = next((m for m in (metrics.get("published"), metrics.get("fp32"), metrics.get("torch")) if isinstance(m, dict)), None)
+    return validation_summary(src, len(meta.get("labels") or []))

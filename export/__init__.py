@@ -12,7 +12,13 @@ Names are imported lazily, so ``import export.workflow`` does not pay for nncf u
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
+
+# torch logs "No CUDA runtime is found, using CUDA_HOME=..." at WARNING on every import of
+# torch.utils.cpp_extension (reached through torch.onnx and nncf) on a CPU-only box: noise for an export
+# that never uses CUDA. Only that module's WARNING records are dropped; its errors still show.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 __all__ = [
     "ExportGateWarning",

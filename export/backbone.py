@@ -45,7 +45,7 @@ from edge_al.features import BACKBONE_META, Backbone, backbone_dir
 from .convert import build_reference_ir, export_onnx
 from .efficientnet_lite import LITE_WEIGHTS
 from .gates import parity_gate
-from .quantize import quantize_int8
+from .quantize import nncf_output, quantize_int8
 from .quantize import quiet as _quiet
 from .train import IMAGENET_MEAN, IMAGENET_STD, build_model, predict
 
@@ -140,7 +140,9 @@ def _build(arch: str, size: int, calibration: np.ndarray, out: Path, parity_imag
                  "ignored_names": [convs[0], convs[-1]]}  # fmt: skip
     t = time.time()
     nncf.set_log_level(logging.WARNING)  # its INFO lines list every ignored node
-    int8 = quantize_int8(reference, calibration, qsettings)
+    # NNCF's progress bars: on stderr when watching, nowhere with -q (never between the verb's stdout lines)
+    with nncf_output(progress):
+        int8 = quantize_int8(reference, calibration, qsettings)
     int8_s = time.time() - t
     with _quiet():
         ov.save_model(reference, str(out / "fp32.xml"), compress_to_fp16=False)

@@ -58,7 +58,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     raise MissingDependency(f"Export needs openvino, nncf and torch ({exc}): install edge-al[train].") from exc
 
 from .gates import int8_gates, int8_line, parity_gate, val_metrics
-from .quantize import quantization_settings, quantize_int8, quantize_with_accuracy_control
+from .quantize import nncf_output, quantization_settings, quantize_int8, quantize_with_accuracy_control
 from .quantize import quiet as _quiet
 
 __all__ = [
@@ -170,9 +170,12 @@ def _check_images(name: str, images: np.ndarray, size: int, allow_empty: bool = 
 
 
 def _say(progress: bool, text: str) -> None:
-    log.info(text)
-    if progress:
+    """A progress line, through one channel: printed on stderr for a person watching (``progress``)
+    unless logging already shows INFO records (``-v``, a server's log), else logged; never both."""
+    if progress and not log.isEnabledFor(logging.INFO):
         print(text, file=sys.stderr, flush=True)
+    else:
+        log.info(text)
 
 
 # -- the whole export --------------------------------------------------------------------------
@@ -431,7 +434,8 @@ def _int8_attempts(
     """Quantize and gate; on failure, NNCF accuracy control and gate again. The passing INT8 model and
     its metrics, or None. Each try is appended to ``attempts``; the last gates land in the report."""
     t = time.time()
-    candidate = _int8_candidate(b, ref.model, qsettings)
+    with nncf_output(b.progress):
+        candidate = _int8_candidate(b, ref.model, qsettings)
     agreement, accuracy, metrics = int8_gates(b.engine(candidate), ref.probs, fp32_val, b.sample_images, b.val_images,
                                               b.val_labels, b.min_agreement, b.max_drop)  # fmt: skip
     attempts.append({"method": "quantize", "int8_agreement": agreement, "int8_accuracy": accuracy, "metrics": metrics})
@@ -443,7 +447,8 @@ def _int8_attempts(
             try:
                 calib = b.calibration_images[: qsettings["subset_size"]]
                 calib_ref, _ = ref.f32.infer(calib)
-                candidate = quantize_with_accuracy_control(ref.model, calib, calib_ref.argmax(1), qsettings, b.min_agreement)
+                with nncf_output(b.progress):
+                    candidate = quantize_with_accuracy_control(ref.model, calib, calib_ref.argmax(1), qsettings, b.min_agreement)
                 agreement, accuracy, metrics = int8_gates(b.engine(candidate), ref.probs, fp32_val, b.sample_images,
                                                           b.val_images, b.val_labels, b.min_agreement, b.max_drop)  # fmt: skip
                 attempts.append({"method": "quantize_with_accuracy_control", "int8_agreement": agreement,

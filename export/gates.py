@@ -85,5 +85,6 @@ def int8_line(method: str, agreement: dict[str, Any], accuracy: dict[str, Any]) 
     drop = accuracy.get("accuracy_drop")
     drop_text = "skipped (no val)" if drop is None else f"drop={drop:+.4f} (max {accuracy['max_drop']:g})"
     return (f"int8 ({method}): agreement {'pass' if agreement['passed'] else 'FAIL'} "
-            f"{agreement['top1_agreement']:.4f} (min {agreement['min_agreement']:g}); "
+            f"{agreement['confident_agreement']:.4f} on the {agreement['confident_n']} images FP32 is decided about "
+            f"(min {agreement['min_agreement']:g}), {agreement['top1_agreement']:.4f} on all (min {agreement['agreement_floor']:g}); "
             f"accuracy {'pass' if accuracy['passed'] else 'FAIL'} {drop_text}")  # fmt: skip

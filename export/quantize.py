@@ -3,9 +3,11 @@ at the INT8 agreement gate (:mod:`export.gates`)."""
 
 from __future__ import annotations
 
+import io
+import sys
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, redirect_stdout
 from typing import Any
 
 import numpy as np
@@ -39,6 +41,12 @@ def quantization_settings(arch: str, calibration_size: int) -> dict[str, Any]:
         "subset_size": int(calibration_size),
         "calibration": "pool images",
     }
+
+
+def nncf_output(progress: bool) -> AbstractContextManager[Any]:
+    """Where NNCF's progress bars (rich, drawn on stdout) go: stderr for a person watching, nowhere with
+    -q or --json, so stdout carries only the verb's own output."""
+    return redirect_stdout(sys.stderr if progress else io.StringIO())
 
 
 def quantize_int8(reference: ov.Model, calibration_images: np.ndarray, settings: dict[str, Any]) -> ov.Model:

@@ -31,6 +31,7 @@ ROUTES: list[tuple[str, str, dict[str, Any], str | None]] = [
     ("POST", "/v1/annotations", {"json": []}, "annotator"),
     ("POST", "/v1/annotations/undo", {"json": {"sample_id": 1}}, "annotator"),
     ("GET", "/v1/labels", {}, "annotator"),
+    ("GET", "/v1/labels/examples?label=d1", {}, "annotator"),
     ("POST", "/v1/labels", {"json": {"name": "new"}}, "admin"),
     ("GET", "/v1/stats", {}, "annotator"),
     ("GET", "/v1/jobs", {}, "admin"),
@@ -165,6 +166,6 @@ def test_serve_refuses_unsafe_setups(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["--home", home, "serve", "--no-auth", "--host", "0.0.0.0"]) == 1
     assert "only binds to localhost" in capsys.readouterr().err
     assert main(["--home", home, "serve", "--host", "127.0.0.1"]) == 1
-    assert "edge-al keys add --role admin" in capsys.readouterr().err
+    assert f"edge-al --home {home} keys add --role admin" in capsys.readouterr().err  # the hint keeps --home
     assert all(is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "example.com"))

@@ -59,7 +59,7 @@ def test_select_every_strategy(
 def test_human_output_and_status(scored_home: tuple[Path, list[tuple[Path, str]]], capsys: pytest.CaptureFixture[str]) -> None:
     home, _ = scored_home
     rc, out = run(capsys, "--home", str(home), "select", "-n", "3")
-    assert rc == 0 and "rank" in out and "predicted" in out
+    assert rc == 0 and "rank" in out and "guessed" in out and "reason" in out
     rc, out = run(capsys, "--home", str(home), "--json", "status")
     doc = json.loads(out)
     assert doc["pool_size"] == 200 and doc["labeled"] == 40 and doc["unlabeled"] == 160

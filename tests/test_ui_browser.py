@@ -390,3 +390,113 @@ def test_annotate_with_the_keyboard_in_a_real_browser(workspace: Workspace, serv
         dest.mkdir(parents=True, exist_ok=True)
         for name in ("annotate.png", "tablet.png"):
             shutil.copyfile(shots / name, dest / name)
+
+
+LONG_LABEL = "MT_Blowhole_with_a_long_descriptive_name"
+
+
+def _label_every_class(home: Path, truth: dict[int, str]) -> None:
+    """One labeled sample of every class (as after a first round), so any guess has examples to show."""
+    store = Store(Settings(home=home).db_path)
+    try:
+        have = {a.label for a in store.current_annotations().values()}
+        taken = set(store.current_annotations())
+        for sid, label in sorted(truth.items()):
+            if label not in have and sid not in taken:
+                store.add_annotation(sid, "correct", label, "seed")
+                have.add(label)
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+def test_the_page_helps_the_expert_decide(workspace: Workspace, server: Server, tmp_path: Path) -> None:
+    """Full class names, a learning curve of promoted models, zoom and pan (wheel, drag, keys), the reason
+    an image was picked, and labeled examples of the guessed class (issue 13)."""
+    sync_playwright = _need_browser()
+    key = workspace.cli("keys", "add", "--role", "annotator", "--name", "bob")["key"]
+    admin = workspace.cli("keys", "add", "--role", "admin", "--name", "ops2")["key"]
+    server.call("POST", "/v1/labels", admin, {"name": LONG_LABEL})
+    _label_every_class(workspace.home, workspace.truth)
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                                    headless=True, viewport={"width": 1366, "height": 768})  # fmt: skip
+        try:
+            page = ctx.new_page()
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(server.url + "/")
+            page.wait_for_selector("#login[open]")
+            page.fill("#login-name", "bob")
+            page.fill("#login-key", key)
+            page.keyboard.press("Enter")
+            page.wait_for_selector("#image:not([hidden])", timeout=20_000)
+
+            def state() -> dict[str, Any]:
+                st: dict[str, Any] = page.evaluate("window.edgeAl.state()")
+                return st
+
+            # Full class names: the long one is on its button in full, not cut (wraps; tooltip too).
+            button = page.locator(f"#classes button[data-label='{LONG_LABEL}']")
+            _wait(lambda: button.count() == 1, "the long class name's button")
+            name = button.locator(".name")
+            assert name.inner_text() == LONG_LABEL and button.get_attribute("title") == LONG_LABEL
+            fits = name.evaluate("e => e.scrollWidth <= e.clientWidth + 1 && e.scrollHeight <= e.clientHeight + 1")
+            nb, bb = name.bounding_box(), button.bounding_box()
+            assert fits and nb is not None and bb is not None and nb["x"] + nb["width"] <= bb["x"] + bb["width"] + 1
+            assert nb["y"] + nb["height"] <= bb["y"] + bb["height"] + 1, "the name overflows its button"
+
+            # The learning curve joins promoted versions only; the never-promoted first one is a hollow mark.
+            v_first = workspace.versions[0]
+            _wait(lambda: page.locator("#chart circle.kept").count() == 1, "the not-promoted mark on the curve")
+            assert page.get_attribute("#chart circle.kept", "data-version") == v_first
+            assert v_first not in [c.get_attribute("data-version") for c in page.locator("#chart circle:not(.kept)").all()]
+            assert "Not promoted: " + v_first in page.inner_html("#chart-title")
+
+            # Why this image: the queue item's reason, in words.
+            _wait(lambda: page.is_visible("#guess-reason"), "the reason for the pick")
+            assert state()["reason"] in {"uncertain", "rare predicted class", "unlike anything labeled", "cold-start typical"}
+            assert len(page.inner_text("#guess-reason-text")) > 10
+
+            # Labeled examples of the guessed class, to compare against: each thumbnail is labeled that class.
+            predicted = state()["predicted"]
+            _wait(lambda: page.locator("#examples-strip img").count() >= 1, f"labeled examples of {predicted}")
+            assert page.text_content("#examples-heading .cls-name") == predicted
+            standing = _standing(workspace.home)
+            for img in page.locator("#examples-strip img").all():
+                assert standing[int(img.get_attribute("data-sample-id") or 0)].label == predicted
+            _wait(lambda: page.evaluate("[...document.querySelectorAll('#examples-strip img')].every(i => i.naturalWidth > 0)"),
+                  "the thumbnails to decode")  # fmt: skip
+
+            # Zoom and pan: the mouse wheel over the image, drag, then keys; nothing is decided by them.
+            sid, decided = state()["current"], state()["history"]
+            before = page.locator("#image").bounding_box()
+            assert before is not None
+            page.mouse.move(before["x"] + before["width"] * 0.3, before["y"] + before["height"] * 0.3)
+            page.mouse.wheel(0, -300)
+            _wait(lambda: state()["zoom"]["scale"] > 1.2, "the wheel to zoom in")
+            after = page.locator("#image").bounding_box()
+            assert after is not None and after["width"] > before["width"] * 1.2  # the image really is bigger on screen
+            x0 = state()["zoom"]["x"]
+            page.mouse.down()
+            page.mouse.move(before["x"] + before["width"] * 0.3 + 40, before["y"] + before["height"] * 0.3, steps=4)
+            page.mouse.up()
+            assert state()["zoom"]["x"] != x0, "dragging did not pan"
+            page.locator("#stage").focus()
+            scale = state()["zoom"]["scale"]
+            page.keyboard.press("+")
+            _wait(lambda: state()["zoom"]["scale"] > scale, "+ to zoom in")
+            x1 = state()["zoom"]["x"]
+            page.keyboard.press("ArrowRight")
+            _wait(lambda: state()["zoom"]["x"] != x1, "an arrow key to pan")
+            page.keyboard.press("-")
+            page.keyboard.press("0")  # while zoomed: back to the whole image, not the tenth class
+            _wait(lambda: state()["zoom"]["scale"] == 1 and state()["zoom"]["x"] == 0, "0 to reset the zoom")
+            page.keyboard.press("+")
+            page.keyboard.press("r")
+            _wait(lambda: state()["zoom"]["scale"] == 1, "r to reset the zoom")
+            assert state()["current"] == sid and state()["history"] == decided, "a zoom key decided something"
+            assert page.inner_text("#zoom-level") == "100%"
+        finally:
+            ctx.close()
+    assert not errors, errors

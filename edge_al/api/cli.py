@@ -41,10 +41,10 @@ def cmd_serve(ctx: Any) -> int:
     a = ctx.args
     if a.no_auth and not is_loopback(a.host):
         print(f"edge-al: error: --no-auth only binds to localhost (127.0.0.1, ::1); got --host {a.host}. "
-              "Create keys with `edge-al keys add --role admin` to serve on the network.", file=sys.stderr)  # fmt: skip
+              f"Create keys with `{ctx.cli()} keys add --role admin` to serve on the network.", file=sys.stderr)  # fmt: skip
         return EXIT_ERROR
     if not a.no_auth and not list_keys(ctx.store, include_revoked=False):
-        print("edge-al: error: no API keys exist, so nobody could call the service. Run `edge-al keys add --role admin` "
+        print(f"edge-al: error: no API keys exist, so nobody could call the service. Run `{ctx.cli()} keys add --role admin` "
               "(and scorer/annotator keys for the line and the experts), or pass --no-auth to serve on localhost without keys.",
               file=sys.stderr)  # fmt: skip
         return EXIT_ERROR
@@ -114,7 +114,7 @@ def cmd_keys_list(ctx: Any) -> int:
 
     def human() -> None:
         if not rows:
-            print("no keys: run `edge-al keys add --role admin`")
+            print(f"no keys: run `{ctx.cli()} keys add --role admin`")
         for r in rows:
             print(f"{r['id']:>4}  {r['role']:<9}  {'revoked' if r['revoked'] else 'active ':<7}  {r['name']}")
 
@@ -132,8 +132,8 @@ def cmd_keys_revoke(ctx: Any) -> int:
 def register(sub: Any) -> None:
     """Add serve, worker and keys to the ``edge-al`` parser's subcommands."""
     p = sub.add_parser("serve", help="run the HTTP API (waitress); see the README for gunicorn")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface; needs API keys)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--threads", type=positive_int, default=8, help="request threads (default 8)")
     p.add_argument("--with-worker", action="store_true", help="also run the job worker in this process (single box)")
     p.add_argument("--no-auth", action="store_true", help="no API keys (only on localhost)")
@@ -146,13 +146,13 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run the job worker (retrain, score jobs)")
-    p.add_argument("--workers", type=positive_int, default=1)
+    p.add_argument("--workers", type=positive_int, default=1, help="jobs run at the same time")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("keys", help="API keys: add, list, revoke")
     ks = p.add_subparsers(dest="keys_verb", required=True, metavar="ACTION")
     k = ks.add_parser("add", help="create a key and print it once")
-    k.add_argument("--role", required=True, choices=ROLES)
+    k.add_argument("--role", required=True, choices=ROLES, help="what the key may do: scorer (line systems), annotator, admin")
     k.add_argument(
         "--name",
         default="",

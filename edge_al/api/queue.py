@@ -87,6 +87,7 @@ def next_items(query: QueueQuery) -> Response:
                     "probs": c.probs,
                     "score": c.score,
                     "scores": c.components,
+                    "reason": c.reason,
                     "lease_expires_at": expires,
                 }
             )

@@ -160,6 +160,11 @@ class QueueQuery(_Query):
     annotator: str = Field("", max_length=NAME_MAX, description="lease holder (default: the key's name)")
 
 
+class LabelExamplesQuery(_Query):
+    label: str = Field(min_length=1, max_length=NAME_MAX, description="the class whose labeled examples to show")
+    n: int = Field(6, ge=1, le=24, description="how many")
+
+
 class JobsQuery(_Query):
     limit: int = Field(50, ge=1, le=1000)
 
@@ -299,6 +304,14 @@ class Sample(BaseModel):
     prediction: Prediction | None
 
 
+class PickReason(BaseModel):
+    """Why the sample was picked, for people (``edge_al.selection``)."""
+
+    code: str = Field(description="the most telling of codes")
+    codes: list[str] = Field(description="every reason that applies: uncertain, rare-class, novel, typical, random, ...")
+    text: str
+
+
 class QueueItem(BaseModel):
     sample_id: int
     image_url: str
@@ -307,6 +320,7 @@ class QueueItem(BaseModel):
     probs: dict[str, float]
     score: float | None = None
     scores: dict[str, float | None]
+    reason: PickReason | None = None
     lease_expires_at: Time
 
 
@@ -351,6 +365,16 @@ class UndoResult(BaseModel):
     sample_id: int | None = None
 
 
+class LabelExample(BaseModel):
+    sample_id: int
+    image_url: str
+
+
+class LabelExamples(BaseModel):
+    label: str
+    items: list[LabelExample] = Field(description="samples whose standing decision is the label, newest first")
+
+
 class Labels(BaseModel):
     labels: list[str]
     created: bool | None = None
@@ -387,8 +411,17 @@ class Activated(BaseModel):
     rescore_job: Job | None = None
 
 
+class Validation(BaseModel):
+    """How far a version's validation figures can be trusted (``edge_al.figures``)."""
+
+    n: int | None
+    trusted: bool
+    note: str | None
+
+
 class ActiveModel(BaseModel):
     version: str
+    validation: Validation | None = None
 
 
 class StatsModel(BaseModel):
@@ -398,6 +431,8 @@ class StatsModel(BaseModel):
     precision: str | None = None
     metrics: Headline
     created_at: float | None
+    promoted: bool | None = Field(None, description="on the promotion path (never promoted, or rolled back: false)")
+    validation: Validation | None = None
 
 
 class Stats(BaseModel):

@@ -8,7 +8,7 @@ from flask import jsonify
 from flask.wrappers import Response
 from flask_openapi3 import APIBlueprint
 
-from edge_al.status import status_doc
+from edge_al.status import status_doc, validation_of
 
 from . import service
 from ._util import annotations_since_model, clean, model_row
@@ -29,7 +29,10 @@ def stats() -> Response:
     svc = service()
     doc = status_doc(svc.store, svc.registry)
     active = svc.registry.active_version()
-    rows = [model_row(mv, active) for mv in svc.registry.versions()]
+    versions = svc.registry.versions()
+    rows = [model_row(mv, active) for mv in versions]
+    promoted = set(svc.registry.history())
+    validation = {mv.version: validation_of(mv.meta) for mv in versions}
     job = None
     if svc.jobs is not None:
         try:
@@ -50,6 +53,8 @@ def stats() -> Response:
                     "precision": r["precision"],
                     "metrics": r["headline"],
                     "created_at": r["created_at"],
+                    "promoted": r["version"] in promoted,
+                    "validation": validation[r["version"]],
                 }
                 for r in rows
             ],

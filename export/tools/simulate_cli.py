@@ -40,7 +40,7 @@ def register(sub: Any) -> None:
     p.add_argument("--strategies", type=_strategies, default=("random", "entropy", "margin", "fre", "knn", "hybrid"),
                    help="comma-separated; must include random (default: random,entropy,margin,fre,knn,hybrid)")  # fmt: skip
     p.add_argument("--seeds", type=positive_int, default=5, help="paired seeds (default 5)")
-    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--first-seed", type=int, default=0, help="the first of the paired seeds")
     p.add_argument("--initial", type=positive_int, default=20, help="random initial labels per seed (default 20)")
     p.add_argument("--batch", type=positive_int, default=20, help="labels per round (default 20)")
     p.add_argument("--rounds", type=positive_int, default=5, help="selection rounds after the initial model (default 5)")
@@ -52,14 +52,14 @@ def register(sub: Any) -> None:
     p.add_argument("--epochs", type=positive_int, default=10, help="epochs of the round-0 model and the reference")
     p.add_argument("--warm-epochs", type=positive_int, default=None, help="epochs of warm-started rounds (default: --epochs)")
     p.add_argument("--no-warm-start", action="store_true", help="train every round from --weights instead of the last model")
-    p.add_argument("--arch", default=DEFAULT_ARCH, choices=list(ARCHS))
+    p.add_argument("--arch", default=DEFAULT_ARCH, choices=list(ARCHS), help="torchvision architecture")
     p.add_argument("--weights", default=None, help="none, imagenet, or a checkpoint/state dict (default: imagenet where packaged)")
     p.add_argument(
         "--mode", choices=["auto", "head", "finetune"], default=None, help="training mode (default auto: head on a pretrained backbone)"
     )
     p.add_argument("--no-cold-start", action="store_true", help="skip the row that starts from a typical-and-diverse initial set")
-    p.add_argument("--train-batch-size", type=positive_int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--train-batch-size", type=positive_int, default=32, help="training batch size")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     p.add_argument("--calibration-size", type=positive_int, default=300, help="pool images for INT8 calibration (default 300)")
     p.add_argument("--sample-size", type=positive_int, default=200, help="pool images for the parity/agreement gates (default 200)")
     p.add_argument(
@@ -74,7 +74,7 @@ def register(sub: Any) -> None:
     p.add_argument("--out", required=True, type=Path, help="report folder")
     p.add_argument("--work", type=Path, default=None, help="workspaces (default OUT/work; removed at the end)")
     p.add_argument("--keep-work", action="store_true", help="keep the per-strategy workspaces")
-    p.add_argument("--device", default="CPU")
+    p.add_argument("--device", default="CPU", help="OpenVINO device for scoring: CPU, GPU, GPU.N or AUTO")
     p.set_defaults(func=cmd_simulate)
 
 

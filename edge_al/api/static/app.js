@@ -9,7 +9,8 @@
  *   - the server: leases keep other annotators off the items this page holds.
  *
  * API used (docs/api-contract.md): GET /v1/queue, GET /v1/samples/{id}/image, POST /v1/annotations,
- * POST /v1/annotations/undo, GET /v1/stats. Every call sends "Authorization: Bearer <key>".
+ * POST /v1/annotations/undo, GET /v1/stats, GET /v1/labels/examples (thumbnails of labeled samples of
+ * the guessed class). Every call sends "Authorization: Bearer <key>".
  */
 (function () {
   "use strict";
@@ -231,30 +232,35 @@
 
   function drawChart(models) {
     var chart = $("chart");
-    var pts = [];
+    // The curve joins the promoted versions; a version that was trained but kept out (not promoted, or
+    // rolled back) is a hollow mark off the curve, so it does not read as the deployment's accuracy.
+    var all = [];
     models.forEach(function (m) {
       var ba = m.metrics && typeof m.metrics.balanced_accuracy === "number" ? m.metrics.balanced_accuracy : null;
       if (ba !== null && typeof m.num_train_labels === "number") {
-        pts.push({ x: m.num_train_labels, y: ba, v: String(m.version), active: !!m.active });
+        var rough = m.validation && m.validation.trusted === false ? m.validation.note : "";
+        all.push({ x: m.num_train_labels, y: ba, v: String(m.version), active: !!m.active, promoted: m.promoted !== false || !!m.active, rough: rough });
       }
     });
-    pts.sort(function (a, b) { return a.x - b.x; });
+    all.sort(function (a, b) { return a.x - b.x; });
+    var pts = all.filter(function (p) { return p.promoted; });
+    var kept = all.filter(function (p) { return !p.promoted; });
     while (chart.firstChild) { chart.removeChild(chart.firstChild); }
     var W = 200, H = 48, L = 24, R = 6, T = 6, B = 12;
     var title = svg("title", { id: "chart-title" }, chart);
     if (!pts.length) {
-      title.textContent = "No model with a balanced accuracy yet";
+      title.textContent = "No promoted model with a balanced accuracy yet";
       var t = svg("text", { x: W / 2, y: H / 2 + 3, "text-anchor": "middle", "class": "chart-empty" }, chart);
       t.textContent = "no metrics yet";
       return;
     }
-    title.textContent = "Balanced accuracy vs number of labels: " + pts.map(function (p) {
-      return p.v + " " + Math.round(p.y * 100) + "% at " + p.x + " labels";
-    }).join("; ");
-    var xmin = pts[0].x, xmax = pts[pts.length - 1].x;
+    title.textContent = "Balanced accuracy vs number of labels, promoted models: " + pts.map(function (p) {
+      return p.v + " " + Math.round(p.y * 100) + "% at " + p.x + " labels" + (p.rough ? " (rough: few validation images)" : "");
+    }).join("; ") + (kept.length ? ". Not promoted: " + kept.map(function (p) { return p.v; }).join(", ") : "");
+    var xmin = all[0].x, xmax = all[all.length - 1].x;
     if (xmax === xmin) { xmin -= 1; xmax += 1; }
-    var ymin = Math.min.apply(null, pts.map(function (p) { return p.y; }));
-    var ymax = Math.max.apply(null, pts.map(function (p) { return p.y; }));
+    var ymin = Math.min.apply(null, all.map(function (p) { return p.y; }));
+    var ymax = Math.max.apply(null, all.map(function (p) { return p.y; }));
     ymin = Math.max(0, Math.floor(ymin * 10) / 10 - 0.05);
     ymax = Math.min(1, Math.ceil(ymax * 10) / 10);
     if (ymax - ymin < 0.1) { ymin = Math.max(0, ymax - 0.1); }
@@ -264,8 +270,8 @@
     svg("line", { x1: L, y1: T, x2: L, y2: H - B, "class": "chart-axis" }, chart);
     svg("text", { x: L - 3, y: T + 4, "text-anchor": "end", "class": "chart-tick" }, chart).textContent = Math.round(ymax * 100) + "%";
     svg("text", { x: L - 3, y: H - B + 1, "text-anchor": "end", "class": "chart-tick" }, chart).textContent = Math.round(ymin * 100) + "%";
-    svg("text", { x: L, y: H - 2, "text-anchor": "start", "class": "chart-tick" }, chart).textContent = String(pts[0].x);
-    svg("text", { x: W - R, y: H - 2, "text-anchor": "end", "class": "chart-tick" }, chart).textContent = pts[pts.length - 1].x + " labels";
+    svg("text", { x: L, y: H - 2, "text-anchor": "start", "class": "chart-tick" }, chart).textContent = String(all[0].x);
+    svg("text", { x: W - R, y: H - 2, "text-anchor": "end", "class": "chart-tick" }, chart).textContent = all[all.length - 1].x + " labels";
     if (pts.length > 1) {
       var area = "M" + sx(pts[0].x) + "," + (H - B);
       var line = "";
@@ -275,8 +281,14 @@
       svg("path", { d: line, "class": "chart-line" }, chart);
     }
     pts.forEach(function (p) {
-      var c = svg("circle", { cx: sx(p.x).toFixed(1), cy: sy(p.y).toFixed(1), r: p.active ? 3.5 : 2.2, "class": p.active ? "chart-dot active" : "chart-dot" }, chart);
-      svg("title", {}, c).textContent = p.v + ": " + (p.y * 100).toFixed(1) + "% balanced accuracy with " + p.x + " labels";
+      var c = svg("circle", { cx: sx(p.x).toFixed(1), cy: sy(p.y).toFixed(1), r: p.active ? 3.5 : 2.2, "class": p.active ? "chart-dot active" : "chart-dot",
+        "data-version": p.v }, chart);
+      svg("title", {}, c).textContent = p.v + ": " + (p.y * 100).toFixed(1) + "% balanced accuracy with " + p.x + " labels" +
+        (p.rough ? " — rough: " + p.rough : "");
+    });
+    kept.forEach(function (p) {
+      var c = svg("circle", { cx: sx(p.x).toFixed(1), cy: sy(p.y).toFixed(1), r: 2.2, "class": "chart-dot kept", "data-version": p.v }, chart);
+      svg("title", {}, c).textContent = p.v + " (not promoted): " + (p.y * 100).toFixed(1) + "% balanced accuracy with " + p.x + " labels";
     });
   }
 
@@ -383,7 +395,7 @@
       b.type = "button"; b.className = "btn btn-class"; b.dataset.label = name;
       var key = i < 9 ? String(i + 1) : (i === 9 ? "0" : "");
       var k = document.createElement("kbd"); k.textContent = key || "·"; if (!key) { k.className = "nokey"; }
-      var s = document.createElement("span"); s.className = "name"; s.textContent = name;
+      var s = document.createElement("span"); s.className = "name"; s.textContent = name; b.title = name;
       var p = document.createElement("span"); p.className = "prob";
       var bar = document.createElement("span"); bar.className = "bar"; bar.setAttribute("aria-hidden", "true");
       b.appendChild(k); b.appendChild(s); b.appendChild(p); b.appendChild(bar);
@@ -391,6 +403,137 @@
       box.appendChild(b);
     });
     render();
+  }
+
+  // ---------------------------------------------------------------- zoom and pan
+  // Defects can be a few pixels wide: the image zooms (wheel, +/-) around the pointer or the centre and
+  // pans (drag, arrows) while zoomed; every new image starts unzoomed.
+  var ZOOM_MAX = 16, ZOOM_STEP = 1.25, PAN_STEP = 0.1;
+  var zoom = { s: 1, x: 0, y: 0, sample: null };
+  var drag = null;
+
+  function clampPan() {
+    var img = $("image");
+    var mx = (zoom.s - 1) * img.offsetWidth / 2, my = (zoom.s - 1) * img.offsetHeight / 2;
+    zoom.x = Math.max(-mx, Math.min(mx, zoom.x));
+    zoom.y = Math.max(-my, Math.min(my, zoom.y));
+  }
+
+  function applyZoom() {
+    clampPan();
+    $("image").style.transform = zoom.s === 1 ? "" : "translate(" + zoom.x.toFixed(1) + "px, " + zoom.y.toFixed(1) + "px) scale(" + zoom.s.toFixed(3) + ")";
+    $("stage-frame").classList.toggle("zoomed", zoom.s > 1);
+    $("zoom-level").textContent = Math.round(zoom.s * 100) + "%";
+  }
+
+  // Zoom by `factor` keeping the image point under (clientX, clientY) in place (the centre without a point).
+  function zoomBy(factor, clientX, clientY) {
+    var img = $("image");
+    if (img.hidden) { return; }
+    var s2 = Math.max(1, Math.min(ZOOM_MAX, zoom.s * factor));
+    var r = img.getBoundingClientRect();
+    var cx = r.left + r.width / 2 - zoom.x, cy = r.top + r.height / 2 - zoom.y;   // the untransformed centre
+    var px = clientX === undefined ? cx : clientX, py = clientY === undefined ? cy : clientY;
+    var dx = px - cx, dy = py - cy;
+    zoom.x = dx - (s2 / zoom.s) * (dx - zoom.x);
+    zoom.y = dy - (s2 / zoom.s) * (dy - zoom.y);
+    zoom.s = s2;
+    if (s2 === 1) { zoom.x = 0; zoom.y = 0; }
+    applyZoom();
+  }
+
+  function panBy(fx, fy) {
+    var img = $("image");
+    zoom.x += fx * img.offsetWidth * zoom.s;
+    zoom.y += fy * img.offsetHeight * zoom.s;
+    applyZoom();
+  }
+
+  function resetZoom() { zoom.s = 1; zoom.x = 0; zoom.y = 0; applyZoom(); }
+
+  function initZoom() {
+    var frame = $("stage-frame");
+    frame.addEventListener("wheel", function (ev) {
+      if ($("image").hidden) { return; }
+      ev.preventDefault();
+      zoomBy(ev.deltaY < 0 ? ZOOM_STEP : 1 / ZOOM_STEP, ev.clientX, ev.clientY);
+    }, { passive: false });
+    frame.addEventListener("pointerdown", function (ev) {
+      if (zoom.s <= 1 || ev.button !== 0) { return; }
+      drag = { id: ev.pointerId, x: ev.clientX, y: ev.clientY };
+      frame.setPointerCapture(ev.pointerId);
+      frame.classList.add("dragging");
+      ev.preventDefault();
+    });
+    frame.addEventListener("pointermove", function (ev) {
+      if (!drag || ev.pointerId !== drag.id) { return; }
+      zoom.x += ev.clientX - drag.x; zoom.y += ev.clientY - drag.y;
+      drag.x = ev.clientX; drag.y = ev.clientY;
+      applyZoom();
+    });
+    var end = function (ev) {
+      if (!drag || ev.pointerId !== drag.id) { return; }
+      drag = null; frame.classList.remove("dragging");
+    };
+    frame.addEventListener("pointerup", end);
+    frame.addEventListener("pointercancel", end);
+    frame.addEventListener("dblclick", resetZoom);
+  }
+
+  // Keys of the zoom; true when the key was one. "0" resets only while zoomed in (otherwise it is the tenth class).
+  function zoomKey(k) {
+    if (!current) { return false; }
+    if (k === "+" || k === "=") { zoomBy(ZOOM_STEP); return true; }
+    if (k === "-" || k === "_") { zoomBy(1 / ZOOM_STEP); return true; }
+    if (k === "r" || k === "R" || (k === "0" && zoom.s > 1)) { resetZoom(); return true; }
+    var arrows = { ArrowLeft: [PAN_STEP, 0], ArrowRight: [-PAN_STEP, 0], ArrowUp: [0, PAN_STEP], ArrowDown: [0, -PAN_STEP] };
+    if (arrows[k] && zoom.s > 1) { panBy(arrows[k][0], arrows[k][1]); return true; }
+    return false;
+  }
+
+  // ---------------------------------------------------------------- labeled examples of the guess
+  var EXAMPLES_N = 6, EXAMPLES_TTL_MS = 60000;
+  var examples = {};           // label -> {at, items: [{sample_id, blobUrl}], loading}
+  var examplesShown = null;    // the label whose examples are on screen
+
+  function loadExamples(label) {
+    var e = examples[label];
+    if (e && (e.loading || Date.now() - e.at < EXAMPLES_TTL_MS)) { return; }
+    var old = e && e.items;
+    examples[label] = { at: Date.now(), items: old || [], loading: true };
+    api("GET", "/v1/labels/examples?n=" + EXAMPLES_N + "&label=" + encodeURIComponent(label)).then(function (doc) {
+      return Promise.all((doc.items || []).map(function (it) {
+        return api("GET", it.image_url + "?size=128", undefined, { raw: true }).then(function (res) { return res.blob(); })
+          .then(function (blob) { return { sample_id: it.sample_id, blobUrl: URL.createObjectURL(blob) }; }, function () { return null; });
+      }));
+    }).then(function (items) {
+      (old || []).forEach(release);
+      examples[label] = { at: Date.now(), items: items.filter(Boolean), loading: false };
+      if (current && current.predicted === label) { examplesShown = null; renderExamples(); }
+    }, function () { examples[label].loading = false; examples[label].at = 0; });
+  }
+
+  function renderExamples() {
+    var label = current && current.predicted;
+    var strip = $("examples-strip"), none = $("examples-none");
+    $("examples").hidden = !label;
+    if (!label || examplesShown === label) { if (label) { loadExamples(label); } return; }
+    var e = examples[label];
+    if (!e) { loadExamples(label); e = examples[label]; }
+    while (strip.firstChild) { strip.removeChild(strip.firstChild); }
+    var heading = $("examples-heading");
+    heading.textContent = "Labeled examples of ";
+    var cls = document.createElement("span"); cls.className = "cls-name"; cls.textContent = label;  // as spelled, not upper-cased
+    heading.appendChild(cls);
+    e.items.forEach(function (it) {
+      var img = document.createElement("img");
+      img.src = it.blobUrl; img.alt = "Labeled " + label + ", sample " + it.sample_id; img.title = label + " · sample #" + it.sample_id;
+      img.dataset.sampleId = String(it.sample_id);
+      strip.appendChild(img);
+    });
+    none.hidden = e.items.length > 0 || e.loading;
+    none.textContent = "No labeled " + label + " yet: this one will be the first.";
+    if (!e.loading) { examplesShown = label; }
   }
 
   // ---------------------------------------------------------------- decisions and undo
@@ -560,6 +703,11 @@
       $("guess-meter").style.width = (typeof current.confidence === "number" ? current.confidence * 100 : 0) + "%";
       $("guess-meter").dataset.level = current.confidence >= 0.8 ? "high" : (current.confidence >= 0.5 ? "mid" : "low");
       $("sample-id").textContent = "Sample #" + current.sample_id + (current.naturalWidth ? " · " + current.naturalWidth + "×" + current.naturalHeight + " px" : "");
+      if (zoom.sample !== current.sample_id) { zoom.sample = current.sample_id; resetZoom(); }
+      var reason = current.reason && current.reason.text;
+      $("guess-reason").hidden = !reason;
+      $("guess-reason-text").textContent = reason || "";
+      $("guess-reason").dataset.code = (current.reason && current.reason.code) || "";
       var acc = $("btn-accept");
       acc.querySelector("span").textContent = "Accept " + (current.predicted || "guess");
       acc.setAttribute("aria-label", "Accept the model's guess, " + current.predicted + " (Enter)");
@@ -575,7 +723,10 @@
       $("sample-id").textContent = "";
       $("btn-accept").querySelector("span").textContent = "Accept guess";
       $("btn-accept").removeAttribute("aria-label");
+      $("guess-reason").hidden = true;
+      zoom.sample = null; resetZoom();
     }
+    renderExamples();
     Array.prototype.forEach.call($("classes").children, function (b, i) {
       var name = b.dataset.label;
       var p = has && current.probs && typeof current.probs[name] === "number" ? current.probs[name] : null;
@@ -630,6 +781,7 @@
     if (ev.ctrlKey && !(k === "z" || k === "Z")) { return; }
     // On a focused button, Enter and Space press that button (the browser does it): don't also accept.
     if ((k === "Enter" || k === " ") && (tag === "BUTTON" || tag === "A" || tag === "SUMMARY")) { return; }
+    if (!ev.ctrlKey && zoomKey(k)) { ev.preventDefault(); return; }  // zoom keys may repeat; they decide nothing
     if (ev.repeat && k !== "z" && k !== "Z") { return; }  // a held key must not decide a run of images
     if (k === "Enter") { ev.preventDefault(); decide("accept"); }
     else if (/^[0-9]$/.test(k)) {
@@ -660,6 +812,7 @@
     $("btn-retry").addEventListener("click", function () { clearTimeout(retryTimer); retryAt = 0; flush(); });
     $("notice-close").addEventListener("click", function () { $("notice").hidden = true; });
     document.addEventListener("keydown", onKey);
+    initZoom();
     window.addEventListener("online", function () { flush(); fillBuffer(); });
     window.addEventListener("beforeunload", function (ev) {
       // The outbox survives a reload; warn only because it could not be sent from a closed page.
@@ -675,7 +828,8 @@
   window.edgeAl = {
     state: function () {
       return { current: current && current.sample_id, predicted: current && current.predicted, buffer: buffer.map(function (i) { return i.sample_id; }),
-        outbox: outbox.length, history: history.length, model: modelVersion, labels: labels.slice(), sending: sending };
+        outbox: outbox.length, history: history.length, model: modelVersion, labels: labels.slice(), sending: sending,
+        zoom: { scale: zoom.s, x: zoom.x, y: zoom.y }, reason: current && current.reason ? current.reason.code : null };
     }
   };
 
