@@ -222,11 +222,11 @@ def register(sub: Any) -> None:
     p.add_argument("--model", default=None, help="a version (v0003), a version folder, a registry folder (default: the active version)")
     p.add_argument("--out", required=True, help="output file (.parquet default, .csv, .jsonl); with --ray a folder of Parquet shards")
     p.add_argument("--format", choices=["parquet", "csv", "jsonl"], default=None, help="override the format the suffix says")
-    p.add_argument("--top-k", type=positive_int, default=3)
+    p.add_argument("--top-k", type=positive_int, default=3, help="how many of the most probable classes each row lists")
     p.add_argument("--embedding", action="store_true", help="add each image's embedding (a list of floats)")
     p.add_argument("--no-novelty", action="store_true", help="skip FRE/k-NN novelty even where the workspace has a labeled reference")
     p.add_argument("--device", default="CPU", help="CPU, GPU, GPU.N or AUTO")
-    p.add_argument("--batch", type=positive_int, default=8)
+    p.add_argument("--batch", type=positive_int, default=8, help="images per inference request (the compiled static batch)")
     p.add_argument("--workers", type=positive_int, default=None, help="decoding threads (default: cores, at most 4)")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run on a Ray cluster (install edge-al[ray]); ADDRESS as ray.init takes it, default: RAY_ADDRESS or a local one")  # fmt: skip
