@@ -427,10 +427,11 @@ def test_the_page_helps_the_expert_decide(workspace: Workspace, server: Server, 
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(server.url + "/")
             page.wait_for_selector("#login[open]")
-            page.fill("#login-name", "bob")
+            page.fill("#login-name", "robert")  # a name other than the key's: decisions go under the key's (bob)
             page.fill("#login-key", key)
             page.keyboard.press("Enter")
             page.wait_for_selector("#image:not([hidden])", timeout=20_000)
+            _wait(lambda: page.inner_text("#who-name") == "bob", "the page naming the key's annotator")
 
             def state() -> dict[str, Any]:
                 st: dict[str, Any] = page.evaluate("window.edgeAl.state()")

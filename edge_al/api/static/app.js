@@ -324,6 +324,11 @@
     var url = "/v1/queue?n=" + n + "&strategy=hybrid&annotator=" + encodeURIComponent(cfg.name);
     api("GET", url).then(function (doc) {
       if (doc.labels && doc.labels.length) { setLabels(doc.labels); }
+      // Decisions are recorded under the key's annotator (the server's holder), not the typed name.
+      if (doc.holder && doc.holder !== $("who-name").textContent) {
+        $("who-name").textContent = doc.holder;
+        $("who-name").title = "Annotator: decisions are recorded under your key's name";
+      }
       var fresh = (doc.items || []).filter(function (it) { return !held[it.sample_id]; }).slice(0, Math.max(0, want));
       if (gen !== generation) { return null; }
       queueEmpty = fresh.length === 0 && !current && buffer.length === 0;
