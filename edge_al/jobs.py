@@ -135,28 +135,39 @@ class _JobBar(tqdm):
     LOG_EVERY_S = 5.0
 
     def __init__(self, *args: Any, ctx: JobContext, lo: float, hi: float, **kw: Any) -> None:
-        self._ctx, self._lo, self._hi, self._logged, self._closing = ctx, lo, hi, 0.0, False
+        self._ctx, self._lo, self._hi, self._logged = ctx, lo, hi, 0.0
         kw.pop("file", None)
         kw.setdefault("bar_format", "{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}]")
         super().__init__(*args, file=io.StringIO(), mininterval=0.5, dynamic_ncols=False, **kw)
 
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
-        """Report progress; a cancel request raises ``JobCancelled`` from ``update``, never from ``close``."""
+        """Report progress. Never raises: tqdm calls this holding its process-wide write lock, and an
+        exception here would leave that lock held and hang every later bar (a cancel request is raised
+        from ``update`` and iteration instead, after tqdm let go of the lock)."""
         frac = min(1.0, self.n / self.total) if self.total else 0.0
         try:
             self._ctx.set_progress(self._lo + (self._hi - self._lo) * frac)
         except JobCancelled:
-            if not self._closing:
-                raise
+            pass  # raised by update/__iter__
         now = time.monotonic()
         if now - self._logged >= self.LOG_EVERY_S or (self.total and self.n >= self.total):
             self._logged = now
             self._ctx.log(str(self).strip())
         return True
 
-    def close(self) -> None:
-        self._closing = True
-        super().close()
+    def _stop_if_cancelled(self) -> None:
+        if self._ctx.cancel_requested:
+            raise JobCancelled(f"Job {self._ctx.job_id} was cancelled.")
+
+    def update(self, n: float | None = 1) -> bool | None:
+        shown = super().update(n)
+        self._stop_if_cancelled()
+        return shown
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in super().__iter__():
+            yield item
+            self._stop_if_cancelled()
 
 
 class JobContext:

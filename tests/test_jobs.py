@@ -3,6 +3,7 @@ recovery from a dead worker."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import threading
@@ -207,3 +208,33 @@ def test_stats_count_the_same_decisions_with_the_job_system_on_or_off(tmp_path: 
         figures.append(doc["annotations_since_model"])
     assert figures == [3, 3]
     assert JobManager(settings).annotations_since_model() == 3
+
+
+def test_a_cancelled_bar_stops_its_step_and_leaves_tqdm_usable() -> None:
+    """A cancel request stops a tqdm-driven step at its next update, and raising it must not leave
+    tqdm's process-wide write lock held (that hung every later progress bar in the process)."""
+    from tqdm import tqdm
+
+    from edge_al.jobs import JobCancelled
+
+    class CancellingManager:
+        def _report(self, job_id: int, progress: float, lines: list[str]) -> bool:
+            return True  # the job's row says: cancel requested
+
+    ctx = JobContext(CancellingManager(), 1, flush_s=0.0)  # type: ignore[arg-type]  # only _report is called
+    bar = ctx.progress()(total=10, desc="step")
+    with pytest.raises(JobCancelled):
+        for _ in range(10):
+            bar.update(1)
+    with pytest.raises(JobCancelled):
+        for _ in ctx.progress()(range(10), desc="loop"):
+            pass
+    done = threading.Event()
+
+    def later_bar() -> None:
+        with tqdm(total=3, disable=False, file=io.StringIO()) as other:
+            other.update(3)
+        done.set()
+
+    threading.Thread(target=later_bar, daemon=True).start()
+    assert done.wait(10), "a later tqdm bar hung on tqdm's lock"
