@@ -11,6 +11,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from edge_al.api._util import MAX_BOUNDARY
 from tests.api_support import build_workspace, check_response, running_app
 
 BIG = "9" * 30
@@ -109,3 +110,24 @@ def test_missing_blob_404_names_no_server_path(app: Flask, client: FlaskClient) 
     assert resp.status_code == 404 and "sample 1" in doc["detail"]
     text = resp.get_data(as_text=True)
     assert str(Path(sample.path).parent) not in text and Path(sample.path).name not in text and "/" not in doc["detail"]
+
+
+def test_a_multipart_boundary_past_70_characters_is_accepted(client: FlaskClient) -> None:
+    """Werkzeug's own client makes boundaries past RFC 2046's 70 characters now and then (time() and
+    random() in it): such an upload must not fail at random. Past MAX_BOUNDARY it is refused."""
+    png = _png_bytes()
+    for size, status in ((75, 201), (MAX_BOUNDARY + 1, 400)):
+        boundary = "b" * size
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="a"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
+        body = head.encode() + png + f"\r\n--{boundary}--\r\n".encode()
+        resp = client.post("/v1/samples", data=body, content_type=f"multipart/form-data; boundary={boundary}")
+        assert resp.status_code == status, resp.get_json()
+
+
+def _png_bytes() -> bytes:
+    import cv2
+    import numpy as np
+
+    ok, buf = cv2.imencode(".png", np.random.default_rng(7).integers(0, 255, (24, 24, 3), dtype=np.uint8))
+    assert ok
+    return buf.tobytes()
