@@ -227,22 +227,17 @@ def score_pool_ray(
         raise NoActiveModel(f"Model {mv.version} does not declare its embedding size (meta.json embedding_dim).")
     ray, started = _connect(address, quiet)
     options = {"batch": batch, "threads": cpus_per_actor or 2, "top_k": 1, "embedding": True, "quiet": quiet}
-    writer = _Writer(store, mv.version, emb_file, 256)
     try:
-        report.engine = {"ray_cpus": int(ray.cluster_resources().get("CPU", 0)), "cpus_per_actor": options["threads"]}
-        bar = progress(total=len(items), unit="img", desc=f"score {mv.version} on Ray") if progress and items else None
-        if items:
-            for rows in _dataset(ray, items, mv, settings, options, None).iter_batches(batch_size=1024, batch_format="pyarrow"):
-                _land(rows, writer, report)
-                if bar is not None:
-                    bar.update(rows.num_rows)
-        if bar is not None:
-            bar.close()
-    except BaseException:
-        writer.close(raise_error=False)  # keep what was scored (resumable), then re-raise the cause
-        raise
-    else:
-        writer.close()
+        with _Writer(store, mv.version, emb_file, 256) as writer:  # keeps what was scored on an error (resumable)
+            report.engine = {"ray_cpus": int(ray.cluster_resources().get("CPU", 0)), "cpus_per_actor": options["threads"]}
+            bar = progress(total=len(items), unit="img", desc=f"score {mv.version} on Ray") if progress and items else None
+            if items:
+                for rows in _dataset(ray, items, mv, settings, options, None).iter_batches(batch_size=1024, batch_format="pyarrow"):
+                    _land(rows, writer, report)
+                    if bar is not None:
+                        bar.update(rows.num_rows)
+            if bar is not None:
+                bar.close()
     finally:
         if started:
             ray.shutdown()

@@ -228,6 +228,13 @@ class _Writer:
         if self._error is not None and raise_error:
             raise self._error
 
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        """Commit what was scored (resumable); on an exception that one propagates, not the writer's."""
+        self.close(raise_error=exc is None)
+
     def _run(self) -> None:
         rows: list[tuple[int, np.ndarray, dict[str, float]]] = []
         ids_parts: list[np.ndarray] = []
@@ -300,13 +307,12 @@ def score_pool(
     cache = ImageCache(settings.cache_dir, eng.size)
     emb_file = EmbeddingFile(settings.embeddings_dir / f"{mv.version}.f16", eng.embedding_dim)
     bar = progress(total=len(todo_ids), unit="img", desc=f"score {mv.version}") if progress else None
-    writer = _Writer(store, mv.version, emb_file, commit_every)
     n_workers = workers or max(1, min(4, os.cpu_count() or 1))
     nireq = _QUEUED_PER_REQUEST * int(eng.nireq)
     report.engine["infer_requests"] = nireq
     chunk = eng.batch * max(1, _CHUNK_IMAGES // eng.batch)
     try:
-        with ThreadPoolExecutor(max_workers=n_workers) as ex:
+        with _Writer(store, mv.version, emb_file, commit_every) as writer, ThreadPoolExecutor(max_workers=n_workers) as ex:
             chunks = _prefetch(todo_ids, store, cache, chunk, ex, depth=n_workers + 2)
             for (ids, failed), probs, embs in eng.stream(_batches(chunks, eng.batch), nireq=nireq):
                 keep = np.ones(len(ids), dtype=bool)
@@ -320,11 +326,6 @@ def score_pool(
                 report.scored += int(keep.sum())
                 if bar is not None:
                     bar.update(len(ids))
-    except BaseException:
-        writer.close(raise_error=False)  # commit what was scored (resumable), then re-raise the cause
-        raise
-    else:
-        writer.close()
     finally:
         if bar is not None:
             bar.close()
