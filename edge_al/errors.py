@@ -15,11 +15,16 @@
      +-- NoActiveModel           nothing to score with yet (503)
      +-- GateFailed              an export gate failed and no fallback was allowed
      +-- MissingDependency       an optional extra is not installed
+ +-- CentralUnavailable      a scoring box cannot reach the central service (retry later)
+ +-- CentralRefused          the central service refused a scoring box's request (4xx), or
+                             answered what the box cannot use; ``status`` and ``errors`` say why
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "CentralRefused",
+    "CentralUnavailable",
     "Conflict",
     "EdgeALError",
     "GateFailed",
@@ -87,3 +92,19 @@ class GateFailed(EdgeALError):
 
 class MissingDependency(EdgeALError):
     """An optional dependency is missing; the message says which extra to install."""
+
+
+class CentralUnavailable(EdgeALError):
+    """A scoring box cannot reach the central service (network down, 5xx, 429): it keeps serving
+    its last good model and retries later."""
+
+
+class CentralRefused(EdgeALError):
+    """The central service refused a scoring box's request (a 4xx: bad key, an image it will not
+    take) or answered something unusable. ``status`` is the HTTP status (None when not HTTP);
+    ``errors`` the per-item problems of a multipart request (``[{"index", "detail"}, ...]``)."""
+
+    def __init__(self, message: str, *, status: int | None = None, errors: list[dict[str, object]] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.errors = list(errors or [])

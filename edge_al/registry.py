@@ -105,7 +105,7 @@ class Registry:
         d = self.root / version
         meta_path = d / "meta.json"
         if not meta_path.exists():
-            raise NotFound(f"Model version {version} does not exist in {self.root}.")
+            raise NotFound(f"Model version {version} does not exist in this registry: `edge-al models` lists the versions.")
         return ModelVersion(version, d, json.loads(meta_path.read_text(encoding="utf-8")))
 
     def active_version(self) -> str | None:

@@ -39,6 +39,8 @@ ROUTES: list[tuple[str, str, dict[str, Any], str | None]] = [
     ("GET", "/v1/jobs/999", {}, "admin"),
     ("POST", "/v1/jobs/999/cancel", {}, "admin"),
     ("GET", "/v1/models", {}, "admin"),
+    ("GET", "/v1/models/active", {}, "scorer"),
+    ("GET", "/v1/models/v0001/files/model.xml", {}, "scorer"),
     ("POST", "/v1/models/v0999/promote", {}, "admin"),
     ("POST", "/v1/models/rollback", {}, "admin"),
     ("GET", "/healthz", {}, None),

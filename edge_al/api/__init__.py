@@ -126,11 +126,23 @@ def _config(settings: Settings, test_config: dict[str, Any] | None) -> dict[str,
 
 def register_routes(app: OpenAPI) -> None:
     """Every blueprint of the service on ``app`` (also what the OpenAPI document is generated from)."""
-    from . import health, jobs, labels, models, openapi, queue, samples, score, stats, ui
+    from . import health, jobs, labels, model_files, models, openapi, queue, samples, score, stats, ui
 
     # "annotations" is also the __future__ feature bound in this module: import it by full name
     annotations = importlib.import_module("edge_al.api.annotations")
-    for api in (score.bp, samples.bp, queue.bp, annotations.bp, labels.bp, jobs.bp, models.bp, stats.bp, health.bp, openapi.bp):
+    for api in (
+        score.bp,
+        samples.bp,
+        queue.bp,
+        annotations.bp,
+        labels.bp,
+        jobs.bp,
+        model_files.bp,
+        models.bp,
+        stats.bp,
+        health.bp,
+        openapi.bp,
+    ):
         app.register_api(api)
     app.register_blueprint(ui.bp)
 

@@ -22,6 +22,7 @@ from edge_al import acquisition
 __all__ = [
     "ID_MAX",
     "Activated",
+    "ActiveManifest",
     "AnnotationItem",
     "AnnotationsRequest",
     "AnnotationsResult",
@@ -36,6 +37,8 @@ __all__ = [
     "JobsQuery",
     "LabelCreate",
     "Labels",
+    "ModelFile",
+    "ModelFilePath",
     "ModelVersion",
     "Models",
     "Problem",
@@ -142,6 +145,11 @@ class JobPath(_Request):
 
 class VersionPath(_Request):
     version: str = Field(max_length=32, pattern=r"^v[0-9]{4,}$", description="a version name such as v0003")
+
+
+class ModelFilePath(_Request):
+    version: str = Field(max_length=32, pattern=r"^v[0-9]{4,}$", description="a version name such as v0003")
+    name: Literal["model.xml", "model.bin", "meta.json"] = Field(description="one of the files a line runs")
 
 
 class ScoreQuery(_Query):
@@ -258,6 +266,19 @@ class ScoreResult(BaseModel):
     model_version: str = Field(description="the version that produced this result")
     sample_id: int | None = Field(None, description="with ?store=true: the pool sample (deduplicated)")
     created: bool | None = Field(None, description="with ?store=true: false when the image was already in the pool")
+
+
+class ModelFile(BaseModel):
+    name: str
+    size: int = Field(ge=0, description="bytes")
+    sha256: str = Field(description="hex SHA-256 of the file: a scoring box checks every download against it")
+
+
+class ActiveManifest(BaseModel):
+    """What a scoring box follows: the active version and its line files (GET /v1/models/<version>/files/<name>)."""
+
+    version: str | None = Field(description="the active version; null while none is")
+    files: list[ModelFile]
 
 
 class ScoreResponse(BaseModel):
