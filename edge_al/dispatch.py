@@ -208,6 +208,7 @@ class ModelHolder:
         nireq: int | None = None,
         batch_sizes: tuple[int, ...] | None = None,
         store: Store | None = None,
+        novelty: bool = True,
     ) -> None:
         if not isinstance(max_batch, int) or not 1 <= max_batch <= 256:
             raise InvalidInput(f"The 'max_batch' parameter must be an int in [1, 256]. Got {max_batch!r} instead.")
@@ -229,6 +230,7 @@ class ModelHolder:
             sizes = {int(b) for b in batch_sizes if 1 <= int(b) <= self.max_batch} | {self.max_batch}
         self.batch_sizes = tuple(sorted(sizes))
         self._store = store
+        self.novelty = bool(novelty)  # False: uncertainty only, no store read (a scoring box has none)
         self._batcher = Batcher(self.max_batch, self.max_wait_s, adaptive=adaptive)
         self._current: _Loaded | None = None
         self._pending: _Loaded | None = None
@@ -556,6 +558,8 @@ class ModelHolder:
         The reference is built in the background (never on the request's time) and rebuilt when
         the annotation count changed, checked at most every ``refresh_s`` seconds.
         """
+        if not self.novelty:
+            return acquisition_scores(scored)
         ref = self._novelty.get(scored.version)
         now = time.monotonic()
         if now - self._novelty_checked.get(scored.version, -1e9) >= refresh_s:

@@ -27,9 +27,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from flask import current_app, g, request
 
@@ -40,6 +40,7 @@ from .errors import Problem
 
 __all__ = [
     "ROLES",
+    "KeySource",
     "Principal",
     "authenticate",
     "check_request",
@@ -53,6 +54,25 @@ __all__ = [
 ]
 
 ROLES = ("scorer", "annotator", "admin")
+
+
+class StoredKey(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def key_hash(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+
+
+class KeySource(Protocol):
+    """Where presented keys are checked: the workspace's ``Store``, or a scoring box's own keys."""
+
+    def api_keys(self, include_revoked: bool = True) -> Sequence[StoredKey]: ...
+
+
 _PREFIX = "eal_"
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -125,7 +145,7 @@ def revoke_key(store: Store, key_id: int) -> bool:
     return store.revoke_api_key(key_id)
 
 
-def authenticate(store: Store, token: str) -> Principal | None:
+def authenticate(store: KeySource, token: str) -> Principal | None:
     """The principal of a presented token, or None. Constant time in which key matches."""
     if not token:
         return None
@@ -178,7 +198,7 @@ def _required_role() -> str | None:
     return "admin" if request.path.startswith("/v1/") else None
 
 
-def check_request(store: Store, auth_required: bool) -> None:
+def check_request(store: KeySource, auth_required: bool) -> None:
     """The ``before_request`` hook: sets ``g.principal`` or raises a 401/403 Problem."""
     g.principal = ANONYMOUS
     if request.routing_exception is not None:  # 404/405 come from routing, not auth

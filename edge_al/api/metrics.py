@@ -15,14 +15,11 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-if TYPE_CHECKING:
-    from . import Service
 
 __all__ = ["Metrics"]
 
@@ -39,7 +36,7 @@ class _StateCollector(Collector):
     """Figures read from the store, registry, holder and job manager when scraped."""
 
     def __init__(self) -> None:
-        self.svc: Service | None = None
+        self.svc: Any = None  # the app's Service, or a scoring box's BoxService
 
     def collect(self) -> Iterator[Metric]:
         svc = self.svc
@@ -50,21 +47,10 @@ class _StateCollector(Collector):
         except Exception:  # a scrape must not fail because one source did
             log.exception("metrics collection failed")
 
-    def _collect(self, svc: Service) -> Iterable[Metric]:
-        store = svc.store
-        pool = GaugeMetricFamily("edge_al_pool_size", "Samples in the pool")
-        pool.add_metric([], store.count_samples())
-        yield pool
-        current = store.current_annotations()
-        lab = GaugeMetricFamily("edge_al_labeled", "Samples whose latest decision gives a label")
-        lab.add_metric([], sum(1 for a in current.values() if a.label is not None))
-        yield lab
-        rej = GaugeMetricFamily("edge_al_rejected", "Samples whose latest decision is reject")
-        rej.add_metric([], sum(1 for a in current.values() if a.action == "reject"))
-        yield rej
-        leased = GaugeMetricFamily("edge_al_leased", "Samples leased to an annotator now")
-        leased.add_metric([], len(store.leased_ids()))
-        yield leased
+    def _collect(self, svc: Any) -> Iterable[Metric]:
+        store = getattr(svc, "store", None)  # a scoring box has none: no pool figures
+        if store is not None:
+            yield from _pool_metrics(store)
         holder = svc.holder
         version = None
         if holder is not None:
@@ -85,6 +71,23 @@ class _StateCollector(Collector):
             for state in ("queued", "running", "succeeded", "failed", "cancelled"):
                 jobs.add_metric([state], counts.get(state, 0))
             yield jobs
+
+
+def _pool_metrics(store: Any) -> Iterable[Metric]:
+    """Pool size, labeled, rejected and leased samples of the workspace's store."""
+    pool = GaugeMetricFamily("edge_al_pool_size", "Samples in the pool")
+    pool.add_metric([], store.count_samples())
+    yield pool
+    current = store.current_annotations()
+    lab = GaugeMetricFamily("edge_al_labeled", "Samples whose latest decision gives a label")
+    lab.add_metric([], sum(1 for a in current.values() if a.label is not None))
+    yield lab
+    rej = GaugeMetricFamily("edge_al_rejected", "Samples whose latest decision is reject")
+    rej.add_metric([], sum(1 for a in current.values() if a.action == "reject"))
+    yield rej
+    leased = GaugeMetricFamily("edge_al_leased", "Samples leased to an annotator now")
+    leased.add_metric([], len(store.leased_ids()))
+    yield leased
 
 
 def _dispatch_metrics(stats: dict[str, Any], prefix: str = "edge_al_dispatch") -> Iterable[Metric]:
@@ -138,7 +141,9 @@ class Metrics:
         self._state = _StateCollector()
         self.registry.register(self._state)
 
-    def bind(self, svc: Service) -> None:
+    def bind(self, svc: Any) -> None:
+        """``svc``: the app's ``Service``, or anything with ``holder``, ``registry``, ``jobs`` (and
+        optionally ``store``) such as a scoring box's."""
         self._state.svc = svc
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
