@@ -45,12 +45,16 @@ class Context:
         self.args = args
         self.settings: Settings = load_settings(args.home, args.models)
         self.settings.home.mkdir(parents=True, exist_ok=True)
-        self.store = Store(self.settings.db_path)
         self.registry = Registry(self.settings.registry_dir)
         self.json: bool = bool(args.json)
         # With --json, stdout carries exactly one JSON document: the verb runs with sys.stdout
         # pointed at stderr (libraries such as nncf print progress to stdout) and emit() writes here.
         self.out: TextIO = sys.stdout
+
+    @functools.cached_property
+    def store(self) -> Store:
+        """The workspace's store, opened on first use (a scoring box never opens one)."""
+        return Store(self.settings.db_path)
 
     def cli(self) -> str:
         """``edge-al`` with the workspace options the user passed, for "next:" hints they can copy."""

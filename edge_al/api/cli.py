@@ -39,6 +39,8 @@ def cmd_serve(ctx: Any) -> int:
     from .wsgi_server import create_server
 
     a = ctx.args
+    if a.role == "scoring":
+        return cmd_serve_box(ctx)
     if a.no_auth and not is_loopback(a.host):
         print(f"edge-al: error: --no-auth only binds to localhost (127.0.0.1, ::1); got --host {a.host}. "
               f"Create keys with `{ctx.cli()} keys add --role admin` to serve on the network.", file=sys.stderr)  # fmt: skip
@@ -90,6 +92,46 @@ def cmd_serve(ctx: Any) -> int:
     return EXIT_OK
 
 
+def cmd_serve_box(ctx: Any) -> int:
+    """``serve --role scoring``: the box's app on its own home (local registry, outbox; no store)."""
+    from edge_al.box import BoxSettings
+
+    from .box import create_box_app
+    from .wsgi_server import create_server
+
+    a = ctx.args
+    box = BoxSettings.load({"central_url": a.central, "central_folder": a.central_folder, "central_key_file": a.central_key_file,
+                            "poll_s": a.poll_s})  # fmt: skip
+    if a.no_auth and not is_loopback(a.host):
+        print(f"edge-al: error: --no-auth only binds to localhost (127.0.0.1, ::1); got --host {a.host}.", file=sys.stderr)
+        return EXIT_ERROR
+    if not a.no_auth and not box.central_key:
+        print("edge-al: error: a scoring box accepts its scorer key (EDGE_AL_CENTRAL_KEY or --central-key-file) from the line; "
+              "none is set. Set one, or pass --no-auth to serve on localhost without keys.", file=sys.stderr)  # fmt: skip
+        return EXIT_ERROR
+    app = create_box_app(ctx.settings, box, {"AUTH_REQUIRED": not a.no_auth, "DEVICE": a.device, "MAX_BATCH": a.max_batch,
+                                             "MAX_WAIT_MS": a.max_wait_ms, "BATCHING": not a.no_batching, "BATCH_POLICY": a.batch_policy})  # fmt: skip
+    svc = app.extensions["edge_al"]
+    server = create_server(app, host=a.host, port=a.port, threads=a.threads, ident="edge-al", clear_untrusted_proxy_headers=True)
+    try:
+        svc.start()
+        source = box.central_url if box.central_folder is None else "the central registry folder"
+        print(f"edge-al: scoring box serving http://{server.effective_host}:{server.effective_port} "
+              f"(model {svc.holder.version or 'none yet'}; following {source} every {box.poll_s:g} s)", flush=True)  # fmt: skip
+
+        def _term(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, _term)
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+        svc.stop()
+    return EXIT_OK
+
+
 def cmd_worker(ctx: Any) -> int:
     from edge_al.jobs import run_worker
 
@@ -136,6 +178,20 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--threads", type=positive_int, default=8, help="request threads (default 8)")
     p.add_argument("--with-worker", action="store_true", help="also run the job worker in this process (single box)")
+    p.add_argument("--role", choices=("central", "scoring"), default="central",
+                   help="central: the whole service on the workspace (default); scoring: a scoring box that serves /v1/score "
+                        "from a local copy of the central service's active model (docs/deployment.md)")  # fmt: skip
+    p.add_argument("--central", default=None, metavar="URL", help="scoring: the central service (env EDGE_AL_CENTRAL_URL)")
+    p.add_argument("--central-folder", default=None, metavar="DIR",
+                   help="scoring: follow the central registry folder mounted here instead (env EDGE_AL_CENTRAL_FOLDER)")  # fmt: skip
+    p.add_argument("--central-key-file", default=None, metavar="FILE",
+                   help="scoring: a file holding a scorer key of the central service (env EDGE_AL_CENTRAL_KEY_FILE or EDGE_AL_CENTRAL_KEY)")  # fmt: skip
+    p.add_argument(
+        "--poll-s",
+        type=float,
+        default=None,
+        help="scoring: seconds between polls of the central side (default 5; env EDGE_AL_FOLLOW_POLL_S)",
+    )
     p.add_argument("--no-auth", action="store_true", help="no API keys (only on localhost)")
     p.add_argument("--device", default="CPU", help="CPU, GPU, GPU.N or AUTO")
     p.add_argument("--max-batch", type=positive_int, default=8, help="largest batch the dispatcher forms (default 8)")

@@ -26,6 +26,7 @@ __all__ = [
     "AnnotationItem",
     "AnnotationsRequest",
     "AnnotationsResult",
+    "BoxStatus",
     "Decision",
     "Headline",
     "Health",
@@ -266,6 +267,12 @@ class ScoreResult(BaseModel):
     model_version: str = Field(description="the version that produced this result")
     sample_id: int | None = Field(None, description="with ?store=true: the pool sample (deduplicated)")
     created: bool | None = Field(None, description="with ?store=true: false when the image was already in the pool")
+    queued: bool | None = Field(
+        None,
+        description="with ?store=true on a scoring box: true once the image is on the box's disk, "
+        "on its way to the central pool; false when the outbox is full (detail says why)",
+    )
+    sha256: str | None = Field(None, description="with ?store=true on a scoring box: the queued image's SHA-256")
 
 
 class ModelFile(BaseModel):
@@ -284,6 +291,20 @@ class ActiveManifest(BaseModel):
 class ScoreResponse(BaseModel):
     model_version: str | None
     results: list[ScoreResult]
+    detail: str | None = Field(None, description="on a scoring box: why some images were not queued")
+
+
+class BoxStatus(BaseModel):
+    """A scoring box's state: the version it serves, the central side as last seen, its outbox."""
+
+    serving: str | None
+    ready: bool
+    local_active: str | None = Field(description="the active version of the box's own registry")
+    central: dict[str, Any] = Field(description="reachable, central_version, last_ok_at, last_error, last_swap_at, poll_s")
+    outbox: dict[str, Any] | None = Field(
+        description="pending, pending_bytes, max_bytes, delivered, duplicates, rejected, "
+        "last_ok_at, last_error, backoff_s; null when the box sends nothing"
+    )
 
 
 class SampleCreated(BaseModel):

@@ -24,9 +24,7 @@ from waitress.parser import HTTPRequestParser
 from waitress.utilities import Error
 from werkzeug.exceptions import HTTPException
 
-from edge_al.store import Store
-
-from .auth import authenticate, has_role
+from .auth import KeySource, authenticate, has_role
 from .errors import PROBLEM_MIME, TYPE_BASE
 
 __all__ = ["create_server", "early_problem"]
@@ -56,7 +54,7 @@ def _presented(headers: dict[str, str]) -> str | None:
     return headers.get("X_API_KEY", "").strip() or None
 
 
-def early_problem(app: Flask, store: Store, method: str, path: str, headers: dict[str, str]) -> _ProblemError | None:
+def early_problem(app: Flask, store: KeySource, method: str, path: str, headers: dict[str, str]) -> _ProblemError | None:
     """The 401/403 the app would answer this request, decided from its headers alone (None: let it in)."""
     if not app.config.get("AUTH_REQUIRED", True):
         return None
@@ -83,7 +81,7 @@ def early_problem(app: Flask, store: Store, method: str, path: str, headers: dic
     return None
 
 
-def _early_or_none(app: Flask, store: Store, parser: Any) -> _ProblemError | None:
+def _early_or_none(app: Flask, store: KeySource, parser: Any) -> _ProblemError | None:
     """:func:`early_problem`, or None when it cannot decide (the app then checks as usual)."""
     try:
         return early_problem(app, store, parser.command, parser.path, parser.headers)
@@ -92,7 +90,7 @@ def _early_or_none(app: Flask, store: Store, parser: Any) -> _ProblemError | Non
         return None
 
 
-def _channel_class(app: Flask, store: Store) -> type[HTTPChannel]:
+def _channel_class(app: Flask, store: KeySource) -> type[HTTPChannel]:
     class Parser(HTTPRequestParser):
         checked = False  # the header-time check runs once, not once per body chunk
 
@@ -123,5 +121,7 @@ def create_server(app: Flask, **kwargs: Any) -> Any:
     if limit:
         kwargs.setdefault("max_request_body_size", limit + 1)  # waitress refuses bodies of >= this size
     server = _waitress_server(app, **kwargs)
-    server.channel_class = _channel_class(app, app.extensions["edge_al"].store)
+    svc = app.extensions["edge_al"]
+    keys = getattr(svc, "keys", None) or svc.store  # a scoring box checks its own key; the service its store's
+    server.channel_class = _channel_class(app, keys)
     return server
