@@ -10,6 +10,10 @@ environment variable is read by :func:`env_values` here, and nowhere else:
 - service: ``EDGE_AL_MAX_CONTENT_LENGTH``, ``EDGE_AL_MAX_IMAGES_PER_REQUEST``, ``EDGE_AL_LEASE_SECONDS``,
   ``EDGE_AL_DEVICE``, ``EDGE_AL_MAX_BATCH``, ``EDGE_AL_MAX_WAIT_MS``, ``EDGE_AL_RATE_LIMIT_SCORER``,
   ``EDGE_AL_RATE_LIMIT_ANNOTATOR``, ``EDGE_AL_RATE_LIMIT_ADMIN``, ``EDGE_AL_RATE_LIMIT_STORAGE`` (``edge_al.api.ENV_KEYS``).
+- scoring box (``serve --role scoring``): ``EDGE_AL_CENTRAL_URL``, ``EDGE_AL_CENTRAL_KEY``,
+  ``EDGE_AL_CENTRAL_KEY_FILE``, ``EDGE_AL_CENTRAL_FOLDER``, ``EDGE_AL_FOLLOW_POLL_S``,
+  ``EDGE_AL_UPLOAD_FRACTION``, ``EDGE_AL_OUTBOX_MAX_BYTES``, ``EDGE_AL_OUTBOX_BATCH``,
+  ``EDGE_AL_OUTBOX_MAX_BACKOFF_S`` (``edge_al.box.BOX_ENV``).
 
 An empty variable counts as unset; a value of the wrong type is an error that names the variable.
 """

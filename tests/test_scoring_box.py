@@ -17,10 +17,51 @@ from pathlib import Path
 
 import pytest
 
+from edge_al.box import BoxSettings
+from edge_al.errors import InvalidInput
+from edge_al.outbox import Outbox, OutboxFull
 from edge_al.registry import Registry
 from export.tools.services import Proc, central_shas, new_images, start_box, start_central, wait_for
 from tests.api_support import LABELS
 from tests.helpers import publish_tiny
+
+
+def test_box_settings_defaults_then_environment_then_options(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("eal_from_file\n")
+    env = {"EDGE_AL_CENTRAL_URL": "http://central:8000", "EDGE_AL_CENTRAL_KEY": "eal_from_env", "EDGE_AL_FOLLOW_POLL_S": "2",
+           "EDGE_AL_OUTBOX_BATCH": ""}  # fmt: skip
+    s = BoxSettings.load(environ=env)
+    assert (s.central_url, s.central_key, s.poll_s, s.outbox_batch) == ("http://central:8000", "eal_from_env", 2.0, 16)
+    s = BoxSettings.load({"poll_s": 0.5, "central_key_file": str(key), "central_url": None}, environ=env)
+    assert (s.central_url, s.central_key, s.poll_s) == ("http://central:8000", "eal_from_file", 0.5)
+    assert "eal_" not in repr(s)
+    for overrides, message in (
+        ({"central_url": None}, "give --central URL"),
+        ({"central_key": ""}, "needs a scorer key"),
+        ({"poll_s": 0}, "'poll_s' setting must be a number in"),
+        ({"central_key_file": str(tmp_path / "missing")}, "key file cannot be read"),
+    ):
+        environ = {} if overrides.get("central_url", 1) is None else env
+        with pytest.raises(InvalidInput, match=message):
+            BoxSettings.load(overrides, environ=environ)
+
+
+def test_outbox_is_durable_deduplicated_bounded_and_sweeps_torn_writes(tmp_path: Path) -> None:
+    images = new_images(3, seed=11)
+    box = Outbox(tmp_path / "outbox", max_bytes=len(images[0]) + len(images[1]))
+    a, b = box.put(images[0], "PNG"), box.put(images[1], "PNG")
+    assert box.put(images[0], "PNG") == a and box.stats()["pending"] == 2  # the same image is one file
+    with pytest.raises(OutboxFull, match="EDGE_AL_OUTBOX_MAX_BYTES"):
+        box.put(images[2], "PNG")
+    (tmp_path / "outbox" / ".torn.png.tmp").write_bytes(b"half")  # a write cut short by a kill: never acknowledged
+    again = Outbox(tmp_path / "outbox")  # after a restart: the same queue, oldest first
+    assert [p.sha256 for p in again.peek(5)] == [a, b] and not (tmp_path / "outbox" / ".torn.png.tmp").exists()
+    again.reject(again.peek(1)[0], "refused")
+    again.done(again.peek(1), [False])
+    assert again.stats() | {"max_bytes": 0} == {"pending": 0, "pending_bytes": 0, "max_bytes": 0, "delivered": 0, "duplicates": 1,
+                                                 "rejected": 1}  # fmt: skip
+    assert (tmp_path / "outbox" / "rejected" / f"{a}.png").read_bytes() == images[0]
 
 
 def _serving(box: Proc) -> str | None:
@@ -140,3 +181,20 @@ def test_bad_box_settings_are_refused_at_start(tmp_path: Path, bad: dict[str, st
            "--central", "http://127.0.0.1:1", "--central-key-file", str(key)]  # fmt: skip
     done = subprocess.run(cmd, env={**os.environ, **bad}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and named in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_box_follows_a_mounted_registry_folder_and_sends_nothing(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "shared" / "models")  # the central registry, as the box sees it mounted
+    publish_tiny(registry, LABELS)
+    box = start_box(tmp_path / "box", None, "eal_line3", folder=registry.root)
+    png = new_images(1, seed=5)[0]
+    try:
+        wait_for("the box to serve v0001", lambda: _serving(box) == "v0001")
+        publish_tiny(registry, LABELS, seed=9)  # published and promoted on the central side
+        wait_for("the box to serve v0002", lambda: _serving(box) == "v0002")
+        assert box.score(png)[1]["model_version"] == "v0002"
+        status, doc = box.score(png, store=True)
+        assert status == 409 and "sends images nowhere" in doc["detail"]
+        assert _box(box)["outbox"] is None
+    finally:
+        box.stop()

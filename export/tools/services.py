@@ -135,14 +135,17 @@ def start_central(root: Path, n: int = 8, env: dict[str, str] | None = None) -> 
     return proc.start(), settings, keys
 
 
-def start_box(root: Path, central: Proc, key: str, env: dict[str, str] | None = None, wait_ready: bool = True) -> Proc:
-    """A scoring box with its own home under ``root``, following ``central`` with a scorer ``key``."""
+def start_box(root: Path, central: Proc | None, key: str, env: dict[str, str] | None = None, wait_ready: bool = True,
+              folder: Path | None = None) -> Proc:  # fmt: skip
+    """A scoring box with its own home under ``root``, following ``central`` with a scorer ``key``, or
+    the registry ``folder`` (then without a URL, and ``key`` is only what the box accepts)."""
     root.mkdir(parents=True, exist_ok=True)
     key_file = root / "central.key"
     key_file.write_text(key + "\n")
-    cmd = [sys.executable, "-m", "edge_al", "--home", str(root / "home"), "serve", "--role", "scoring", "--port", str(free_port()),
-           "--central", central.base, "--central-key-file", str(key_file)]  # fmt: skip
-    box_env = {"PYTHONUNBUFFERED": "1", "EDGE_AL_FOLLOW_POLL_S": "0.5", "EDGE_AL_OUTBOX_MAX_BACKOFF_S": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "edge_al", "--home", str(root / "home"), "serve", "--role", "scoring", "--port", str(free_port())]
+    cmd += ["--central-folder", str(folder)] if folder is not None else ["--central", central.base if central else ""]
+    box_env = {"PYTHONUNBUFFERED": "1", "EDGE_AL_FOLLOW_POLL_S": "0.5", "EDGE_AL_OUTBOX_MAX_BACKOFF_S": "1",
+               "EDGE_AL_CENTRAL_KEY_FILE": str(key_file), **(env or {})}  # fmt: skip
     proc = Proc(cmd, {**os.environ, **box_env}, int(cmd[cmd.index("--port") + 1]), root / "box.log", key)
     return proc.start(wait_ready)
 
