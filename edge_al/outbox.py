@@ -113,7 +113,10 @@ class Outbox:
                 self._bytes -= len(data)
             raise
         with self._lock:
-            self._pending[sha] = Parcel(sha, path, len(data))
+            if sha in self._pending:  # queued by a parallel request meanwhile: one file, counted once
+                self._bytes -= len(data)
+            else:
+                self._pending[sha] = Parcel(sha, path, len(data))
         return sha
 
     def peek(self, n: int) -> list[Parcel]:
