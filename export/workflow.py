@@ -20,6 +20,7 @@ from edge_al.config import DEFAULT_ARCH, PACKAGED_WEIGHTS, Settings
 from edge_al.errors import InvalidInput
 from edge_al.pool import ImageCache
 from edge_al.registry import ModelVersion, Registry
+from edge_al.storage import images_storage
 from edge_al.store import Store
 
 __all__ = ["MODES", "export_from_store", "resolve_mode", "train_from_store", "training_fingerprint", "val_mask_for", "workspace_backbone"]
@@ -78,7 +79,7 @@ def training_fingerprint(sha256s: Sequence[str], labels: Sequence[str]) -> str:
 def _load_images(settings: Settings, store: Store, ids: Sequence[int], size: int) -> tuple[np.ndarray, np.ndarray]:
     """``(images u8 [n, S, S, 3], ids int64 [n])`` of the ids whose image loads; failures are logged."""
     samples = store.samples([int(i) for i in ids])
-    with ImageCache(settings.cache_dir, (size, size)) as cache:
+    with ImageCache(settings.cache_dir, (size, size), images_storage(settings)) as cache:
         images, failed = cache.load_many(samples)
     if failed:
         log.warning("skipping %d sample(s) whose image could not be loaded: ids %s", len(failed),
