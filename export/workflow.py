@@ -23,7 +23,7 @@ from edge_al.registry import ModelVersion, Registry
 from edge_al.storage import images_storage
 from edge_al.store import Store
 
-__all__ = ["MODES", "export_from_store", "resolve_mode", "train_from_store", "training_fingerprint", "val_mask_for", "workspace_backbone"]
+__all__ = ["MODES", "export_from_store", "resolve_mode", "train_from_store", "training_fingerprint", "val_mask_for", "workspace_backbone", "workspace_ref"]
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +266,16 @@ def _checkpoint_backbone(settings: Settings, ck: dict[str, Any]) -> Any:
     return backbone
 
 
+def workspace_ref(settings: Settings, path: str | Path) -> str:
+    """``path`` as the registry records it: relative to the workspace when inside it
+    (``checkpoints/...``), else its file name; never a folder only this box knows."""
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(settings.home.resolve()).as_posix()
+    except ValueError:
+        return resolved.name
+
+
 def export_from_store(
     settings: Settings,
     store: Store,
@@ -321,7 +331,7 @@ def export_from_store(
         min_agreement=min_agreement,
         train_fingerprint=str(ck.get("train_fingerprint", "")),
         num_train_labels=int(ck.get("num_train_labels", 0)),
-        extra_meta={"checkpoint": str(Path(checkpoint_path).resolve()), "val_sample_ids": [int(i) for i in val_loaded]},
+        extra_meta={"checkpoint": workspace_ref(settings, checkpoint_path), "val_sample_ids": [int(i) for i in val_loaded]},
         precision_fallback=precision_fallback,
         exporter=exporter,
         accuracy_control=accuracy_control,

@@ -135,3 +135,11 @@ def test_one_box_without_edge_al_images_keeps_outside_files_where_they_are(tmp_p
     sample, _ = ingest_bytes(store, settings, write_jpegs(tmp_path / "up", 1, size=(40, 40), seed=2)[0].read_bytes())
     assert _paths(store)[:4] == [str(p) for p in outside] + [f"pool/{p.name}" for p in inside]
     assert sample.path.startswith("blobs/") and (settings.home / sample.path).exists()
+
+
+def test_the_registry_records_no_machine_path_for_the_checkpoint(tmp_path: Path) -> None:
+    from export.workflow import workspace_ref
+
+    settings = Settings(home=tmp_path / "home")
+    assert workspace_ref(settings, settings.home / "checkpoints" / "c0001.pt") == "checkpoints/c0001.pt"
+    assert workspace_ref(settings, tmp_path / "elsewhere" / "c.pt") == "c.pt"
