@@ -606,7 +606,7 @@ class JobManager:
             return
         try:
             pending = {t.id for t in self.huey.pending()}
-        except BROKER_ERRORS as exc:
+        except Exception as exc:  # a broker that is down (or a locked SQLite queue): check again next time
             log.warning("cannot read the job queue (%s): queued jobs are checked again later", type(exc).__name__)
             return
         for row in queued:

@@ -23,7 +23,16 @@ from edge_al.registry import ModelVersion, Registry
 from edge_al.storage import images_storage
 from edge_al.store import Store
 
-__all__ = ["MODES", "export_from_store", "resolve_mode", "train_from_store", "training_fingerprint", "val_mask_for", "workspace_backbone", "workspace_ref"]
+__all__ = [
+    "MODES",
+    "export_from_store",
+    "resolve_mode",
+    "train_from_store",
+    "training_fingerprint",
+    "val_mask_for",
+    "workspace_backbone",
+    "workspace_ref",
+]
 
 log = logging.getLogger(__name__)
 
