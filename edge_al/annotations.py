@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import EdgeALError, InvalidInput
+from .errors import EdgeALError, InvalidInput, NotFound
 from .registry import Registry
-from .store import ACTIONS, Store
+from .storage import Storage
+from .store import ACTIONS, Sample, Store
 
 __all__ = ["AnnotationResult", "apply_annotations", "read_annotation_file"]
 
@@ -66,6 +67,18 @@ def read_annotation_file(path: str | Path) -> list[dict[str, Any]]:
     return [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()} for row in reader]
 
 
+def _find_sample(store: Store, storage: Storage | None, ref: str | int) -> Sample:
+    """A sample by id, by its stored ref, or by a local path inside the images ``storage`` (whose
+    rows keep the path relative to the root)."""
+    try:
+        return store.find_sample(ref)
+    except NotFound:
+        rel = storage.ref_for(ref) if storage is not None and isinstance(ref, str) else None
+        if rel is None:
+            raise
+        return store.find_sample(rel)
+
+
 def apply_annotations(
     store: Store,
     registry: Registry,
@@ -75,12 +88,14 @@ def apply_annotations(
     annotator: str | None = None,
     create_labels: bool = False,
     respect_leases: bool = False,
+    storage: Storage | None = None,
 ) -> AnnotationResult:
     """Validate and commit each row on its own; invalid rows are collected with their reasons.
 
     Each row is recorded under ``annotator`` when given (the API's key identity; a row's own
     ``annotator`` is then ignored), else under the row's ``annotator``, else ``default_annotator``.
     ``respect_leases``: a row on a sample another annotator has leased fails (``LeaseConflict``).
+    ``storage``: the images storage, to find a sample by a local path inside its root.
     """
     result = AnnotationResult()
     mv = registry.active()
@@ -91,7 +106,7 @@ def apply_annotations(
             ref = row.get("sample_id") or row.get("id") or row.get("path")
             if ref in (None, ""):
                 raise InvalidInput("the row names no sample_id or path.")
-            sample = store.find_sample(ref if not isinstance(ref, float) else int(ref))
+            sample = _find_sample(store, storage, ref if not isinstance(ref, float) else int(ref))
             action = str(row.get("action") or "").strip().lower()
             if action not in ACTIONS:
                 raise InvalidInput(f"action must be one of {', '.join(ACTIONS)}; got {row.get('action')!r}.")

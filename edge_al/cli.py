@@ -342,9 +342,11 @@ def cmd_select(ctx: Context) -> int:
 
 def cmd_annotate(ctx: Context) -> int:
     from .annotations import apply_annotations, read_annotation_file
+    from .storage import images_storage
 
     rows = read_annotation_file(ctx.args.file)
-    result = apply_annotations(ctx.store, ctx.registry, rows, default_annotator=ctx.args.annotator, create_labels=ctx.args.create_labels)
+    result = apply_annotations(ctx.store, ctx.registry, rows, default_annotator=ctx.args.annotator, create_labels=ctx.args.create_labels,
+                               storage=images_storage(ctx.settings))  # fmt: skip
 
     def human() -> None:
         print(f"written {result.written}, unchanged {result.unchanged}, invalid {len(result.errors)}")

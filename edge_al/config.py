@@ -6,7 +6,7 @@ Precedence, lowest first: the defaults in this module (and the service's ``DEFAU
 environment variable is read by :func:`env_values` here, and nowhere else:
 
 - workspace: ``EDGE_AL_HOME``, ``EDGE_AL_MODELS``, ``EDGE_AL_MAX_PIXELS``, ``EDGE_AL_MAX_FILE_BYTES``,
-  ``EDGE_AL_IMAGE_SIZE``, ``EDGE_AL_RETRAIN_AFTER``, ``EDGE_AL_HUEY_URL`` (:func:`load_settings`);
+  ``EDGE_AL_IMAGE_SIZE``, ``EDGE_AL_RETRAIN_AFTER``, ``EDGE_AL_HUEY_URL``, ``EDGE_AL_IMAGES`` (:func:`load_settings`);
 - service: ``EDGE_AL_MAX_CONTENT_LENGTH``, ``EDGE_AL_MAX_IMAGES_PER_REQUEST``, ``EDGE_AL_LEASE_SECONDS``,
   ``EDGE_AL_DEVICE``, ``EDGE_AL_MAX_BATCH``, ``EDGE_AL_MAX_WAIT_MS``, ``EDGE_AL_RATE_LIMIT_SCORER``,
   ``EDGE_AL_RATE_LIMIT_ANNOTATOR``, ``EDGE_AL_RATE_LIMIT_ADMIN``, ``EDGE_AL_RATE_LIMIT_STORAGE`` (``edge_al.api.ENV_KEYS``).
@@ -58,6 +58,7 @@ class Settings:
     default_image_size: int | None = None  # None: per architecture (ARCH_IMAGE_SIZE)
     retrain_after: int = 12
     huey_url: str | None = None  # the job queue's broker (redis://...); None: SQLite in the workspace
+    images: str | None = None  # the pool images' root, a folder or an fsspec URL (edge_al.storage); None: home
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -118,6 +119,7 @@ _SETTINGS_ENV: dict[str, Callable[[str], Any]] = {
     "IMAGE_SIZE": int,
     "RETRAIN_AFTER": int,
     "HUEY_URL": str,
+    "IMAGES": str,
 }
 
 
@@ -134,4 +136,12 @@ def load_settings(home: str | Path | None = None, models_dir: str | Path | None 
         default_image_size=env.get("IMAGE_SIZE") or Settings.default_image_size,
         retrain_after=env.get("RETRAIN_AFTER") or Settings.retrain_after,
         huey_url=env.get("HUEY_URL"),
+        images=_images_root(env.get("IMAGES")),
     )
+
+
+def _images_root(value: str | None) -> str | None:
+    """``EDGE_AL_IMAGES`` as given for a URL (``s3://...``), as an absolute folder otherwise."""
+    if not value or "://" in value:
+        return value or None
+    return str(Path(value).expanduser().resolve())

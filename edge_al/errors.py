@@ -13,6 +13,7 @@
      |    +-- LeaseConflict      a sample under another annotator's live lease (409)
      |    +-- ModelLoadFailed    a model version that cannot be loaded is not activated (409)
      +-- NoActiveModel           nothing to score with yet (503)
+     +-- BrokerUnavailable       the job queue's broker (Redis) cannot be reached (503)
      +-- GateFailed              an export gate failed and no fallback was allowed
      +-- MissingDependency       an optional extra is not installed
  +-- CentralUnavailable      a scoring box cannot reach the central service (retry later)
@@ -23,6 +24,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BrokerUnavailable",
     "CentralRefused",
     "CentralUnavailable",
     "Conflict",
@@ -84,6 +86,10 @@ class ModelLoadFailed(Conflict):
 
 class NoActiveModel(EdgeALError):
     """No model version is active yet: train and export one first."""
+
+
+class BrokerUnavailable(EdgeALError):
+    """The job queue's broker (Redis) did not answer; the message says what was not queued."""
 
 
 class GateFailed(EdgeALError):

@@ -28,6 +28,7 @@ from .config import Settings
 from .errors import InvalidInput
 from .pool import ImageCache, read_flags
 from .scoring import EmbeddingFile
+from .storage import images_storage
 from .store import Store
 
 __all__ = ["BACKBONE_META", "Backbone", "FeatureCache", "backbone_dir", "find_backbone"]
@@ -141,7 +142,7 @@ class FeatureCache:
             self._engine = Engine(self.backbone.fp32_xml, device=self.device, batch=self.batch, precision="f32")
         size = self.backbone.image_size
         failed: set[int] = set()
-        with ImageCache(self.settings.cache_dir, (size, size)) as cache:
+        with ImageCache(self.settings.cache_dir, (size, size), images_storage(self.settings)) as cache:
             for start in range(0, len(ids), chunk):
                 samples = store.samples(ids[start : start + chunk].tolist())
                 images, bad = cache.load_many(samples)

@@ -2,9 +2,11 @@
 
 The queue: huey with its SQLite storage at ``<home>/jobs.sqlite3`` (no server needed). For several
 boxes set ``EDGE_AL_HUEY_URL=redis://host:6379/0`` (or ``settings.extra["huey_url"]``): the API
-boxes enqueue into Redis and ``edge-al worker`` on any box consumes (``pip install redis``). The
-job *records* live in the workspace store (table ``jobs``), so every worker must see the same
-workspace (the store, the registry and the image files).
+boxes enqueue into Redis and ``edge-al worker`` on any box consumes (``pip install 'edge-al[redis]'``;
+``edge_al.broker``). The broker holds only task messages; the job *records* live in the store (table
+``jobs``), so every worker must see the same store, registry and images (docs/deployment.md).
+A broker that is down at submit: ``BrokerUnavailable`` and the record is failed; for an automatic
+retrain the record stays queued and a worker queues it again once the broker answers.
 
 A job record: id, kind, state (queued -> running -> succeeded | failed | cancelled), progress 0..1,
 message, the last 50 log lines, params, result (JSON), labels at submit, created/started/finished
@@ -17,7 +19,11 @@ state guard, so a duplicate or late task message never runs a job twice.
   job, so a failed or rejected retrain does not re-queue on every annotation) and queues a retrain
   when the count reaches the threshold and none is queued or running, in one store transaction.
 - A job left ``running`` by a worker that died (its pid is gone on this host, or no heartbeat for
-  ``stale_s``) is marked failed ("worker died") when a worker starts.
+  ``stale_s`` from any host) is taken over by another worker (``recover``, when a worker starts and
+  every ``recover_every_s`` while it runs): failed ("worker died ...; retried as job N") and a copy
+  queued in the same transaction, once (``max_retries``); a retry that dies too stays failed. A
+  worker that was only slow (a frozen process, a partitioned box) learns at its next heartbeat that
+  the job is no longer its own, stops at its next step, and its late result is not written.
 """
 
 from __future__ import annotations
@@ -38,8 +44,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from .broker import BROKER_ERRORS, make_huey, redacted
 from .config import Settings
-from .errors import Conflict, EdgeALError, InvalidInput, MissingDependency, NotFound
+from .errors import BrokerUnavailable, Conflict, EdgeALError, InvalidInput, NotFound
 from .lifecycle import annotations_since_model, model_created_at
 from .registry import Registry
 from .store import Store
@@ -294,6 +301,10 @@ class JobManager:
     ``runners`` replaces the functions that do the work (kind -> runner), a seam for tests.
     ``on_model_change`` is called after a job promoted a model (e.g. ``ModelHolder.reload`` when the
     worker runs inside the server); other processes see the promote through the registry.
+    Recovery (``recover``): a running job's worker is dead when its process is gone (same host) or
+    it wrote no heartbeat (every ``heartbeat_s``) for ``stale_s``; its job is retried up to
+    ``max_retries`` times, then failed. A running worker checks every ``recover_every_s``, and
+    queues again a queued job whose task message the broker does not hold after ``requeue_after_s``.
     """
 
     def __init__(
@@ -307,6 +318,9 @@ class JobManager:
         on_model_change: Callable[[], Any] | None = None,
         stale_s: float = 300.0,
         heartbeat_s: float = 5.0,
+        max_retries: int = 1,
+        recover_every_s: float = 10.0,
+        requeue_after_s: float = 30.0,
     ) -> None:
         self.settings = settings
         self.store = store if store is not None else Store(settings.db_path)
@@ -315,25 +329,15 @@ class JobManager:
         self.on_model_change = on_model_change
         self.stale_s = float(stale_s)
         self.heartbeat_s = float(heartbeat_s)
+        self.max_retries = int(max_retries)
+        self.recover_every_s = float(recover_every_s)
+        self.requeue_after_s = float(requeue_after_s)
         self.huey_url = huey_url if huey_url is not None else (settings.extra.get("huey_url") or settings.huey_url)
         self.huey = self._make_huey()
         self._task = self.huey.task(name=_TASK_NAME)(self._execute)
 
     def _make_huey(self) -> Any:
-        if self.huey_url:
-            if not self.huey_url.startswith(("redis://", "rediss://", "unix://")):
-                raise InvalidInput(f"EDGE_AL_HUEY_URL must be a redis:// (or rediss://, unix://) URL. Got {self.huey_url!r} instead.")
-            try:
-                import redis  # noqa: F401 - only to fail early with an install hint
-            except ModuleNotFoundError:
-                raise MissingDependency("A Redis job queue needs the redis package: pip install redis.") from None
-            from huey import RedisHuey
-
-            return RedisHuey("edge-al", url=self.huey_url, results=False, utc=True)
-        from huey import SqliteHuey
-
-        self.settings.home.mkdir(parents=True, exist_ok=True)
-        return SqliteHuey("edge-al", filename=str(self.settings.home / "jobs.sqlite3"), results=False, utc=True, fsync=True)
+        return make_huey(self.huey_url, self.settings.home)
 
     @property
     def backend(self) -> str:
@@ -399,10 +403,23 @@ class JobManager:
         job_id = self.store.jobs.insert(kind, clean, labels, task.id)
         return self._enqueue(job_id, task)
 
-    def _enqueue(self, job_id: int, task: Any) -> dict[str, Any]:
+    def _enqueue(self, job_id: int, task: Any, *, keep_queued: bool = False) -> dict[str, Any]:
+        """Send the job's task message. When the broker cannot be reached: ``BrokerUnavailable``, the
+        record marked failed (nothing will run it); with ``keep_queued`` the record stays queued and a
+        worker's ``recover`` sends it once the broker answers again (nothing is lost)."""
         task.args = (job_id,)
         try:
             self.huey.enqueue(task)
+        except BROKER_ERRORS as exc:
+            where = f"the Redis broker at {redacted(self.huey_url)}" if self.huey_url else "the job queue"
+            if keep_queued:
+                log.warning("job %s: %s did not answer (%s); it stays queued and a worker queues it again", job_id, where, exc)
+                return self.get(job_id)
+            message = (
+                f"Could not queue job {job_id}: {where} did not answer ({type(exc).__name__}). Nothing was queued; retry when it is up."
+            )
+            self._finish(job_id, "failed", message, None, [])
+            raise BrokerUnavailable(message) from None
         except Exception as exc:
             self._finish(job_id, "failed", f"Could not queue the job: {type(exc).__name__}: {exc}", None, [])
             raise
@@ -429,7 +446,7 @@ class JobManager:
         job_id = self.store.jobs.insert_retrain_if_due(model_created_at(mv) if mv is not None else 0.0, threshold, clean, labels, task.id)
         if job_id is None:
             return None
-        return self._enqueue(job_id, task)
+        return self._enqueue(job_id, task, keep_queued=True)
 
     # -- cancelling ----------------------------------------------------------------------------
     def cancel(self, job_id: int | str) -> dict[str, Any]:
@@ -535,37 +552,84 @@ class JobManager:
             log.exception("job %s: runner crashed", job_id)
 
     # -- recovery ------------------------------------------------------------------------------
-    def recover(self, requeue_after_s: float = 30.0) -> builtins.list[int]:
-        """Fail the jobs whose worker died; re-queue queued jobs whose task message was lost.
+    def recover(self, requeue_after_s: float | None = None) -> builtins.list[int]:
+        """Take over the jobs of dead workers; queue again queued jobs whose task message was lost.
 
-        Returns the ids of the jobs marked failed. Called when a worker starts.
+        A running job's worker is dead when its process is gone (same host) or it has not beaten for
+        ``stale_s`` (any host). Such a job is failed ("worker died") and, while it has had fewer than
+        ``1 + max_retries`` attempts, a copy is queued in the same transaction (its params carry
+        ``retry_of`` and ``attempt``), so exactly one worker's ``recover`` wins and the job is
+        neither lost nor run twice by the queue. Returns the ids of the jobs failed. Every worker
+        calls this when it starts and every ``recover_every_s`` while it runs.
         """
+        dead = self._reap_dead()
+        self._requeue_lost(self.requeue_after_s if requeue_after_s is None else requeue_after_s)
+        return dead
+
+    def _death_reason(self, worker: str, heartbeat_at: float | None, now: float) -> str | None:
+        """Why the worker of a running job counts as dead, or None while it may be alive."""
+        if not worker:
+            return "no worker recorded"
+        whost, _, wpid = worker.rpartition(":")
+        if whost == socket.gethostname() and wpid.isdigit() and int(wpid) != os.getpid() and not _pid_alive(int(wpid)):
+            return "its process is gone"
+        silent = now - float(heartbeat_at or 0.0)
+        return f"no heartbeat for {silent:.0f} s" if silent > self.stale_s else None
+
+    def _reap_dead(self) -> builtins.list[int]:
         now = time.time()
-        host = socket.gethostname()
         dead: builtins.list[int] = []
         for row in self.store.jobs.running():
             worker = row["worker"] or ""
-            whost, _, wpid = worker.rpartition(":")
-            beat = float(row["heartbeat_at"] or 0.0)
-            same_host_dead = whost == host and wpid.isdigit() and int(wpid) != os.getpid() and not _pid_alive(int(wpid))
-            if same_host_dead or now - beat > self.stale_s or not worker:
-                reason = "its process is gone" if same_host_dead else f"no heartbeat for {now - beat:.0f} s"
-                if self.store.jobs.fail_running(int(row["id"]), f"worker died ({worker or 'unknown'}: {reason})"):
-                    dead.append(int(row["id"]))
-                    log.warning("job %s: worker %s died; marked failed", row["id"], worker)
-        queued = self.store.jobs.queued_before(now - requeue_after_s)
-        if queued:
-            try:
-                pending = {t.id for t in self.huey.pending()}
-            except Exception:
-                pending = None
-            for row in queued:
-                if pending is not None and row["task_id"] not in pending:
-                    task = self._task.s(int(row["id"]))
-                    self.store.jobs.set_task(int(row["id"]), task.id)
-                    self.huey.enqueue(task)
-                    log.warning("job %s: its task message was lost; queued again", row["id"])
+            reason = self._death_reason(worker, row["heartbeat_at"], now)
+            if reason is None:
+                continue
+            jid, params = int(row["id"]), json.loads(row["params"] or "{}")
+            message = f"worker died ({worker or 'unknown'}: {reason})"
+            attempt = int(params.get("attempt", 1))
+            if attempt > self.max_retries:
+                if self.store.jobs.fail_running(jid, message):
+                    dead.append(jid)
+                    log.warning("job %s: %s; attempt %d was the last: marked failed", jid, message, attempt)
+                continue
+            task = self._task.s(0)
+            new_id = self.store.jobs.retry_running(jid, message, {**params, "retry_of": jid, "attempt": attempt + 1}, task.id)
+            if new_id is not None:
+                dead.append(jid)
+                log.warning("job %s: %s; retried as job %s", jid, message, new_id)
+                self._enqueue(new_id, task, keep_queued=True)
         return dead
+
+    def _requeue_lost(self, older_than_s: float) -> None:
+        queued = self.store.jobs.queued_before(time.time() - older_than_s)
+        if not queued:
+            return
+        try:
+            pending = {t.id for t in self.huey.pending()}
+        except Exception as exc:  # a broker that is down (or a locked SQLite queue): check again next time
+            log.warning("cannot read the job queue (%s): queued jobs are checked again later", type(exc).__name__)
+            return
+        for row in queued:
+            if row["task_id"] not in pending:
+                task = self._task.s(int(row["id"]))
+                self.store.jobs.set_task(int(row["id"]), task.id)
+                self._enqueue(int(row["id"]), task, keep_queued=True)
+                log.warning("job %s: its task message was lost; queued again", row["id"])
+
+    def start_reaper(self, every_s: float | None = None) -> Callable[[], None]:
+        """Run ``recover`` every ``every_s`` (default ``recover_every_s``) on a daemon thread; returns ``stop()``."""
+        period = self.recover_every_s if every_s is None else float(every_s)
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(period):
+                try:
+                    self.recover()
+                except Exception:  # a store or broker hiccup: try again next period
+                    log.warning("job recovery failed; trying again in %.0f s", period, exc_info=True)
+
+        threading.Thread(target=loop, name="edge-al-job-reaper", daemon=True).start()
+        return stop.set
 
     def create_consumer(self, workers: int = 1, max_delay: float = 0.5) -> Any:
         """A huey consumer with thread workers; it sets signal handlers only on the main thread."""
@@ -596,9 +660,14 @@ def run_worker(settings: Settings, workers: int = 1, manager: JobManager | None 
     _enable_job_logging()
     failed = mgr.recover()
     if failed:
-        log.warning("marked %d job(s) of dead workers failed: %s", len(failed), failed)
-    log.warning("edge-al worker: %d thread(s), %s queue at %s", workers, mgr.backend, mgr.huey_url or settings.home / "jobs.sqlite3")
-    mgr.create_consumer(workers).run()
+        log.warning("took over %d job(s) of dead workers: %s", len(failed), failed)
+    where = redacted(mgr.huey_url) if mgr.huey_url else "jobs.sqlite3 in the workspace"
+    log.warning("edge-al worker %s: %d thread(s), %s queue at %s", _worker_id(), workers, mgr.backend, where)
+    stop_reaper = mgr.start_reaper()
+    try:
+        mgr.create_consumer(workers).run()
+    finally:
+        stop_reaper()
 
 
 def start_worker_thread(
@@ -611,6 +680,7 @@ def start_worker_thread(
     mgr = manager or JobManager(settings)
     _enable_job_logging()
     mgr.recover()
+    stop_reaper = mgr.start_reaper()
     consumer = mgr.create_consumer(workers)
     consumer.shutdown_timeout = timeout
     consumer.start()
@@ -637,6 +707,7 @@ def start_worker_thread(
                     mgr.cancel(job["id"])
                 except EdgeALError:
                     pass
+        stop_reaper()
         consumer.stop(graceful=True)
         sup.join(timeout)
 

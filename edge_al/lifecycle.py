@@ -22,6 +22,7 @@ from .errors import MissingDependency
 from .pool import ImageCache
 from .registry import ModelVersion, Registry, headline_metrics
 from .scoring import ScoreReport, score_pool
+from .storage import images_storage
 from .store import Store
 
 __all__ = [
@@ -90,7 +91,7 @@ def evaluate_version(
     from .engine import Engine
 
     eng = Engine(mv.xml, device=device, batch=8)
-    with ImageCache(settings.cache_dir, eng.size) as cache:
+    with ImageCache(settings.cache_dir, eng.size, images_storage(settings)) as cache:
         images, failed = cache.load_many(store.samples(sample_ids))
     keep = np.setdiff1d(np.arange(len(sample_ids)), np.array(failed, dtype=np.int64))
     probs, _ = eng.infer(images[keep])

@@ -1,7 +1,10 @@
 """The pool: ingest image files into the store, and the cache of resized u8 images.
 
-Ingest registers files by content hash (duplicates are reported, not added twice) and keeps
-a reference to the original path; HTTP uploads are written under ``<home>/blobs``.
+Ingest registers files by content hash (duplicates are reported, not added twice). The store keeps
+each image's ref in the images storage (``edge_al.storage``: ``EDGE_AL_IMAGES``, else the workspace):
+a file inside that root is kept as its path relative to the root; a file outside it is copied in as
+``blobs/<sha256>`` when ``EDGE_AL_IMAGES`` is set (several boxes), and kept as its own absolute
+path otherwise (one box, as before). HTTP uploads are written to ``blobs/`` in the images storage.
 
 The cache keeps one sparse file per input size, ``cache/<W>x<H>.u8``, with the image of sample
 ``id`` at row ``id``, and a one-byte-per-row validity file beside it. A row is marked valid
@@ -21,8 +24,8 @@ import numpy as np
 
 from .config import Settings
 from .errors import EdgeALError, ImageError
-from .fsutil import atomic_write
 from .images import decode_resized, probe, sha256_of
+from .storage import Storage, images_storage, upload_ref
 from .store import Sample, Store
 
 __all__ = ["IMAGE_SUFFIXES", "ImageCache", "IngestReport", "expand_paths", "ingest", "ingest_bytes", "read_flags"]
@@ -71,13 +74,23 @@ def expand_paths(paths: Iterable[str | Path]) -> Iterator[tuple[Path, str | None
             yield p, "no such file or directory"
 
 
-def _check_file(path: Path, settings: Settings) -> tuple[str, int, int]:
+def _check_file(path: Path, settings: Settings, storage: Storage) -> tuple[str, int, int, str]:
+    """``(sha256, width, height, ref)`` of a file to ingest; its bytes are copied into the storage
+    when that is where the ref points."""
     size = path.stat().st_size
     if size > settings.max_file_bytes:
         raise ImageError(f"The file has {size:,} bytes; the limit is {settings.max_file_bytes:,}.")
     data = path.read_bytes()
     info = probe(data, max_pixels=settings.max_pixels, max_bytes=settings.max_file_bytes)
-    return sha256_of(data), info.width, info.height
+    digest = sha256_of(data)
+    ref = storage.ref_for(path)
+    if ref is None and settings.images is None:
+        ref = str(path)  # one box without EDGE_AL_IMAGES: the file's own path, as before
+    elif ref is None:
+        ref = upload_ref(digest, info.format)
+        if not storage.exists(ref):
+            storage.write_bytes(ref, data)
+    return digest, info.width, info.height, ref
 
 
 def ingest(
@@ -96,24 +109,26 @@ def ingest(
     todo = [p for p, problem in items if problem is None]
     report.skipped += [(str(p), problem) for p, problem in items if problem is not None]
 
-    def check(path: Path) -> tuple[Path, tuple[str, int, int] | str]:
+    storage = images_storage(settings)
+
+    def check(path: Path) -> tuple[Path, tuple[str, int, int, str] | str]:
         try:
-            return path, _check_file(path, settings)
+            return path, _check_file(path, settings, storage)
         except EdgeALError as exc:
             return path, str(exc)
         except OSError as exc:
             return path, f"cannot read the file: {exc.strerror or exc}"
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as ex:
-        results: Iterable[tuple[Path, tuple[str, int, int] | str]] = ex.map(check, todo)
+        results: Iterable[tuple[Path, tuple[str, int, int, str] | str]] = ex.map(check, todo)
         if progress is not None:
             results = progress(results)  # type: ignore[assignment]
         for path, res in results:
             if isinstance(res, str):
                 report.skipped.append((str(path), res))
                 continue
-            digest, w, h = res
-            sid, created = store.add_sample(digest, str(path), w, h, "ingest")
+            digest, w, h, ref = res
+            sid, created = store.add_sample(digest, ref, w, h, "ingest")
             if created:
                 report.added.append(sid)
             else:
@@ -127,14 +142,15 @@ def ingest(
 
 
 def ingest_bytes(store: Store, settings: Settings, data: bytes, *, filename: str = "upload", source: str = "upload") -> tuple[Sample, bool]:
-    """Validate and register an uploaded image; its bytes are written atomically under blobs/."""
+    """Validate and register an uploaded image; its bytes are written (atomically, content-addressed)
+    to ``blobs/`` in the images storage, and the store keeps that ref."""
     info = probe(data, max_pixels=settings.max_pixels, max_bytes=settings.max_file_bytes)
     digest = sha256_of(data)
-    suffix = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}.get(info.format, ".img")
-    target = settings.blobs_dir / digest[:2] / f"{digest}{suffix}"
-    if not target.exists():
-        atomic_write(target, lambda f: f.write(data))
-    sid, created = store.add_sample(digest, str(target), info.width, info.height, source)
+    storage = images_storage(settings)
+    ref = upload_ref(digest, info.format)
+    if not storage.exists(ref):
+        storage.write_bytes(ref, data)
+    sid, created = store.add_sample(digest, ref, info.width, info.height, source)
     return store.sample(sid), created
 
 
@@ -152,10 +168,12 @@ def read_flags(fd: int, ids: np.ndarray) -> np.ndarray:
 
 
 class ImageCache:
-    """Resized u8 BGR images per input size, in a sparse file indexed by sample id."""
+    """Resized u8 BGR images per input size, in a sparse file indexed by sample id. A miss is read
+    through ``storage`` (``edge_al.storage.images_storage(settings)``) and decoded."""
 
-    def __init__(self, root: str | Path, size: tuple[int, int]) -> None:
+    def __init__(self, root: str | Path, size: tuple[int, int], storage: Storage | None = None) -> None:
         self.root = Path(root)
+        self.storage = storage  # where sample refs are read from; None: refs are local paths
         self.size = (int(size[0]), int(size[1]))
         self.root.mkdir(parents=True, exist_ok=True)
         w, h = self.size
@@ -257,7 +275,7 @@ class ImageCache:
         if img is not None:
             return img
         try:
-            data = Path(sample.path).read_bytes()
+            data = self.storage.read_bytes(sample.path) if self.storage is not None else Path(sample.path).read_bytes()
         except OSError as exc:
             raise ImageError(f"Sample {sample.id}: cannot read {sample.path}: {exc.strerror or exc}") from None
         img = decode_resized(data, self.size, sample.width, sample.height)

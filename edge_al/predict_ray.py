@@ -212,6 +212,7 @@ def score_pool_ray(
     if device.upper() != "CPU":
         raise InvalidInput(f"score --ray runs on the workers' CPUs. Got --device {device!r}: drop it or use CPU.")
     from .scoring import EmbeddingFile, ScoreReport, _Writer, update_novelty
+    from .storage import images_storage
 
     mv = registry.active()
     if mv is None:
@@ -220,7 +221,8 @@ def score_pool_ray(
     done = store.scored_ids(mv.version)
     todo = np.setdiff1d(store.sample_ids(), done, assume_unique=True)[:limit]
     report = ScoreReport(version=mv.version, already=len(done))
-    items = [{"path": s.path, "sample_id": s.id} for s in store.samples(todo.tolist())]
+    storage = images_storage(settings)  # the actors read each image where it lives: a path or a URL
+    items = [{"path": storage.location(s.path), "sample_id": s.id} for s in store.samples(todo.tolist())]
     dim = int(mv.meta.get("embedding_dim") or 0)
     emb_file = EmbeddingFile(settings.embeddings_dir / f"{mv.version}.f16", dim) if dim else None
     if emb_file is None:

@@ -37,6 +37,7 @@ from .config import Settings
 from .errors import NoActiveModel
 from .pool import ImageCache
 from .registry import ModelVersion, Registry
+from .storage import images_storage
 from .store import Store
 
 __all__ = ["EmbeddingFile", "IdEmbeddings", "ScoreReport", "labeled_reference", "novelty_cache", "score_pool"]
@@ -304,7 +305,7 @@ def score_pool(
     report.already = len(done_ids)
     if limit is not None:
         todo_ids = todo_ids[:limit]
-    cache = ImageCache(settings.cache_dir, eng.size)
+    cache = ImageCache(settings.cache_dir, eng.size, images_storage(settings))
     emb_file = EmbeddingFile(settings.embeddings_dir / f"{mv.version}.f16", eng.embedding_dim)
     bar = progress(total=len(todo_ids), unit="img", desc=f"score {mv.version}") if progress else None
     n_workers = workers or max(1, min(4, os.cpu_count() or 1))

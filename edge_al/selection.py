@@ -17,6 +17,7 @@ from .features import Backbone, FeatureCache, find_backbone
 from .registry import Registry
 from .results import label_name
 from .scoring import IdEmbeddings, embedding_file, labeled_reference, novelty_cache
+from .storage import images_storage
 from .store import Store
 
 __all__ = ["UNCERTAIN_MARGIN", "Candidate", "cold_start", "pick_reason", "select_next"]
@@ -108,6 +109,7 @@ def select_next(
         emb_file.close()
     chosen = ids[sel.indices]
     samples = {s.id: s for s in store.samples(chosen.tolist())}
+    where = images_storage(settings).location  # a sample's ref -> its path or URL, for people
     labels = mv.labels
     labeled_counts = Counter(a.label for a in store.current_annotations().values() if a.label is not None)
     out = []
@@ -118,7 +120,7 @@ def select_next(
             Candidate(
                 rank=rank + 1,
                 sample_id=int(sid),
-                path=samples[int(sid)].path,
+                path=where(samples[int(sid)].path),
                 predicted=label_name(labels, k),
                 confidence=float(p[k]),
                 score=float(sel.score[rank]),
@@ -167,11 +169,12 @@ def cold_start(
     sel = acquisition.typical_diverse(feats, min(n, len(ids)), labeled=lab_feats if len(lab_feats) else None, exclude=exclude, seed=seed)
     chosen = ids[sel.indices]
     samples = {s.id: s for s in store.samples(chosen.tolist())}
+    where = images_storage(settings).location  # a sample's ref -> its path or URL, for people
     return [
         Candidate(
             rank=rank + 1,
             sample_id=int(sid),
-            path=samples[int(sid)].path,
+            path=where(samples[int(sid)].path),
             predicted="",
             confidence=0.0,
             score=float(sel.score[rank]),

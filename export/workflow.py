@@ -20,9 +20,19 @@ from edge_al.config import DEFAULT_ARCH, PACKAGED_WEIGHTS, Settings
 from edge_al.errors import InvalidInput
 from edge_al.pool import ImageCache
 from edge_al.registry import ModelVersion, Registry
+from edge_al.storage import images_storage
 from edge_al.store import Store
 
-__all__ = ["MODES", "export_from_store", "resolve_mode", "train_from_store", "training_fingerprint", "val_mask_for", "workspace_backbone"]
+__all__ = [
+    "MODES",
+    "export_from_store",
+    "resolve_mode",
+    "train_from_store",
+    "training_fingerprint",
+    "val_mask_for",
+    "workspace_backbone",
+    "workspace_ref",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +88,7 @@ def training_fingerprint(sha256s: Sequence[str], labels: Sequence[str]) -> str:
 def _load_images(settings: Settings, store: Store, ids: Sequence[int], size: int) -> tuple[np.ndarray, np.ndarray]:
     """``(images u8 [n, S, S, 3], ids int64 [n])`` of the ids whose image loads; failures are logged."""
     samples = store.samples([int(i) for i in ids])
-    with ImageCache(settings.cache_dir, (size, size)) as cache:
+    with ImageCache(settings.cache_dir, (size, size), images_storage(settings)) as cache:
         images, failed = cache.load_many(samples)
     if failed:
         log.warning("skipping %d sample(s) whose image could not be loaded: ids %s", len(failed),
@@ -265,6 +275,16 @@ def _checkpoint_backbone(settings: Settings, ck: dict[str, Any]) -> Any:
     return backbone
 
 
+def workspace_ref(settings: Settings, path: str | Path) -> str:
+    """``path`` as the registry records it: relative to the workspace when inside it
+    (``checkpoints/...``), else its file name; never a folder only this box knows."""
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(settings.home.resolve()).as_posix()
+    except ValueError:
+        return resolved.name
+
+
 def export_from_store(
     settings: Settings,
     store: Store,
@@ -320,7 +340,7 @@ def export_from_store(
         min_agreement=min_agreement,
         train_fingerprint=str(ck.get("train_fingerprint", "")),
         num_train_labels=int(ck.get("num_train_labels", 0)),
-        extra_meta={"checkpoint": str(Path(checkpoint_path).resolve()), "val_sample_ids": [int(i) for i in val_loaded]},
+        extra_meta={"checkpoint": workspace_ref(settings, checkpoint_path), "val_sample_ids": [int(i) for i in val_loaded]},
         precision_fallback=precision_fallback,
         exporter=exporter,
         accuracy_control=accuracy_control,

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from edge_al.annotations import apply_annotations
 from edge_al.errors import InvalidInput, NotFound
+from edge_al.storage import images_storage
 
 from . import service
 from ._util import annotations_since_model, json_body, json_request
@@ -92,7 +93,8 @@ def annotate() -> tuple[Response, int]:
             errors.append({"index": i, "status": 422, **(error or {})})
     who = current_principal()
     result = apply_annotations(svc.store, svc.registry, [r for _, r in rows], default_annotator=who.holder,
-                               annotator=None if who.is_admin else who.holder, respect_leases=not who.is_admin)  # fmt: skip
+                               annotator=None if who.is_admin else who.holder, respect_leases=not who.is_admin,
+                               storage=images_storage(svc.settings))  # fmt: skip
     for e, cause in zip(result.errors, result.causes, strict=True):
         errors.append({"index": rows[int(e["row"]) - 1][0], "status": status_for(cause)[0], "detail": str(e["reason"])})
     errors.sort(key=lambda e: int(e["index"]))

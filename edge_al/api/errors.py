@@ -14,6 +14,7 @@ raised                         status  when
 ``Conflict`` / ``GateFailed``  409     the state does not allow it
 ``NoActiveModel``              503     nothing to score with yet (``Retry-After``)
 ``MissingDependency``          503     an optional extra is not installed here
+``BrokerUnavailable``          503     the job broker (Redis) is unreachable (``Retry-After``)
 ``Problem``                    any     raised by the HTTP layer itself (401, 403, 415, ...)
 pydantic ``ValidationError``   422     a path, query or body field against its schema
 werkzeug ``HTTPException``     its     404/405 routing, 413 over ``MAX_CONTENT_LENGTH``
@@ -35,6 +36,7 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from edge_al.errors import (
+    BrokerUnavailable,
     Conflict,
     EdgeALError,
     GateFailed,
@@ -87,6 +89,7 @@ _DOMAIN: list[tuple[type[EdgeALError], int, str]] = [
     (GateFailed, 409, "gate-failed"),
     (NoActiveModel, 503, "no-active-model"),
     (MissingDependency, 503, "missing-dependency"),
+    (BrokerUnavailable, 503, "broker-unavailable"),
 ]
 
 

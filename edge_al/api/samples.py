@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -14,6 +13,7 @@ from edge_al.errors import ImageError, NotFound
 from edge_al.images import decode, probe, reduction_for
 from edge_al.pool import ingest_bytes
 from edge_al.results import label_name
+from edge_al.storage import images_storage
 
 from . import service
 from ._util import read_uploads
@@ -96,7 +96,7 @@ def get_image(path: SamplePath, query: ImageQuery) -> Response:
     sample_id, size = path.sample_id, query.size
     s = svc.store.sample(sample_id)
     try:
-        data = Path(s.path).read_bytes()
+        data = images_storage(svc.settings).read_bytes(s.path)
     except OSError as exc:  # the message names no server path
         raise NotFound(
             f"The image file of sample {sample_id} is gone from the server ({exc.strerror or type(exc).__name__}): "

@@ -120,14 +120,15 @@ class JobTable:
             return state, None
 
     def report(self, job_id: int, progress: float, lines: list[str]) -> bool:
-        """Progress, log tail and heartbeat of a running job; returns its cancel flag."""
+        """Progress, log tail and heartbeat of a running job; True when it must stop: a cancel was
+        requested, or it is not running any more (``recover`` judged its worker dead and took it over)."""
         with self._store.tx() as c:
             c.execute(
                 "UPDATE jobs SET progress = ?, log_tail = ?, heartbeat_at = ? WHERE id = ? AND state = 'running'",
                 (progress, json.dumps(lines), time.time(), job_id),
             )
-            row = c.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return bool(row and row["cancel_requested"])
+            row = c.execute("SELECT cancel_requested, state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return bool(row is None or row["cancel_requested"] or row["state"] != "running")
 
     def finish(
         self, job_id: int, state: str, message: str, result: dict[str, Any] | None, lines: list[str], progress: float | None
@@ -159,16 +160,32 @@ class JobTable:
             return cur.rowcount == 1
 
     def running(self) -> list[sqlite3.Row]:
-        return self._store.query("SELECT id, worker, heartbeat_at FROM jobs WHERE state = 'running'")
+        return self._store.query("SELECT id, params, worker, heartbeat_at FROM jobs WHERE state = 'running'")
 
     def fail_running(self, job_id: int, message: str) -> bool:
         """``running -> failed``; False when it was not running any more."""
         with self._store.tx() as c:
-            cur = c.execute(
-                "UPDATE jobs SET state = 'failed', message = ?, finished_at = ? WHERE id = ? AND state = 'running'",
-                (message, time.time(), job_id),
-            )
-            return cur.rowcount == 1
+            return self._fail_running(c, job_id, message)
+
+    @staticmethod
+    def _fail_running(c: sqlite3.Connection, job_id: int, message: str) -> bool:
+        cur = c.execute(
+            "UPDATE jobs SET state = 'failed', message = ?, finished_at = ? WHERE id = ? AND state = 'running'",
+            (message, time.time(), job_id),
+        )
+        return cur.rowcount == 1
+
+    def retry_running(self, job_id: int, message: str, params: dict[str, Any], task_id: str) -> int | None:
+        """``running -> failed`` with ``message`` and, in the same transaction, a queued copy of the job
+        (same kind and labels, ``params``); the copy's id, or None when the job was not running any
+        more (another worker took it over first). A retrain's copy keeps the one-live-retrain rule."""
+        with self._store.tx() as c:
+            row = c.execute("SELECT kind, labels_at_submit FROM jobs WHERE id = ? AND state = 'running'", (job_id,)).fetchone()
+            if row is None:
+                return None
+            new_id = self._insert(c, row["kind"], params, int(row["labels_at_submit"]), task_id, f"queued: retry of job {job_id}")
+            self._fail_running(c, job_id, f"{message}; retried as job {new_id}")
+            return new_id
 
     def queued_before(self, t: float) -> list[sqlite3.Row]:
         return self._store.query("SELECT id, task_id FROM jobs WHERE state = 'queued' AND created_at < ?", (t,))

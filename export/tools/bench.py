@@ -52,6 +52,7 @@ import numpy as np
 from edge_al.config import DEFAULT_ARCH, Settings
 from edge_al.errors import EdgeALError, InvalidInput, MissingDependency
 from edge_al.registry import ModelVersion, Registry
+from edge_al.storage import images_storage
 from edge_al.store import Store
 
 __all__ = [
@@ -555,7 +556,8 @@ def _bench_subject(
         raise InvalidInput(f"The workspace {settings.home} has no active model.")
     st = Store(settings.db_path)
     try:
-        return settings, active, [], [Path(s.path) for s in st.samples(st.sample_ids()[:200].tolist())]
+        where = images_storage(settings).location  # stored refs -> files this box can open
+        return settings, active, [], [Path(where(s.path)) for s in st.samples(st.sample_ids()[:200].tolist())]
     finally:
         st.close()
 

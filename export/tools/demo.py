@@ -19,6 +19,7 @@ import numpy as np
 from edge_al.annotations import apply_annotations
 from edge_al.config import DEFAULT_ARCH
 from edge_al.pool import ingest
+from edge_al.storage import images_storage
 
 from .digits import write_digits
 
@@ -59,7 +60,7 @@ def run_demo(ctx: Context) -> int:
         ctx.store.add_label(lab)
         for j in rng.choice(len(by_label[lab]), size=min(args.per_class, len(by_label[lab])), replace=False):
             seed_rows.append({"path": str(by_label[lab][int(j)]), "label": lab, "action": "correct", "annotator": "demo-seed"})
-    res = apply_annotations(ctx.store, ctx.registry, seed_rows)
+    res = apply_annotations(ctx.store, ctx.registry, seed_rows, storage=images_storage(ctx.settings))
     say(f"[3/6] seed labels: {len(seed_rows)} ({args.per_class} per class; {res.written} new)")
     verbose = not ctx.json and not args.quiet
     published = _train_and_export(ctx, verbose)

@@ -44,6 +44,7 @@ from edge_al.errors import InvalidInput
 from edge_al.lifecycle import balanced_accuracy
 from edge_al.pool import IMAGE_SUFFIXES, ImageCache, ingest
 from edge_al.registry import ModelVersion, Registry
+from edge_al.storage import images_storage
 from edge_al.store import Store
 
 from .digits import write_digits
@@ -493,7 +494,7 @@ def _prepare_data(cfg: SimConfig, work: Path, say: Callable[[str], None]) -> _Da
     cls_of = {str(p): c for p, c in split.pool}
     oracle = {s.id: cls_of[s.path] for s in base.store.samples()}
     pool_ids = np.array(sorted(oracle), dtype=np.int64)
-    with ImageCache(base.settings.cache_dir, (side, side)) as cache:
+    with ImageCache(base.settings.cache_dir, (side, side), images_storage(base.settings)) as cache:
         _, failed = cache.load_many(base.store.samples(pool_ids.tolist()))
     if failed:
         raise InvalidInput(f"{len(failed)} pool image(s) could not be decoded; fix or remove them first.")
@@ -501,7 +502,7 @@ def _prepare_data(cfg: SimConfig, work: Path, say: Callable[[str], None]) -> _Da
     ingest(test_ws.store, test_ws.settings, [p for p, _ in split.test])
     test_cls = {str(p): c for p, c in split.test}
     test_samples = test_ws.store.samples()
-    with ImageCache(test_ws.settings.cache_dir, (side, side)) as cache:
+    with ImageCache(test_ws.settings.cache_dir, (side, side), images_storage(test_ws.settings)) as cache:
         test_images, failed = cache.load_many(test_samples)
     if failed:
         raise InvalidInput(f"{len(failed)} test image(s) could not be decoded; fix or remove them first.")
