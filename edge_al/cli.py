@@ -31,7 +31,7 @@ from .errors import EdgeALError
 from .figures import gate_summary, validation_note
 from .registry import Registry, headline_metrics
 from .status import status_doc, validation_of
-from .store import Store
+from .store import open_store
 
 __all__ = ["build_parser", "main"]
 
@@ -45,7 +45,7 @@ class Context:
         self.args = args
         self.settings: Settings = load_settings(args.home, args.models)
         self.settings.home.mkdir(parents=True, exist_ok=True)
-        self.store = Store(self.settings.db_path)
+        self.store = open_store(self.settings)
         self.registry = Registry(self.settings.registry_dir)
         self.json: bool = bool(args.json)
         # With --json, stdout carries exactly one JSON document: the verb runs with sys.stdout

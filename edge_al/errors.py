@@ -13,6 +13,7 @@
      |    +-- LeaseConflict      a sample under another annotator's live lease (409)
      |    +-- ModelLoadFailed    a model version that cannot be loaded is not activated (409)
      +-- NoActiveModel           nothing to score with yet (503)
+     +-- StoreUnavailable        the PostgreSQL store cannot be reached (503)
      +-- GateFailed              an export gate failed and no fallback was allowed
      +-- MissingDependency       an optional extra is not installed
 """
@@ -32,6 +33,7 @@ __all__ = [
     "NoActiveModel",
     "NotFound",
     "NotPermitted",
+    "StoreUnavailable",
     "UnknownLabel",
 ]
 
@@ -79,6 +81,10 @@ class ModelLoadFailed(Conflict):
 
 class NoActiveModel(EdgeALError):
     """No model version is active yet: train and export one first."""
+
+
+class StoreUnavailable(EdgeALError):
+    """The store's database server cannot be reached (a PostgreSQL store: down, or the network is)."""
 
 
 class GateFailed(EdgeALError):

@@ -16,7 +16,7 @@ from edge_al.api import create_app
 from edge_al.api.auth import create_key, list_keys, revoke_key
 from edge_al.api.cli import is_loopback
 from edge_al.cli import main
-from edge_al.store import Store
+from edge_al.store import open_store
 from tests.api_support import build_workspace, check_response, template
 
 ROLES = ("scorer", "annotator", "admin")
@@ -51,7 +51,7 @@ ROUTES: list[tuple[str, str, dict[str, Any], str | None]] = [
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Flask, dict[str, str]]]:
     settings, _ = build_workspace(tmp_path_factory.mktemp("auth"), n=4)
-    store = Store(settings.db_path)
+    store = open_store(settings)
     keys = {role: create_key(store, role, f"{role}-1")[1] for role in ROLES}
     revoked_id, keys["revoked"] = create_key(store, "admin", "old")
     revoke_key(store, revoked_id)
@@ -124,7 +124,7 @@ def test_annotator_name_defaults_to_key_name(secured: tuple[Flask, dict[str, str
 
 
 def test_keys_are_stored_hashed(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite3")
+    store = open_store(tmp_path / "db.sqlite3")
     key_id, token = create_key(store, "scorer", "line 3")
     dump = "\n".join(store._conn().iterdump())
     assert token not in dump and hashlib.sha256(token.encode()).hexdigest() in dump

@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 from edge_al.api import create_app
 from edge_al.api.auth import create_key
 from edge_al.errors import InvalidInput
-from edge_al.store import Store
+from edge_al.store import Store, open_store
 from tests.api_support import build_workspace, check_response
 
 PEOPLE = ("alice", "bob")
@@ -24,7 +24,7 @@ PEOPLE = ("alice", "bob")
 @pytest.fixture
 def secured(tmp_path: Path) -> Iterator[tuple[Flask, dict[str, dict[str, str]]]]:
     settings, _ = build_workspace(tmp_path, n=30)
-    store = Store(settings.db_path)
+    store = open_store(settings)
     keys = {name: create_key(store, "annotator", name)[1] for name in PEOPLE}
     keys["admin"] = create_key(store, "admin", "lead")[1]
     keys["scorer"] = create_key(store, "scorer", "line-3")[1]
@@ -145,7 +145,7 @@ def test_stats_per_class_unlabeled_agrees_with_the_total_after_undo(secured: tup
 
 
 def test_annotator_keys_need_a_name(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite3")
+    store = open_store(tmp_path / "db.sqlite3")
     with pytest.raises(InvalidInput, match="give their name"):
         create_key(store, "annotator")
     with pytest.raises(InvalidInput, match="printable"):

@@ -29,7 +29,7 @@ import pytest
 from edge_al.api.auth import create_key
 from edge_al.config import Settings
 from edge_al.registry import Registry
-from edge_al.store import Store
+from edge_al.store import open_store
 from tests.api_support import LABELS, build_workspace
 from tests.helpers import publish_tiny
 
@@ -88,7 +88,7 @@ class Server:
 
 def _start(root: Path, *, score: bool, with_worker: bool, n: int = 40, env: dict[str, str] | None = None) -> Server:
     settings, pairs = build_workspace(root, n=n, score=score)
-    store = Store(settings.db_path)
+    store = open_store(settings)
     keys = {role: create_key(store, role, f"{role}-test")[1] for role in ("scorer", "annotator", "admin")}
     keys.update({who: create_key(store, "annotator", who)[1] for who in PEOPLE})  # one key per person
     store.close()
@@ -139,7 +139,7 @@ def _png(server: Server, i: int = 0) -> bytes:
 def _annotate_from_queue(server: Server, n: int, annotator: str) -> list[int]:
     queue = server.call("GET", f"/v1/queue?n={n}", role=annotator)
     assert queue.status == 200 and queue.body["holder"] == annotator, queue.body
-    store = Store(server.settings.db_path)
+    store = open_store(server.settings)
     try:
         items = [{"sample_id": it["sample_id"], "action": "correct", "annotator": annotator,
                   "label": server.labels_by_path[store.sample(it["sample_id"]).path]} for it in queue.body["items"]]  # fmt: skip
@@ -175,7 +175,7 @@ def test_score_queue_annotate_job_promote_rescore(server: Server) -> None:
     assert r.body["model_version"] == "v0002" and r.body["results"][0]["model_version"] == "v0002"
     rescore = server.wait_job(promoted.body["rescore_job"]["id"])
     assert rescore["state"] == "succeeded", rescore
-    store = Store(server.settings.db_path)
+    store = open_store(server.settings)
     try:
         assert set(store.scored_ids("v0002").tolist()) == set(store.sample_ids().tolist())
     finally:
@@ -202,7 +202,7 @@ def test_identity_leases_and_undo_belong_to_the_key(server: Server) -> None:
     assert server.call("POST", "/v1/annotations/undo", role="carol", json_body={"sample_id": mine}).body["undone"] is True
     again = server.call("POST", "/v1/annotations", role="carol", json_body=[{"sample_id": mine, "action": "reject"}])
     assert again.status == 200 and (again.body["written"], again.body["unchanged"]) == (1, 0)
-    store = Store(server.settings.db_path)
+    store = open_store(server.settings)
     try:
         assert store.current_annotations()[mine].annotator == "carol"
     finally:
@@ -278,7 +278,7 @@ def test_kill9_during_annotation_traffic_loses_nothing_acknowledged(tmp_path: Pa
     srv.proc.wait(10)
     t.join(30)
     assert done.is_set() and len(acked) >= 15
-    store = Store(srv.settings.db_path)
+    store = open_store(srv.settings)
     try:
         current = store.current_annotations()
     finally:
@@ -314,7 +314,7 @@ def test_a_real_retrain_job_is_served_and_rescored(tmp_path: Path) -> None:
             time.sleep(0.2)
         r = srv.call("POST", "/v1/score", role="scorer", data=_png(srv, 0), content_type="image/png")
         assert r.body["model_version"] == new
-        store = Store(srv.settings.db_path)
+        store = open_store(srv.settings)
         try:
             assert set(store.scored_ids(new).tolist()) == set(store.sample_ids().tolist())
         finally:

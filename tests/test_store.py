@@ -6,6 +6,8 @@ import pytest
 from edge_al.errors import InvalidInput, LeaseConflict, NotFound, NotPermitted, UnknownLabel
 from edge_al.store import Store
 
+pytestmark = pytest.mark.stores
+
 
 def test_samples_dedupe_by_hash(store: Store) -> None:
     a, created = store.add_sample("h1", "/x/a.png", 10, 10)

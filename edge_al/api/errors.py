@@ -14,6 +14,7 @@ raised                         status  when
 ``Conflict`` / ``GateFailed``  409     the state does not allow it
 ``NoActiveModel``              503     nothing to score with yet (``Retry-After``)
 ``MissingDependency``          503     an optional extra is not installed here
+``StoreUnavailable``           503     the PostgreSQL store cannot be reached
 ``Problem``                    any     raised by the HTTP layer itself (401, 403, 415, ...)
 pydantic ``ValidationError``   422     a path, query or body field against its schema
 werkzeug ``HTTPException``     its     404/405 routing, 413 over ``MAX_CONTENT_LENGTH``
@@ -47,6 +48,7 @@ from edge_al.errors import (
     NoActiveModel,
     NotFound,
     NotPermitted,
+    StoreUnavailable,
     UnknownLabel,
 )
 
@@ -87,6 +89,7 @@ _DOMAIN: list[tuple[type[EdgeALError], int, str]] = [
     (GateFailed, 409, "gate-failed"),
     (NoActiveModel, 503, "no-active-model"),
     (MissingDependency, 503, "missing-dependency"),
+    (StoreUnavailable, 503, "store-unavailable"),
 ]
 
 
