@@ -421,8 +421,10 @@ class Store:
 
     def lease(self, ids: Sequence[int], holder: str, seconds: float, max_live: int | None = None) -> list[int]:
         """Lease the given samples to ``holder``; returns those it got: not under someone else's
-        live lease, and, with ``max_live``, no more than leave ``holder`` with ``max_live`` live
-        leases (renewing one it holds always succeeds)."""
+        live lease, without a standing decision (the queue ranks outside this transaction, so a
+        sample can be decided, in any process, between its ranking and its lease), and, with
+        ``max_live``, no more than leave ``holder`` with ``max_live`` live leases (renewing one it
+        holds always succeeds)."""
         now = time.time()
         got = []
         with self.tx() as c:
@@ -431,6 +433,9 @@ class Store:
             for sid in ids:
                 row = c.execute("SELECT holder FROM leases WHERE sample_id = ?", (int(sid),)).fetchone()
                 if row is not None and row["holder"] != holder:
+                    continue
+                decision = self._latest_annotation(c, int(sid))
+                if decision is not None and decision["action"] != "undo":
                     continue
                 if row is None and max_live is not None and len(held) >= max_live:
                     continue
