@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from edge_al.config import Settings
+from edge_al.config import Settings, load_settings
 from edge_al.errors import Conflict, InvalidInput, StoreUnavailable
 from edge_al.store import Store, open_store
 from edge_al.store.backends import redact
@@ -134,6 +134,13 @@ def test_the_backend_follows_settings_and_urls(tmp_path: Path, db_url: str | Non
         with pytest.raises(InvalidInput, match="SQLite stores only"):
             store.backup_to(tmp_path / "copy.sqlite3")
     store.close()
+
+
+def test_edge_al_db_is_read_by_the_one_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_AL_DB", "postgresql://edge@db:5432/edge_al")
+    assert load_settings(home=tmp_path).db_url == "postgresql://edge@db:5432/edge_al"
+    monkeypatch.setenv("EDGE_AL_DB", "")  # empty counts as unset: the SQLite file in the home
+    assert load_settings(home=tmp_path).db_url is None
 
 
 @pytest.mark.parametrize(
