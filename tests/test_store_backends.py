@@ -211,3 +211,23 @@ def _refused_port() -> Iterator[int]:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         yield int(sock.getsockname()[1])
+
+
+def test_a_connection_the_server_dropped_costs_one_error_then_reconnects(postgres_server: Any) -> None:
+    """A PostgreSQL restart or a dropped connection: the call on the dead connection is a clear
+    StoreUnavailable (HTTP 503), never retried behind the caller's back (a write might have
+    committed); the next call opens a new connection."""
+    import psycopg
+
+    url = postgres_server.create_database()
+    store = open_store(url)
+    store.add_label("ok")
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    with pytest.raises(StoreUnavailable, match="did not answer"):
+        store.labels()
+    assert store.labels() == ["ok"]
+    store.close()
+    postgres_server.drop_database(url)
