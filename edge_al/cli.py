@@ -31,7 +31,7 @@ from .errors import EdgeALError
 from .figures import gate_summary, validation_note
 from .registry import Registry, headline_metrics
 from .status import status_doc, validation_of
-from .store import Store
+from .store import Store, open_store
 
 __all__ = ["build_parser", "main"]
 
@@ -54,7 +54,7 @@ class Context:
     @functools.cached_property
     def store(self) -> Store:
         """The workspace's store, opened on first use (a scoring box never opens one)."""
-        return Store(self.settings.db_path)
+        return open_store(self.settings)
 
     def cli(self) -> str:
         """``edge-al`` with the workspace options the user passed, for "next:" hints they can copy."""

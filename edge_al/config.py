@@ -6,7 +6,7 @@ Precedence, lowest first: the defaults in this module (and the service's ``DEFAU
 environment variable is read by :func:`env_values` here, and nowhere else:
 
 - workspace: ``EDGE_AL_HOME``, ``EDGE_AL_MODELS``, ``EDGE_AL_MAX_PIXELS``, ``EDGE_AL_MAX_FILE_BYTES``,
-  ``EDGE_AL_IMAGE_SIZE``, ``EDGE_AL_RETRAIN_AFTER``, ``EDGE_AL_HUEY_URL``, ``EDGE_AL_IMAGES`` (:func:`load_settings`);
+  ``EDGE_AL_IMAGE_SIZE``, ``EDGE_AL_RETRAIN_AFTER``, ``EDGE_AL_HUEY_URL``, ``EDGE_AL_IMAGES``, ``EDGE_AL_DB`` (:func:`load_settings`);
 - service: ``EDGE_AL_MAX_CONTENT_LENGTH``, ``EDGE_AL_MAX_IMAGES_PER_REQUEST``, ``EDGE_AL_LEASE_SECONDS``,
   ``EDGE_AL_DEVICE``, ``EDGE_AL_MAX_BATCH``, ``EDGE_AL_MAX_WAIT_MS``, ``EDGE_AL_RATE_LIMIT_SCORER``,
   ``EDGE_AL_RATE_LIMIT_ANNOTATOR``, ``EDGE_AL_RATE_LIMIT_ADMIN``, ``EDGE_AL_RATE_LIMIT_STORAGE`` (``edge_al.api.ENV_KEYS``).
@@ -47,8 +47,9 @@ PACKAGED_WEIGHTS = ("efficientnet_lite0",)
 class Settings:
     """Where the workspace lives and the limits that guard it.
 
-    The workspace (``home``) holds the SQLite store, the image cache, embeddings, uploaded
-    blobs and, unless ``models_dir`` says otherwise, the model registry.
+    The workspace (``home``) holds the SQLite store (unless ``db_url`` names a PostgreSQL one),
+    the image cache, embeddings, uploaded blobs and, unless ``models_dir`` says otherwise, the
+    model registry.
     """
 
     home: Path = Path("edge-al-home")
@@ -59,6 +60,7 @@ class Settings:
     retrain_after: int = 12
     huey_url: str | None = None  # the job queue's broker (redis://...); None: SQLite in the workspace
     images: str | None = None  # the pool images' root, a folder or an fsspec URL (edge_al.storage); None: home
+    db_url: str | None = None  # the store (postgresql://...); None: the SQLite file db_path
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -120,6 +122,7 @@ _SETTINGS_ENV: dict[str, Callable[[str], Any]] = {
     "RETRAIN_AFTER": int,
     "HUEY_URL": str,
     "IMAGES": str,
+    "DB": str,
 }
 
 
@@ -137,6 +140,7 @@ def load_settings(home: str | Path | None = None, models_dir: str | Path | None 
         retrain_after=env.get("RETRAIN_AFTER") or Settings.retrain_after,
         huey_url=env.get("HUEY_URL"),
         images=_images_root(env.get("IMAGES")),
+        db_url=env.get("DB"),
     )
 
 

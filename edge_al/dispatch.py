@@ -43,7 +43,7 @@ from .images import decode_resized, resize_to
 from .registry import ModelVersion, Registry
 from .results import label_name
 from .serving.batcher import Batcher, Item, useful_batch
-from .store import Store
+from .store import Store, open_store
 
 __all__ = ["ModelHolder", "NoveltyReference", "Scored", "acquisition_scores", "build_novelty_reference", "live_novelty"]
 
@@ -589,7 +589,7 @@ class ModelHolder:
     def _build_novelty(self, version: str, old: NoveltyReference | None) -> None:
         try:
             if self._store is None:
-                self._store = Store(self.settings.db_path)
+                self._store = open_store(self.settings)
             store = self._store
             count = store.annotation_count()
             if old is not None and old.annotation_count == count:

@@ -14,6 +14,7 @@
      |    +-- ModelLoadFailed    a model version that cannot be loaded is not activated (409)
      +-- NoActiveModel           nothing to score with yet (503)
      +-- BrokerUnavailable       the job queue's broker (Redis) cannot be reached (503)
+     +-- StoreUnavailable        the PostgreSQL store cannot be reached (503)
      +-- GateFailed              an export gate failed and no fallback was allowed
      +-- MissingDependency       an optional extra is not installed
  +-- CentralUnavailable      a scoring box cannot reach the central service (retry later)
@@ -39,6 +40,7 @@ __all__ = [
     "NoActiveModel",
     "NotFound",
     "NotPermitted",
+    "StoreUnavailable",
     "UnknownLabel",
 ]
 
@@ -90,6 +92,10 @@ class NoActiveModel(EdgeALError):
 
 class BrokerUnavailable(EdgeALError):
     """The job queue's broker (Redis) did not answer; the message says what was not queued."""
+
+
+class StoreUnavailable(EdgeALError):
+    """The store's database server cannot be reached (a PostgreSQL store: down, or the network is)."""
 
 
 class GateFailed(EdgeALError):

@@ -49,7 +49,7 @@ from .config import Settings
 from .errors import BrokerUnavailable, Conflict, EdgeALError, InvalidInput, NotFound
 from .lifecycle import annotations_since_model, model_created_at
 from .registry import Registry
-from .store import Store
+from .store import Store, open_store
 
 __all__ = [
     "JOB_KINDS",
@@ -323,7 +323,7 @@ class JobManager:
         requeue_after_s: float = 30.0,
     ) -> None:
         self.settings = settings
-        self.store = store if store is not None else Store(settings.db_path)
+        self.store = store if store is not None else open_store(settings)
         self.registry = registry if registry is not None else Registry(settings.registry_dir)
         self.runners: dict[str, Runner] = {**_RUNNERS, **(runners or {})}
         self.on_model_change = on_model_change

@@ -95,13 +95,14 @@ def _reference(settings: Settings, mv: ModelVersion) -> Any:
     """The version's labeled novelty reference when its workspace has one (else ``None``):
     the service's ``dispatch.build_novelty_reference``. Opens the store only if it exists."""
     from .dispatch import build_novelty_reference
-    from .store import Store
+    from .store import open_store
 
     inside = mv.path.parent.resolve() == settings.registry_dir.resolve()
     emb = settings.embeddings_dir / f"{mv.version}.f16"
-    if not (inside and settings.db_path.exists() and emb.exists() and mv.meta.get("embedding_dim")):
+    has_store = settings.db_url is not None or settings.db_path.exists()
+    if not (inside and has_store and emb.exists() and mv.meta.get("embedding_dim")):
         return None
-    store = Store(settings.db_path)
+    store = open_store(settings)
     try:
         return build_novelty_reference(settings, store, mv, store.annotation_count())
     finally:

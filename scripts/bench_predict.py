@@ -111,14 +111,14 @@ def cli(*args: str) -> tuple[dict[str, Any], float, int]:
 def part_throughput(args: argparse.Namespace, pool: Path, models: Path) -> dict[str, Any]:
     from edge_al.config import Settings
     from edge_al.pool import ingest
-    from edge_al.store import Store
+    from edge_al.store import open_store
 
     folders = [str(pool / f"d{k:04d}") for k in range(args.images // 1000)]
     ws = args.work / f"ws-{args.images}"
     if not (ws / ".ingested").exists():
         shutil.rmtree(ws, ignore_errors=True)
         s = Settings(home=ws, models_dir=models)
-        st = Store(s.db_path)
+        st = open_store(s)
         rep = ingest(st, s, folders)
         st.close()
         log(f"ingested {len(rep.added)} into the score workspace")

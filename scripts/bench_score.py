@@ -39,7 +39,7 @@ from typing import Any
 
 from edge_al.config import DEFAULT_ARCH, Settings
 from edge_al.registry import Registry
-from edge_al.store import Store
+from edge_al.store import open_store
 from export.tools import bench
 
 ROOT = Path(__file__).resolve().parents[1]  # where docs/benchmarks is
@@ -113,7 +113,7 @@ def part_throughput(args: argparse.Namespace, ws: bench.BenchWorkspace) -> dict[
             "inference_precision": runs[name][0]["engine"].get("inference_precision"),
         }
     # one real CLI run (cached), as a user sees it: process start, compile and all
-    store = Store(ws.settings.db_path)
+    store = open_store(ws.settings)
     try:
         store.delete_predictions(mv.version)
     finally:
@@ -190,7 +190,7 @@ def part_memory(args: argparse.Namespace, ws: bench.BenchWorkspace) -> dict[str,
     home = args.work / f"ws-big-{n}"
     settings = Settings(home=home.resolve())
     settings.home.mkdir(parents=True, exist_ok=True)
-    store = Store(settings.db_path)
+    store = open_store(settings)
     try:
         have = store.count_samples()
         if have < n:
@@ -217,7 +217,7 @@ def part_memory(args: argparse.Namespace, ws: bench.BenchWorkspace) -> dict[str,
         "command": " ".join(cmd[2:]),
     }
     for name, drop_cache in (("first", True), ("cached", False)):
-        store = Store(settings.db_path)
+        store = open_store(settings)
         try:
             store.delete_predictions(mv.version)
         finally:

@@ -28,7 +28,7 @@ import numpy as np
 
 from edge_al.config import Settings
 from edge_al.registry import Registry
-from edge_al.store import Store
+from edge_al.store import open_store
 from export.tools.fixtures import publish_tiny
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository
 
 def build(home: Path, pool: int, labeled: int, dim: int, classes: int, seed: int = 0) -> None:
     settings = Settings(home=home)
-    Store(settings.db_path).close()
+    open_store(settings).close()
     labels = [f"c{k}" for k in range(classes)]
     mv = publish_tiny(Registry(settings.registry_dir), labels, dim=dim)
     rng = np.random.default_rng(seed)

@@ -78,14 +78,14 @@ def prepare(home: Path, model: str, image_size: int, log: list[str], arch: str =
     from edge_al.config import Settings
     from edge_al.pool import ingest
     from edge_al.registry import Registry
-    from edge_al.store import Store
+    from edge_al.store import open_store
 
     settings = Settings(home=home)
     registry = Registry(settings.registry_dir)
     mv = registry.active()
     if mv is not None:
         return f"existing model {mv.version} ({mv.meta.get('arch', '?')}, {mv.meta.get('precision', '?')}) in {home}"
-    store = Store(settings.db_path)
+    store = open_store(settings)
     files = _jpegs(home / "images", 90, (320, 240))
     ingest(store, settings, [str(home / "images")], labels_from_dirs=True)
     want_real = model in ("auto", "real")

@@ -103,9 +103,9 @@ def start_server(home: Path, port: int, threads: int) -> tuple[subprocess.Popen[
     """A scorer key and `edge-al serve` with authentication on; returns (process, key, log path)."""
     from edge_al.api.auth import create_key
     from edge_al.config import Settings
-    from edge_al.store import Store
+    from edge_al.store import open_store
 
-    store = Store(Settings(home=home).db_path)
+    store = open_store(Settings(home=home))
     try:
         _, key = create_key(store, "scorer", "soak")
     finally:

@@ -21,10 +21,12 @@ from edge_al.store import Store
 from tests.api_support import LABELS, build_workspace, check_response, png_header, running_app, template
 from tests.helpers import publish_tiny
 
+pytestmark = pytest.mark.stores
+
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> tuple[Any, list[tuple[Path, str]]]:
-    return build_workspace(tmp_path, n=30)
+def workspace(tmp_path: Path, db_url: str | None) -> tuple[Any, list[tuple[Path, str]]]:
+    return build_workspace(tmp_path, n=30, db_url=db_url)
 
 
 def _app(settings: Any, **config: Any) -> Iterator[Flask]:
@@ -161,8 +163,8 @@ def test_score_multipart_reports_each_bad_part(client: FlaskClient, workspace: A
     assert resp.status_code == 400 and body["errors"] == [{"index": 1, "filename": "bad.png", "detail": body["errors"][0]["detail"]}]
 
 
-def test_no_model_is_503(tmp_path: Path) -> None:
-    settings, pairs = build_workspace(tmp_path, n=3, model=False)
+def test_no_model_is_503(tmp_path: Path, db_url: str | None) -> None:
+    settings, pairs = build_workspace(tmp_path, n=3, model=False, db_url=db_url)
     for app in _app(settings):
         c = app.test_client()
         resp = c.post("/v1/score", data=_png(pairs[0][0]), content_type="image/png")

@@ -16,8 +16,10 @@ from edge_al.api import create_app
 from edge_al.api.auth import create_key, list_keys, revoke_key
 from edge_al.api.cli import is_loopback
 from edge_al.cli import main
-from edge_al.store import Store
+from edge_al.store import open_store
 from tests.api_support import build_workspace, check_response, template
+
+pytestmark = pytest.mark.stores
 
 ROLES = ("scorer", "annotator", "admin")
 
@@ -51,9 +53,9 @@ ROUTES: list[tuple[str, str, dict[str, Any], str | None]] = [
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Flask, dict[str, str]]]:
-    settings, _ = build_workspace(tmp_path_factory.mktemp("auth"), n=4)
-    store = Store(settings.db_path)
+def secured(tmp_path_factory: pytest.TempPathFactory, module_db_url: str | None) -> Iterator[tuple[Flask, dict[str, str]]]:
+    settings, _ = build_workspace(tmp_path_factory.mktemp("auth"), n=4, db_url=module_db_url)
+    store = open_store(settings)
     keys = {role: create_key(store, role, f"{role}-1")[1] for role in ROLES}
     revoked_id, keys["revoked"] = create_key(store, "admin", "old")
     revoke_key(store, revoked_id)
@@ -125,10 +127,10 @@ def test_annotator_name_defaults_to_key_name(secured: tuple[Flask, dict[str, str
     assert store.current_annotations()[sid].annotator == "annotator-1"
 
 
-def test_keys_are_stored_hashed(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite3")
+def test_keys_are_stored_hashed(tmp_path: Path, db_url: str | None) -> None:
+    store = open_store(db_url or tmp_path / "db.sqlite3")
     key_id, token = create_key(store, "scorer", "line 3")
-    dump = "\n".join(store._conn().iterdump())
+    dump = "\n".join(str(tuple(row)) for table in store.backend.tables(store._conn()) for row in store.query(f"SELECT * FROM {table}"))
     assert token not in dump and hashlib.sha256(token.encode()).hexdigest() in dump
     assert token.startswith("eal_") and len(token) > 40
     assert list_keys(store) == [

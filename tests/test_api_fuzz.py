@@ -17,8 +17,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 
 from edge_al.api import create_app
 from edge_al.api.auth import create_key
-from edge_al.store import Store
+from edge_al.store import open_store
 from tests.api_support import build_workspace
+
+pytestmark = pytest.mark.stores
 
 ROLES = ("admin", "annotator", "scorer")
 _ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429"]  # schemathesis's default for schema-valid requests
@@ -42,9 +44,9 @@ EXAMPLES = int(os.environ.get("EDGE_AL_FUZZ_EXAMPLES", "6"))
 
 
 @pytest.fixture(scope="module")
-def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Flask, dict[str, str]]]:
-    settings_, _ = build_workspace(tmp_path_factory.mktemp("fuzz"), n=12)
-    store = Store(settings_.db_path)
+def fuzzed(tmp_path_factory: pytest.TempPathFactory, module_db_url: str | None) -> Iterator[tuple[Flask, dict[str, str]]]:
+    settings_, _ = build_workspace(tmp_path_factory.mktemp("fuzz"), n=12, db_url=module_db_url)
+    store = open_store(settings_)
     keys = {role: create_key(store, role, f"{role}-fuzz")[1] for role in ROLES}
     store.close()
     app = create_app(settings_, {"START_MODEL": True})

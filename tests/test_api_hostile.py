@@ -14,13 +14,15 @@ from flask.testing import FlaskClient
 from edge_al.api._util import MAX_BOUNDARY
 from tests.api_support import build_workspace, check_response, running_app
 
+pytestmark = pytest.mark.stores
+
 BIG = "9" * 30
 ID_MAX = 2**63 - 1
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
-    settings, _ = build_workspace(tmp_path_factory.mktemp("hostile"), n=8)
+def app(tmp_path_factory: pytest.TempPathFactory, module_db_url: str | None) -> Iterator[Flask]:
+    settings, _ = build_workspace(tmp_path_factory.mktemp("hostile"), n=8, db_url=module_db_url)
     yield from running_app(settings)
 
 

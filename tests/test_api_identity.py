@@ -15,16 +15,18 @@ from flask.testing import FlaskClient
 from edge_al.api import create_app
 from edge_al.api.auth import create_key
 from edge_al.errors import InvalidInput
-from edge_al.store import Store
+from edge_al.store import Store, open_store
 from tests.api_support import build_workspace, check_response
+
+pytestmark = pytest.mark.stores
 
 PEOPLE = ("alice", "bob")
 
 
 @pytest.fixture
-def secured(tmp_path: Path) -> Iterator[tuple[Flask, dict[str, dict[str, str]]]]:
-    settings, _ = build_workspace(tmp_path, n=30)
-    store = Store(settings.db_path)
+def secured(tmp_path: Path, db_url: str | None) -> Iterator[tuple[Flask, dict[str, dict[str, str]]]]:
+    settings, _ = build_workspace(tmp_path, n=30, db_url=db_url)
+    store = open_store(settings)
     keys = {name: create_key(store, "annotator", name)[1] for name in PEOPLE}
     keys["admin"] = create_key(store, "admin", "lead")[1]
     keys["scorer"] = create_key(store, "scorer", "line-3")[1]
@@ -144,8 +146,8 @@ def test_stats_per_class_unlabeled_agrees_with_the_total_after_undo(secured: tup
     assert sum(stats["unlabeled_predicted_per_class"].values()) == stats["unlabeled"]
 
 
-def test_annotator_keys_need_a_name(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite3")
+def test_annotator_keys_need_a_name(tmp_path: Path, db_url: str | None) -> None:
+    store = open_store(db_url or tmp_path / "db.sqlite3")
     with pytest.raises(InvalidInput, match="give their name"):
         create_key(store, "annotator")
     with pytest.raises(InvalidInput, match="printable"):

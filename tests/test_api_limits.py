@@ -10,14 +10,16 @@ from flask import Flask
 
 from edge_al.api import create_app
 from edge_al.api.auth import create_key
-from edge_al.store import Store
+from edge_al.store import open_store
 from tests.api_support import build_workspace, check_response
+
+pytestmark = pytest.mark.stores
 
 
 @pytest.fixture
-def limited(tmp_path: Any) -> Iterator[tuple[Flask, dict[str, str]]]:
-    settings, _ = build_workspace(tmp_path, n=4)
-    store = Store(settings.db_path)
+def limited(tmp_path: Any, db_url: str | None) -> Iterator[tuple[Flask, dict[str, str]]]:
+    settings, _ = build_workspace(tmp_path, n=4, db_url=db_url)
+    store = open_store(settings)
     keys = {role: create_key(store, role, f"{role}-1")[1] for role in ("scorer", "annotator", "admin")}
     keys["annotator-2"] = create_key(store, "annotator", "second")[1]
     store.close()

@@ -17,10 +17,12 @@ from edge_al.registry import Registry
 from tests.api_support import LABELS, build_workspace, check_response
 from tests.helpers import publish_tiny
 
+pytestmark = pytest.mark.stores
+
 
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[Flask]:
-    settings, _ = build_workspace(tmp_path, n=30)
+def app(tmp_path: Path, db_url: str | None) -> Iterator[Flask]:
+    settings, _ = build_workspace(tmp_path, n=30, db_url=db_url)
     app = create_app(settings, {"AUTH_REQUIRED": False, "START_MODEL": True})
     yield app
     app.extensions["edge_al"].stop()

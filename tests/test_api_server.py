@@ -29,9 +29,11 @@ import pytest
 from edge_al.api.auth import create_key
 from edge_al.config import Settings
 from edge_al.registry import Registry
-from edge_al.store import Store
+from edge_al.store import open_store
 from tests.api_support import LABELS, build_workspace
 from tests.helpers import publish_tiny
+
+pytestmark = pytest.mark.stores
 
 ROOT = Path(__file__).resolve().parents[1]
 PEOPLE = ("alice", "bob", "carol", "dave")
@@ -86,9 +88,13 @@ class Server:
         raise AssertionError(f"job {job_id} did not finish: {job}\n{self.log.read_text()[-3000:]}")
 
 
-def _start(root: Path, *, score: bool, with_worker: bool, n: int = 40, env: dict[str, str] | None = None) -> Server:
-    settings, pairs = build_workspace(root, n=n, score=score)
-    store = Store(settings.db_path)
+def _start(
+    root: Path, *, score: bool, with_worker: bool, n: int = 40, env: dict[str, str] | None = None, db_url: str | None = None
+) -> Server:
+    """``edge-al serve`` on a new workspace; its store on ``db_url`` (``EDGE_AL_DB``) when given."""
+    settings, pairs = build_workspace(root, n=n, score=score, db_url=db_url)
+    env = {**(env or {}), **({"EDGE_AL_DB": db_url} if db_url else {})}
+    store = open_store(settings)
     keys = {role: create_key(store, role, f"{role}-test")[1] for role in ("scorer", "annotator", "admin")}
     keys.update({who: create_key(store, "annotator", who)[1] for who in PEOPLE})  # one key per person
     store.close()
@@ -98,9 +104,7 @@ def _start(root: Path, *, score: bool, with_worker: bool, n: int = 40, env: dict
     if with_worker:
         cmd.append("--with-worker")
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, stdout=out, stderr=subprocess.STDOUT
-        )
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, stdout=out, stderr=subprocess.STDOUT)
     server = Server(proc, f"http://127.0.0.1:{port}", settings, keys, {str(p.resolve()): lab for p, lab in pairs}, log)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -125,8 +129,8 @@ def _stop(server: Server) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = _start(tmp_path_factory.mktemp("server"), score=False, with_worker=True)
+def server(tmp_path_factory: pytest.TempPathFactory, module_db_url: str | None) -> Iterator[Server]:
+    srv = _start(tmp_path_factory.mktemp("server"), score=False, with_worker=True, db_url=module_db_url)
     yield srv
     _stop(srv)
     assert srv.proc.returncode == 0, srv.log.read_text()[-3000:]
@@ -139,7 +143,7 @@ def _png(server: Server, i: int = 0) -> bytes:
 def _annotate_from_queue(server: Server, n: int, annotator: str) -> list[int]:
     queue = server.call("GET", f"/v1/queue?n={n}", role=annotator)
     assert queue.status == 200 and queue.body["holder"] == annotator, queue.body
-    store = Store(server.settings.db_path)
+    store = open_store(server.settings)
     try:
         items = [{"sample_id": it["sample_id"], "action": "correct", "annotator": annotator,
                   "label": server.labels_by_path[store.sample(it["sample_id"]).path]} for it in queue.body["items"]]  # fmt: skip
@@ -175,7 +179,7 @@ def test_score_queue_annotate_job_promote_rescore(server: Server) -> None:
     assert r.body["model_version"] == "v0002" and r.body["results"][0]["model_version"] == "v0002"
     rescore = server.wait_job(promoted.body["rescore_job"]["id"])
     assert rescore["state"] == "succeeded", rescore
-    store = Store(server.settings.db_path)
+    store = open_store(server.settings)
     try:
         assert set(store.scored_ids("v0002").tolist()) == set(store.sample_ids().tolist())
     finally:
@@ -202,7 +206,7 @@ def test_identity_leases_and_undo_belong_to_the_key(server: Server) -> None:
     assert server.call("POST", "/v1/annotations/undo", role="carol", json_body={"sample_id": mine}).body["undone"] is True
     again = server.call("POST", "/v1/annotations", role="carol", json_body=[{"sample_id": mine, "action": "reject"}])
     assert again.status == 200 and (again.body["written"], again.body["unchanged"]) == (1, 0)
-    store = Store(server.settings.db_path)
+    store = open_store(server.settings)
     try:
         assert store.current_annotations()[mine].annotator == "carol"
     finally:
@@ -252,8 +256,8 @@ def test_threads_scoring_while_a_model_is_promoted(server: Server) -> None:
     server.wait_job(back.body["rescore_job"]["id"])
 
 
-def test_kill9_during_annotation_traffic_loses_nothing_acknowledged(tmp_path: Path) -> None:
-    srv = _start(tmp_path, score=True, with_worker=False, n=60)
+def test_kill9_during_annotation_traffic_loses_nothing_acknowledged(tmp_path: Path, db_url: str | None) -> None:
+    srv = _start(tmp_path, score=True, with_worker=False, n=60, db_url=db_url)
     acked: dict[int, str] = {}
     done = threading.Event()
 
@@ -278,7 +282,7 @@ def test_kill9_during_annotation_traffic_loses_nothing_acknowledged(tmp_path: Pa
     srv.proc.wait(10)
     t.join(30)
     assert done.is_set() and len(acked) >= 15
-    store = Store(srv.settings.db_path)
+    store = open_store(srv.settings)
     try:
         current = store.current_annotations()
     finally:
@@ -295,9 +299,9 @@ def _export_available() -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _export_available(), reason="needs edge-al[train] (export.workflow, torch)")
-def test_a_real_retrain_job_is_served_and_rescored(tmp_path: Path) -> None:
+def test_a_real_retrain_job_is_served_and_rescored(tmp_path: Path, db_url: str | None) -> None:
     # the automatic retrain (after 12 annotations) would train with the default, slower options: submit our own
-    srv = _start(tmp_path, score=True, with_worker=True, n=80, env={"EDGE_AL_RETRAIN_AFTER": "100000"})
+    srv = _start(tmp_path, score=True, with_worker=True, n=80, env={"EDGE_AL_RETRAIN_AFTER": "100000"}, db_url=db_url)
     try:
         for who in ("alice", "bob", "carol", "dave"):
             _annotate_from_queue(srv, 15, who)
@@ -314,7 +318,7 @@ def test_a_real_retrain_job_is_served_and_rescored(tmp_path: Path) -> None:
             time.sleep(0.2)
         r = srv.call("POST", "/v1/score", role="scorer", data=_png(srv, 0), content_type="image/png")
         assert r.body["model_version"] == new
-        store = Store(srv.settings.db_path)
+        store = open_store(srv.settings)
         try:
             assert set(store.scored_ids(new).tolist()) == set(store.sample_ids().tolist())
         finally:

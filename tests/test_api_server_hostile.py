@@ -19,6 +19,8 @@ import schemathesis
 from tests.test_api_fuzz import CONFIG, _fuzz
 from tests.test_api_server import Server, _png, _start, _stop
 
+pytestmark = pytest.mark.stores
+
 BIG = "9" * 30
 ID_MAX = 2**63 - 1
 
@@ -32,8 +34,8 @@ class Raw:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = _start(tmp_path_factory.mktemp("hostile-server"), score=True, with_worker=False, n=12)
+def server(tmp_path_factory: pytest.TempPathFactory, module_db_url: str | None) -> Iterator[Server]:
+    srv = _start(tmp_path_factory.mktemp("hostile-server"), score=True, with_worker=False, n=12, db_url=module_db_url)
     yield srv
     _stop(srv)
     assert srv.proc.returncode == 0, srv.log.read_text()[-3000:]

@@ -14,7 +14,7 @@ import pytest
 from edge_al.config import Settings
 from edge_al.pool import ingest
 from edge_al.registry import Registry
-from edge_al.store import Store
+from edge_al.store import open_store
 from export.tools import bench
 from tests.helpers import publish_tiny
 
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _tiny_workspace(tmp_path: Path, n: int = 64) -> Settings:
     pool = bench.generate_jpegs(tmp_path / "pool", n, size=(96, 72))
     settings = Settings(home=tmp_path / "home")
-    store = Store(settings.db_path)
+    store = open_store(settings)
     try:
         rep = ingest(store, settings, [tmp_path / "pool"])
         assert len(rep.added) == len(pool) == n  # generated images are distinct
@@ -73,7 +73,7 @@ def test_bench_rows_are_complete_finite_and_consistent(tmp_path: Path) -> None:
     assert doc["targets"]["cached_vs_torch_eager"]["met"] is None
     assert doc["machine"]["cores"] >= 1 and doc["machine"]["openvino"]
     # the pool is fully scored again afterwards, and the outputs render
-    store = Store(settings.db_path)
+    store = open_store(settings)
     assert len(store.scored_ids("v0001")) == 64
     store.close()
     jpath, mpath = bench.write_report(doc, tmp_path / "out", command="edge-al bench --images 64")

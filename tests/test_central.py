@@ -16,7 +16,7 @@ from edge_al.api.auth import create_key
 from edge_al.central import FileEntry, FolderCentral, Manifest, copy_verified, manifest_of
 from edge_al.errors import CentralRefused, CentralUnavailable
 from edge_al.registry import Registry
-from edge_al.store import Store
+from edge_al.store import open_store
 from tests.api_support import LABELS, build_workspace, check_response
 from tests.helpers import publish_tiny
 
@@ -24,7 +24,7 @@ from tests.helpers import publish_tiny
 @pytest.fixture(scope="module")
 def central(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Flask, dict[str, str]]]:
     settings, _ = build_workspace(tmp_path_factory.mktemp("central"), n=4, score=False)
-    store = Store(settings.db_path)
+    store = open_store(settings)
     keys = {role: create_key(store, role, f"{role}-1")[1] for role in ("scorer", "annotator")}
     store.close()
     app = create_app(settings, {"START_MODEL": False, "JOBS": False})

@@ -235,10 +235,10 @@ def test_live_novelty_from_the_labeled_reference(settings: Settings, registry: R
 
     from edge_al.pool import ingest
     from edge_al.scoring import score_pool
-    from edge_al.store import Store
+    from edge_al.store import open_store
     from tests.helpers import write_jpegs
 
-    store = Store(settings.db_path)
+    store = open_store(settings)
     publish_tiny(registry, LABELS, size=32, dim=16)
     ingest(store, settings, [str(p) for p in write_jpegs(Path(str(tmp_path)) / "pool", 24, size=(48, 48))])
     score_pool(settings, store, registry)  # writes the embeddings the reference is built from

@@ -19,8 +19,10 @@ from edge_al.errors import Conflict, InvalidInput, NotFound
 from edge_al.jobs import JobContext, JobManager, start_worker_thread
 from edge_al.pool import ingest
 from edge_al.registry import Registry
-from edge_al.store import Store
+from edge_al.store import Store, open_store
 from tests.helpers import publish_tiny, write_jpegs
+
+pytestmark = pytest.mark.stores
 
 LABELS = ["a", "b", "c"]
 
@@ -189,13 +191,13 @@ def test_dead_worker_job_is_failed_on_start(settings: Settings, store: Store) ->
         stop()
 
 
-def test_stats_count_the_same_decisions_with_the_job_system_on_or_off(tmp_path: Path) -> None:
+def test_stats_count_the_same_decisions_with_the_job_system_on_or_off(tmp_path: Path, db_url: str | None) -> None:
     """'Annotations since the model' is one figure: /v1/stats and the retrain trigger agree, jobs on or off."""
     from edge_al.api import create_app
     from tests.api_support import build_workspace
 
-    settings, _ = build_workspace(tmp_path / "ws", n=12)
-    store = Store(settings.db_path)
+    settings, _ = build_workspace(tmp_path / "ws", n=12, db_url=db_url)
+    store = open_store(settings)
     ids = store.sample_ids().tolist()
     label = store.labels()[0]
     store.add_annotation(int(ids[0]), "correct", label, "a")

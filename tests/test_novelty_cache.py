@@ -15,7 +15,7 @@ from edge_al.acquisition.index import exact_nearest
 from edge_al.registry import Registry
 from edge_al.scoring import embedding_file, labeled_reference, novelty_cache, score_pool, update_novelty
 from edge_al.selection import select_next
-from edge_al.store import Store
+from edge_al.store import open_store
 from tests.api_support import LABELS, build_workspace
 from tests.helpers import publish_tiny
 from tests.test_novelty_index import clustered
@@ -129,7 +129,7 @@ def test_workspace_rescore_and_select_reuse_the_cache(tmp_path: Path) -> None:
     """update_novelty (run after every scoring) and select --strategy knn share the version's
     cache: a rescore with no new label builds nothing, a new label extends it, a new version gets its own."""
     settings, _ = build_workspace(tmp_path, n=40)
-    store, registry = Store(settings.db_path), Registry(settings.registry_dir)
+    store, registry = open_store(settings), Registry(settings.registry_dir)
     try:
         mv = registry.active()
         assert mv is not None

@@ -22,7 +22,7 @@ from edge_al.predict_cli import run_predict
 from edge_al.predict_io import ParquetSink, schema
 from edge_al.registry import Registry
 from edge_al.results import Predictions
-from edge_al.store import Store
+from edge_al.store import open_store
 from tests.api_support import LABELS, build_workspace
 from tests.helpers import publish_tiny, write_jpegs
 
@@ -125,7 +125,7 @@ def test_python_api_equals_the_service(tmp_path: Path) -> None:
     from edge_al.api import create_app
 
     settings, pairs = build_workspace(tmp_path, n=30)
-    store = Store(settings.db_path)
+    store = open_store(settings)
     for k, sid in enumerate(store.sample_ids().tolist()[:12]):
         store.add_annotation(int(sid), "correct", LABELS[k % 10], "ann")
     store.close()
@@ -262,7 +262,7 @@ def test_predict_ingests_nothing(tmp_path: Path, registry: Registry, pool: list[
     rc = main(["--home", str(home), "-q", "predict", str(pool[0]), "--model", str(registry.root / "v0001"),
                "--out", str(tmp_path / "o.jsonl")])  # fmt: skip
     assert rc == 0 and len(_read(tmp_path / "o.jsonl")) == 1
-    store = Store(home / "edge-al.sqlite3")
+    store = open_store(home / "edge-al.sqlite3")
     assert store.count_samples() == 0 and not (home / "embeddings").exists() and not (home / "cache").exists()
     store.close()
 

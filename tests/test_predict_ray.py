@@ -15,7 +15,7 @@ from edge_al.cli import main
 from edge_al.config import Settings
 from edge_al.pool import ingest
 from edge_al.registry import Registry
-from edge_al.store import Store
+from edge_al.store import open_store
 from tests.helpers import publish_tiny, write_jpegs
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'edge-al[ray]')")
@@ -68,7 +68,7 @@ def test_score_on_ray_lands_in_the_store_as_score_does(cluster: Any, tmp_path: P
     homes = [tmp_path / "local", tmp_path / "ray"]
     for home in homes:
         s = Settings(home=home)
-        st = Store(s.db_path)
+        st = open_store(s)
         ingest(st, s, [tmp_path / "pool"])
         publish_tiny(Registry(s.registry_dir), LABELS, dim=16)
         st.close()
@@ -78,7 +78,7 @@ def test_score_on_ray_lands_in_the_store_as_score_does(cluster: Any, tmp_path: P
     assert main(["--home", str(homes[1]), "--json", "score", "--ray"]) == 3
     doc = json.loads(capsys.readouterr().out)
     assert doc["scored"] == 59 and len(doc["failed"]) == 1
-    stores = [Store(h / "edge-al.sqlite3") for h in homes]
+    stores = [open_store(h / "edge-al.sqlite3") for h in homes]
     try:
         (ids_a, probs_a), (ids_b, probs_b) = (s.predictions("v0001") for s in stores)
         np.testing.assert_array_equal(ids_a, ids_b)

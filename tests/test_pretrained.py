@@ -145,9 +145,9 @@ def test_the_queue_serves_a_cold_start_before_the_first_model(tmp_path: Path) ->
     settings, _ = build_workspace(tmp_path, n=40, model=False)
     for app in _app(settings):
         assert app.test_client().get("/v1/queue").status_code == 503  # nothing to rank with yet
-    from edge_al.store import Store
+    from edge_al.store import open_store
 
-    store = Store(settings.db_path)
+    store = open_store(settings)
     try:
         workspace_backbone(settings, store, ARCH, 64, calibration_size=16)
     finally:

@@ -16,7 +16,7 @@ from edge_al.errors import NoActiveModel
 from edge_al.pool import ingest
 from edge_al.registry import Registry
 from edge_al.scoring import EmbeddingFile, score_pool
-from edge_al.store import Store
+from edge_al.store import Store, open_store
 from tests.helpers import publish_tiny, write_digit_images, write_jpegs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def test_score_killed_mid_run_resumes_and_matches_a_clean_run(tmp_path: Path) ->
     homes = [tmp_path / "killed", tmp_path / "clean"]
     for home in homes:
         s = Settings(home=home)
-        st = Store(s.db_path)
+        st = open_store(s)
         ingest(st, s, [pool])
         publish_tiny(Registry(s.registry_dir), ["a", "b", "c"], dim=16)
         st.close()
@@ -88,7 +88,7 @@ def test_score_killed_mid_run_resumes_and_matches_a_clean_run(tmp_path: Path) ->
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     subprocess.run([sys.executable, "-m", "edge_al", "--home", str(homes[1]), "-q", "score"], env=env, check=True, capture_output=True)
-    stores = [Store(h / "edge-al.sqlite3") for h in homes]
+    stores = [open_store(h / "edge-al.sqlite3") for h in homes]
     (ids_a, probs_a), (ids_b, probs_b) = (s.predictions("v0001") for s in stores)
     assert len(ids_a) == 2500
     np.testing.assert_array_equal(ids_a, ids_b)

@@ -16,7 +16,7 @@ from edge_al.pool import ImageCache, ingest, ingest_bytes
 from edge_al.registry import Registry
 from edge_al.scoring import score_pool
 from edge_al.storage import Storage, images_storage, is_ref
-from edge_al.store import Store
+from edge_al.store import Store, open_store
 from tests.helpers import publish_tiny, write_jpegs
 
 LABELS = ["a", "b", "c"]
@@ -69,7 +69,7 @@ def test_an_object_store_pool_keeps_no_machine_path_and_scores(tmp_path: Path) -
     """EDGE_AL_IMAGES=memory://...: ingested files are copied in as blobs/<sha256>, uploads land there,
     the store holds only refs, and scoring and the image route read through the storage."""
     settings = Settings(home=tmp_path / "home", images=f"memory://{tmp_path.name}-pool")
-    store, registry = Store(settings.db_path), Registry(settings.registry_dir)
+    store, registry = open_store(settings), Registry(settings.registry_dir)
     publish_tiny(registry, LABELS, size=32, dim=16)
     files = write_jpegs(tmp_path / "camera-drop", 12, size=(64, 48))
     report = ingest(store, settings, [str(p) for p in files])
@@ -97,7 +97,7 @@ def test_a_second_box_mounting_the_images_elsewhere_reads_every_sample(tmp_path:
     root_a = tmp_path / "box-a" / "mnt" / "images"
     files = write_jpegs(root_a / "line3" / "2024-05-01", 8, size=(64, 48))
     box_a = Settings(home=tmp_path / "box-a" / "home", images=str(root_a))
-    store_a = Store(box_a.db_path)
+    store_a = open_store(box_a)
     ingest(store_a, box_a, [root_a / "line3"])
     ingest_bytes(store_a, box_a, write_jpegs(tmp_path / "upload", 1, size=(50, 40), seed=3)[0].read_bytes())
     old = write_jpegs(tmp_path / "legacy", 1, size=(40, 40), seed=5)[0]
@@ -111,7 +111,7 @@ def test_a_second_box_mounting_the_images_elsewhere_reads_every_sample(tmp_path:
     shutil.rmtree(tmp_path / "box-a" / "mnt")
     box_b = Settings(home=tmp_path / "box-b" / "home", images=str(root_b))
     store_a.backup_to(box_b.db_path)
-    store_b = Store(box_b.db_path)
+    store_b = open_store(box_b)
     samples = store_b.samples()
     with ImageCache(box_b.cache_dir, (32, 32), images_storage(box_b)) as cache:
         images, failures = cache.load_ids(np.array([s.id for s in samples]), {s.id: s for s in samples})

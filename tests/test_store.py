@@ -6,6 +6,8 @@ import pytest
 from edge_al.errors import InvalidInput, LeaseConflict, NotFound, NotPermitted, UnknownLabel
 from edge_al.store import Store
 
+pytestmark = pytest.mark.stores
+
 
 def test_samples_dedupe_by_hash(store: Store) -> None:
     a, created = store.add_sample("h1", "/x/a.png", 10, 10)
@@ -119,6 +121,16 @@ def test_decisions_respect_other_holders_leases(store: Store) -> None:
     store.lease([a], "bob", 60)
     assert store.add_annotation(a, "reject", None, "admin") is True  # leases not checked (CLI, admins)
     assert store.leased_ids() == set()  # a decision ends the lease
+
+
+def test_a_decided_sample_is_not_leased(store: Store) -> None:
+    """The queue ranks outside the lease's transaction: a sample decided in between is refused."""
+    a, b = (store.add_sample(f"h{i}", f"/p{i}.png", 4, 4)[0] for i in range(2))
+    store.add_label("ok")
+    store.add_annotation(a, "correct", "ok", "alice")
+    assert store.lease([a, b], "bob", 60) == [b]
+    store.undo_annotation(a, "alice")
+    assert store.lease([a], "bob", 60) == [a]  # withdrawn: back in the pool
 
 
 def test_lease_limit_per_holder(store: Store) -> None:

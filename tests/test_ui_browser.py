@@ -35,7 +35,7 @@ from edge_al.config import Settings
 from edge_al.pool import ingest
 from edge_al.registry import ModelVersion, Registry
 from edge_al.scoring import score_pool
-from edge_al.store import Store
+from edge_al.store import open_store
 
 from .helpers import build_tiny_ir, write_digit_images
 
@@ -146,7 +146,7 @@ class Workspace:
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     root = tmp_path_factory.mktemp("ui")
     settings = Settings(home=root / "home")
-    store = Store(settings.db_path)
+    store = open_store(settings)
     registry = Registry(settings.registry_dir)
     try:
         for name in LABELS:
@@ -237,7 +237,7 @@ def _wait(cond: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
 
 
 def _standing(home: Path) -> dict[int, Any]:
-    store = Store(Settings(home=home).db_path)
+    store = open_store(Settings(home=home))
     try:
         return store.current_annotations()
     finally:
@@ -245,7 +245,7 @@ def _standing(home: Path) -> dict[int, Any]:
 
 
 def _history(home: Path, sample_id: int) -> list[str]:
-    store = Store(Settings(home=home).db_path)
+    store = open_store(Settings(home=home))
     try:
         return [a.action for a in store.annotation_history(sample_id)]
     finally:
@@ -397,7 +397,7 @@ LONG_LABEL = "MT_Blowhole_with_a_long_descriptive_name"
 
 def _label_every_class(home: Path, truth: dict[int, str]) -> None:
     """One labeled sample of every class (as after a first round), so any guess has examples to show."""
-    store = Store(Settings(home=home).db_path)
+    store = open_store(Settings(home=home))
     try:
         have = {a.label for a in store.current_annotations().values()}
         taken = set(store.current_annotations())

@@ -26,7 +26,7 @@ from flask.wrappers import Response
 
 from edge_al.config import Settings, env_values, load_settings
 from edge_al.registry import Registry
-from edge_al.store import Store
+from edge_al.store import Store, open_store
 
 if TYPE_CHECKING:
     from flask_openapi3 import OpenAPI
@@ -164,7 +164,7 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     app.json = SafeJSONProvider(app)
     app.json.sort_keys = False
 
-    store = Store(settings.db_path)
+    store = open_store(settings)
     registry = Registry(settings.registry_dir)
     holder = cfg["HOLDER"]
     if holder is None:

@@ -15,6 +15,7 @@ raised                         status  when
 ``NoActiveModel``              503     nothing to score with yet (``Retry-After``)
 ``MissingDependency``          503     an optional extra is not installed here
 ``BrokerUnavailable``          503     the job broker (Redis) is unreachable (``Retry-After``)
+``StoreUnavailable``           503     the PostgreSQL store cannot be reached
 ``Problem``                    any     raised by the HTTP layer itself (401, 403, 415, ...)
 pydantic ``ValidationError``   422     a path, query or body field against its schema
 werkzeug ``HTTPException``     its     404/405 routing, 413 over ``MAX_CONTENT_LENGTH``
@@ -49,6 +50,7 @@ from edge_al.errors import (
     NoActiveModel,
     NotFound,
     NotPermitted,
+    StoreUnavailable,
     UnknownLabel,
 )
 
@@ -90,6 +92,7 @@ _DOMAIN: list[tuple[type[EdgeALError], int, str]] = [
     (NoActiveModel, 503, "no-active-model"),
     (MissingDependency, 503, "missing-dependency"),
     (BrokerUnavailable, 503, "broker-unavailable"),
+    (StoreUnavailable, 503, "store-unavailable"),
 ]
 
 

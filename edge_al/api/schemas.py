@@ -170,7 +170,7 @@ class QueueQuery(_Query):
 
 
 class LabelExamplesQuery(_Query):
-    label: str = Field(min_length=1, max_length=NAME_MAX, description="the class whose labeled examples to show")
+    label: str = Field(min_length=1, max_length=NAME_MAX, pattern=r"\S", description="the class whose labeled examples to show")
     n: int = Field(6, ge=1, le=24, description="how many")
 
 

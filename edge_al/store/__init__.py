@@ -1,8 +1,11 @@
-"""The SQLite store: samples, labels, annotations, predictions per model version, leases, jobs, keys.
+"""The store: samples, labels, annotations, predictions per model version, leases, jobs, keys.
 
-Every write is one transaction (``BEGIN IMMEDIATE``); the database runs in WAL mode with
-``synchronous=FULL`` so that a write that returned survives a kill -9 of the process. One
-connection per thread; the ``Store`` object itself is safe to share.
+On an SQLite file in the workspace (the embedded default) or on a PostgreSQL database that several
+API processes and workers share (``EDGE_AL_DB=postgresql://...``); :func:`open_store` picks the
+backend (:mod:`edge_al.store.backends`), and opening applies the schema's migrations
+(:mod:`edge_al.store.migrations`). Every write is one transaction that excludes every other writer
+of the database, in any process; on SQLite a write that returned survives a kill -9 (WAL,
+``synchronous=FULL``). One connection per thread; the ``Store`` object itself is safe to share.
 """
 
 from __future__ import annotations
@@ -15,72 +18,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from edge_al.errors import InvalidInput, LeaseConflict, NotFound, NotPermitted, UnknownLabel
 
+from .backends import Backend, Conn, Row, SqliteBackend, backend_for
+
 if TYPE_CHECKING:
+    from edge_al.config import Settings
+
     from .jobs import JobTable
 
-__all__ = ["ACTIONS", "Annotation", "ApiKey", "Prediction", "Sample", "Store"]
+__all__ = ["ACTIONS", "Annotation", "ApiKey", "Prediction", "Sample", "Store", "open_store"]
 
 ACTIONS = ("accept", "correct", "reject")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS samples (
-    id INTEGER PRIMARY KEY,
-    sha256 TEXT NOT NULL UNIQUE,
-    path TEXT NOT NULL,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    source TEXT NOT NULL DEFAULT 'ingest',
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS samples_path ON samples(path);
-CREATE TABLE IF NOT EXISTS labels (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS annotations (
-    id INTEGER PRIMARY KEY,
-    sample_id INTEGER NOT NULL REFERENCES samples(id),
-    label TEXT,
-    action TEXT NOT NULL CHECK (action IN ('accept', 'correct', 'reject', 'undo')),
-    annotator TEXT NOT NULL DEFAULT '',
-    model_version TEXT,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS annotations_sample ON annotations(sample_id, id);
-CREATE TABLE IF NOT EXISTS predictions (
-    sample_id INTEGER NOT NULL REFERENCES samples(id),
-    model_version TEXT NOT NULL,
-    label_index INTEGER NOT NULL,
-    confidence REAL NOT NULL,
-    probs BLOB NOT NULL,
-    least_confidence REAL NOT NULL,
-    margin REAL NOT NULL,
-    entropy REAL NOT NULL,
-    fre REAL,
-    knn REAL,
-    PRIMARY KEY (sample_id, model_version)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS leases (
-    sample_id INTEGER PRIMARY KEY REFERENCES samples(id),
-    holder TEXT NOT NULL,
-    expires_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS api_keys (
-    id INTEGER PRIMARY KEY,
-    key_hash TEXT NOT NULL UNIQUE,
-    role TEXT NOT NULL,
-    name TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    revoked INTEGER NOT NULL DEFAULT 0
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -126,24 +79,20 @@ class Prediction:
 
 
 class Store:
-    """Transactional SQLite store of one workspace."""
+    """The transactional store of one workspace, on the database of ``backend``; open one with :func:`open_store`."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, backend: Backend) -> None:
+        from .migrations import migrate
+
+        self.backend = backend
         self._local = threading.local()
-        self._conn().executescript(_SCHEMA)
+        migrate(self)
 
     # -- connections -----------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=30000")
+    def _conn(self) -> Conn:
+        conn: Conn | None = getattr(self._local, "conn", None)
+        if conn is None or getattr(conn, "broken", False):  # a PostgreSQL connection the server dropped
+            conn = self.backend.connect()
             self._local.conn = conn
         return conn
 
@@ -154,13 +103,13 @@ class Store:
             self._local.conn = None
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
+    def tx(self) -> Iterator[Conn]:
         """One write transaction: committed on success, rolled back on any exception."""
         conn = self._conn()
         if conn.in_transaction:  # nested use joins the outer transaction
             yield conn
             return
-        conn.execute("BEGIN IMMEDIATE")
+        self.backend.begin(conn)
         try:
             yield conn
         except BaseException:
@@ -168,24 +117,20 @@ class Store:
             raise
         conn.execute("COMMIT")
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Rows of one read, each readable by column name and by index."""
         return list(self._conn().execute(sql, params))
 
     def backup_to(self, path: Path) -> None:
-        """A consistent copy of this live store at ``path`` (SQLite's backup API: a file copy under WAL is not one)."""
+        """A consistent SQLite copy of this live SQLite store at ``path`` (SQLite's backup API: a file copy under WAL is not one)."""
+        if not isinstance(self.backend, SqliteBackend):
+            raise InvalidInput(f"backup_to copies SQLite stores only; this store is the {self.backend.describe()}: use pg_dump.")
         path.parent.mkdir(parents=True, exist_ok=True)
         dst = sqlite3.connect(path)
         try:
-            self._conn().backup(dst)
+            cast(sqlite3.Connection, self._conn()).backup(dst)
         finally:
             dst.close()
-
-    def create_tables(self, script: str) -> None:
-        """Run a ``CREATE ... IF NOT EXISTS`` script (a part's own tables, such as ``jobs``)."""
-        with self.tx() as c:
-            for stmt in script.split(";"):
-                if stmt.strip():
-                    c.execute(stmt)
 
     @cached_property
     def jobs(self) -> JobTable:
@@ -201,11 +146,11 @@ class Store:
             row = c.execute("SELECT id FROM samples WHERE sha256 = ?", (sha256,)).fetchone()
             if row is not None:
                 return int(row["id"]), False
-            cur = c.execute(
-                "INSERT INTO samples(sha256, path, width, height, source, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            row = c.execute(
+                "INSERT INTO samples(sha256, path, width, height, source, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (sha256, path, width, height, source, time.time()),
-            )
-            return int(cur.lastrowid or 0), True
+            ).fetchone()
+            return int(row["id"]), True
 
     def sample(self, sample_id: int) -> Sample:
         rows = self.query("SELECT * FROM samples WHERE id = ?", (sample_id,))
@@ -250,7 +195,7 @@ class Store:
     def add_label(self, name: str) -> bool:
         name = validate_label_name(name)
         with self.tx() as c:
-            cur = c.execute("INSERT OR IGNORE INTO labels(name, created_at) VALUES (?, ?)", (name, time.time()))
+            cur = c.execute("INSERT INTO labels(name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING", (name, time.time()))
             return cur.rowcount > 0
 
     # -- annotations -------------------------------------------------------------------------
@@ -296,14 +241,14 @@ class Store:
             return True
 
     @staticmethod
-    def _latest_annotation(c: sqlite3.Connection, sample_id: int) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = c.execute(
+    def _latest_annotation(c: Conn, sample_id: int) -> Row | None:
+        row: Row | None = c.execute(
             "SELECT annotator, label, action FROM annotations WHERE sample_id = ? ORDER BY id DESC LIMIT 1", (sample_id,)
         ).fetchone()
         return row
 
     @staticmethod
-    def _check_lease(c: sqlite3.Connection, sample_id: int, annotator: str) -> None:
+    def _check_lease(c: Conn, sample_id: int, annotator: str) -> None:
         row = c.execute("SELECT holder, expires_at FROM leases WHERE sample_id = ? AND expires_at > ?", (sample_id, time.time())).fetchone()
         if row is not None and row["holder"] != annotator:
             left = max(0, int(row["expires_at"] - time.time()))
@@ -312,7 +257,7 @@ class Store:
                 "Take the next sample from /v1/queue, or ask an admin to record this decision."
             )
 
-    def _ensure_label(self, c: sqlite3.Connection, label: str, create_label: bool) -> None:
+    def _ensure_label(self, c: Conn, label: str, create_label: bool) -> None:
         if c.execute("SELECT 1 FROM labels WHERE name = ?", (label,)).fetchone() is not None:
             return
         if not create_label:
@@ -381,8 +326,11 @@ class Store:
         """Write ``(sample_id, probs float32 [C], scores)`` rows for one model version in one transaction."""
         with self.tx() as c:
             c.executemany(
-                "INSERT OR REPLACE INTO predictions(sample_id, model_version, label_index, confidence, probs,"
-                " least_confidence, margin, entropy, fre, knn) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO predictions(sample_id, model_version, label_index, confidence, probs,"
+                " least_confidence, margin, entropy, fre, knn) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(sample_id, model_version) DO UPDATE SET label_index = excluded.label_index,"
+                " confidence = excluded.confidence, probs = excluded.probs, least_confidence = excluded.least_confidence,"
+                " margin = excluded.margin, entropy = excluded.entropy, fre = excluded.fre, knn = excluded.knn",
                 [
                     (
                         int(sid),
@@ -473,8 +421,10 @@ class Store:
 
     def lease(self, ids: Sequence[int], holder: str, seconds: float, max_live: int | None = None) -> list[int]:
         """Lease the given samples to ``holder``; returns those it got: not under someone else's
-        live lease, and, with ``max_live``, no more than leave ``holder`` with ``max_live`` live
-        leases (renewing one it holds always succeeds)."""
+        live lease, without a standing decision (the queue ranks outside this transaction, so a
+        sample can be decided, in any process, between its ranking and its lease), and, with
+        ``max_live``, no more than leave ``holder`` with ``max_live`` live leases (renewing one it
+        holds always succeeds)."""
         now = time.time()
         got = []
         with self.tx() as c:
@@ -483,6 +433,9 @@ class Store:
             for sid in ids:
                 row = c.execute("SELECT holder FROM leases WHERE sample_id = ?", (int(sid),)).fetchone()
                 if row is not None and row["holder"] != holder:
+                    continue
+                decision = self._latest_annotation(c, int(sid))
+                if decision is not None and decision["action"] != "undo":
                     continue
                 if row is None and max_live is not None and len(held) >= max_live:
                     continue
@@ -499,10 +452,11 @@ class Store:
     def add_api_key(self, key_hash: str, role: str, name: str) -> int:
         """Store a key's hash; returns its id."""
         with self.tx() as c:
-            cur = c.execute(
-                "INSERT INTO api_keys(key_hash, role, name, created_at) VALUES (?, ?, ?, ?)", (key_hash, role, name, time.time())
-            )
-            return int(cur.lastrowid or 0)
+            row = c.execute(
+                "INSERT INTO api_keys(key_hash, role, name, created_at) VALUES (?, ?, ?, ?) RETURNING id",
+                (key_hash, role, name, time.time()),
+            ).fetchone()
+            return int(row["id"])
 
     def api_keys(self, include_revoked: bool = True) -> list[ApiKey]:
         """Stored keys by id (hashes only: tokens are never stored)."""
@@ -524,6 +478,19 @@ class Store:
                 return False
             c.execute("UPDATE api_keys SET revoked = 1 WHERE id = ?", (int(key_id),))
             return True
+
+
+def open_store(where: Settings | str | Path) -> Store:
+    """The one way to open a store: of a workspace's :class:`~edge_al.config.Settings` (its
+    ``db_url``, else the SQLite file in its home), of a ``postgresql://`` URL, or of an SQLite path.
+
+    Raises ``InvalidInput`` for a URL of another kind, ``MissingDependency`` without psycopg, and
+    ``StoreUnavailable`` when the PostgreSQL server cannot be reached."""
+    from edge_al.config import Settings
+
+    if isinstance(where, Settings):
+        where = where.db_url or where.db_path
+    return Store(backend_for(where))
 
 
 # the latest history row of each sample (its standing decision unless that row is an undo)

@@ -1,6 +1,7 @@
 """The ``jobs`` table: every SQL statement of the background-job records (``edge_al.jobs``).
 
-Reached as ``Store.jobs``; rows come back as ``sqlite3.Row``. The state machine is
+Reached as ``Store.jobs``; rows read by column name (``row["state"]``); the table itself is part of
+the store's schema (:mod:`edge_al.store.migrations`). The state machine is
 ``queued -> running -> succeeded | failed | cancelled`` and ``queued -> cancelled``; every
 transition is one guarded UPDATE, so two workers never both claim a job.
 """
@@ -8,7 +9,6 @@ transition is one guarded UPDATE, so two workers never both claim a job.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -16,30 +16,9 @@ from edge_al.errors import Conflict
 
 if TYPE_CHECKING:
     from . import Store
+    from .backends import Conn, Row
 
 __all__ = ["DECISIONS_SQL", "JobTable"]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
-    progress REAL NOT NULL DEFAULT 0,
-    message TEXT NOT NULL DEFAULT '',
-    log_tail TEXT NOT NULL DEFAULT '[]',
-    params TEXT NOT NULL DEFAULT '{}',
-    result TEXT,
-    labels_at_submit INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    task_id TEXT,
-    worker TEXT,
-    heartbeat_at REAL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_kind_state ON jobs(kind, state);
-"""
 
 # decisions an annotator wrote after a point in time (what "annotations since the model" counts)
 DECISIONS_SQL = "SELECT COUNT(*) AS n FROM annotations WHERE action IN ('accept', 'correct', 'reject') AND created_at > ?"
@@ -51,13 +30,12 @@ class JobTable:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        store.create_tables(_SCHEMA)
 
-    def get(self, job_id: int) -> sqlite3.Row | None:
+    def get(self, job_id: int) -> Row | None:
         rows = self._store.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return rows[0] if rows else None
 
-    def newest(self, limit: int, state: str | None = None, kind: str | None = None) -> list[sqlite3.Row]:
+    def newest(self, limit: int, state: str | None = None, kind: str | None = None) -> list[Row]:
         """Up to ``limit`` jobs, newest first, optionally of one state and one kind."""
         where, args = [], []
         for column, value in (("state", state), ("kind", kind)):
@@ -67,7 +45,7 @@ class JobTable:
         sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
         return self._store.query(sql, (*args, limit))
 
-    def live_retrain(self) -> sqlite3.Row | None:
+    def live_retrain(self) -> Row | None:
         """The queued or running retrain job, if any."""
         rows = self._store.query(_LIVE_RETRAIN.replace("id, state", "*"))
         return rows[0] if rows else None
@@ -76,12 +54,13 @@ class JobTable:
         """Annotation rows (accept, correct, reject) written after ``since`` (epoch seconds)."""
         return int(self._store.query(DECISIONS_SQL, (since,))[0]["n"])
 
-    def _insert(self, c: sqlite3.Connection, kind: str, params: dict[str, Any], labels: int, task_id: str, message: str) -> int:
-        cur = c.execute(
-            "INSERT INTO jobs(kind, state, params, labels_at_submit, task_id, message, created_at) VALUES (?, 'queued', ?, ?, ?, ?, ?)",
+    def _insert(self, c: Conn, kind: str, params: dict[str, Any], labels: int, task_id: str, message: str) -> int:
+        row = c.execute(
+            "INSERT INTO jobs(kind, state, params, labels_at_submit, task_id, message, created_at)"
+            " VALUES (?, 'queued', ?, ?, ?, ?, ?) RETURNING id",
             (kind, json.dumps(params, sort_keys=True), labels, task_id, message, time.time()),
-        )
-        return int(cur.lastrowid or 0)
+        ).fetchone()
+        return int(row["id"])
 
     def insert(self, kind: str, params: dict[str, Any], labels: int, task_id: str) -> int:
         """A queued job; ``Conflict`` for a second live retrain (checked in the same transaction)."""
@@ -159,7 +138,7 @@ class JobTable:
             )
             return cur.rowcount == 1
 
-    def running(self) -> list[sqlite3.Row]:
+    def running(self) -> list[Row]:
         return self._store.query("SELECT id, params, worker, heartbeat_at FROM jobs WHERE state = 'running'")
 
     def fail_running(self, job_id: int, message: str) -> bool:
@@ -168,7 +147,7 @@ class JobTable:
             return self._fail_running(c, job_id, message)
 
     @staticmethod
-    def _fail_running(c: sqlite3.Connection, job_id: int, message: str) -> bool:
+    def _fail_running(c: Conn, job_id: int, message: str) -> bool:
         cur = c.execute(
             "UPDATE jobs SET state = 'failed', message = ?, finished_at = ? WHERE id = ? AND state = 'running'",
             (message, time.time(), job_id),
@@ -187,7 +166,7 @@ class JobTable:
             self._fail_running(c, job_id, f"{message}; retried as job {new_id}")
             return new_id
 
-    def queued_before(self, t: float) -> list[sqlite3.Row]:
+    def queued_before(self, t: float) -> list[Row]:
         return self._store.query("SELECT id, task_id FROM jobs WHERE state = 'queued' AND created_at < ?", (t,))
 
     def set_task(self, job_id: int, task_id: str) -> None:

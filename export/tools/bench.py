@@ -53,7 +53,7 @@ from edge_al.config import DEFAULT_ARCH, Settings
 from edge_al.errors import EdgeALError, InvalidInput, MissingDependency
 from edge_al.registry import ModelVersion, Registry
 from edge_al.storage import images_storage
-from edge_al.store import Store
+from edge_al.store import Store, open_store
 
 __all__ = [
     "BenchRow",
@@ -273,7 +273,7 @@ def build_workspace(
     t0 = time.perf_counter()
     settings = Settings(home=Path(home).resolve())
     settings.home.mkdir(parents=True, exist_ok=True)
-    store = Store(settings.db_path)
+    store = open_store(settings)
     registry = Registry(settings.registry_dir)
     try:
         mv = registry.active()
@@ -345,7 +345,7 @@ def score_passes(
     from edge_al.engine import Engine
     from edge_al.scoring import score_pool
 
-    store = Store(settings.db_path)
+    store = open_store(settings)
     registry = Registry(settings.registry_dir)
     out: dict[str, dict[str, Any]] = {}
     try:
@@ -554,7 +554,7 @@ def _bench_subject(
     active = Registry(settings.registry_dir).active()
     if active is None:
         raise InvalidInput(f"The workspace {settings.home} has no active model.")
-    st = Store(settings.db_path)
+    st = open_store(settings)
     try:
         where = images_storage(settings).location  # stored refs -> files this box can open
         return settings, active, [], [Path(where(s.path)) for s in st.samples(st.sample_ids()[:200].tolist())]

@@ -15,7 +15,7 @@ from edge_al.config import Settings
 from edge_al.pool import ingest
 from edge_al.registry import ModelVersion, Registry
 from edge_al.scoring import score_pool
-from edge_al.store import Store
+from edge_al.store import open_store
 
 from .digits import write_digits
 
@@ -122,14 +122,17 @@ def write_shape_images(root: Path, n: int, size: int = 32, seed: int = 0) -> lis
 DIGIT_LABELS = [f"d{i}" for i in range(10)]
 
 
-def build_workspace(root: Path, n: int = 30, score: bool = True, model: bool = True) -> tuple[Settings, list[tuple[Path, str]]]:
-    """A workspace with the tiny model active, ``n`` digit images ingested and (optionally) scored."""
-    settings = Settings(home=root / "home")
+def build_workspace(
+    root: Path, n: int = 30, score: bool = True, model: bool = True, db_url: str | None = None
+) -> tuple[Settings, list[tuple[Path, str]]]:
+    """A workspace with the tiny model active, ``n`` digit images ingested and (optionally) scored;
+    its store on ``db_url`` (a PostgreSQL database) or, by default, the SQLite file in ``root/home``."""
+    settings = Settings(home=root / "home", db_url=db_url)
     registry = Registry(settings.registry_dir)
     if model:
         publish_tiny(registry, DIGIT_LABELS)
     pairs = write_digits(root / "pool", by_class=True, limit=n)
-    store = Store(settings.db_path)
+    store = open_store(settings)
     try:
         for name in DIGIT_LABELS:
             store.add_label(name)

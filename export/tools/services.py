@@ -23,7 +23,7 @@ import numpy as np
 
 from edge_al.api.auth import create_key
 from edge_al.config import Settings
-from edge_al.store import Store
+from edge_al.store import open_store
 
 from .fixtures import build_workspace
 
@@ -126,7 +126,7 @@ class Proc:
 def start_central(root: Path, n: int = 8, env: dict[str, str] | None = None) -> tuple[Proc, Settings, dict[str, str]]:
     """A central service on a workspace with the tiny model active; keys ``scorer`` and ``admin``."""
     settings, _ = build_workspace(root, n=n, score=False)
-    store = Store(settings.db_path)
+    store = open_store(settings)
     keys = {role: create_key(store, role, f"{role}-box-test")[1] for role in ("scorer", "admin")}
     store.close()
     port = free_port()
@@ -152,7 +152,7 @@ def start_box(root: Path, central: Proc | None, key: str, env: dict[str, str] | 
 
 def central_shas(settings: Settings) -> list[str]:
     """Every sample's SHA-256 in the central pool, one per row."""
-    store = Store(settings.db_path)
+    store = open_store(settings)
     try:
         return [store.sample(int(i)).sha256 for i in store.sample_ids()]
     finally:

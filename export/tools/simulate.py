@@ -45,7 +45,7 @@ from edge_al.lifecycle import balanced_accuracy
 from edge_al.pool import IMAGE_SUFFIXES, ImageCache, ingest
 from edge_al.registry import ModelVersion, Registry
 from edge_al.storage import images_storage
-from edge_al.store import Store
+from edge_al.store import Store, open_store
 
 from .digits import write_digits
 
@@ -258,7 +258,7 @@ class SimHome:
 
     def __post_init__(self) -> None:
         self.settings = Settings(home=self.home)
-        self.store = Store(self.settings.db_path)
+        self.store = open_store(self.settings)
         self.registry = Registry(self.settings.registry_dir)
 
     def close(self) -> None:
