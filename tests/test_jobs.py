@@ -90,6 +90,9 @@ def test_cancel_queued_and_running(settings: Settings, worker: Any) -> None:
     mgr = worker(runners={"score": slow})
     running = mgr.submit("score")
     assert started.wait(20)
+    deadline = time.monotonic() + 30  # cancel mid-way: once a progress above 0 is stored (on a loaded box the first flush can lag)
+    while mgr.get(running["id"])["progress"] <= 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
     queued = mgr.submit("score")  # one worker thread: this one waits
     cancelled = mgr.cancel(queued["id"])
     assert cancelled["state"] == "cancelled" and cancelled["finished_at"] is not None
