@@ -13,7 +13,7 @@ set, then, each in a fresh child process (so its peak RSS, ``ru_maxrss``, is its
   novelty update after an annotation pay), each followed by the ``select`` that uses it;
 - exactness: on ``--sample`` pool rows, the index's nearest labeled row and distance against exact
   search (recall@1, Spearman rank correlation of the k-NN novelty), the exact search's time scaled
-  to the whole pool, and the exact-vs-HNSW crossover over labeled-set sizes (why the threshold).
+  to the whole pool, and the exact-vs-inverted-lists crossover over labeled-set sizes (why the threshold).
 
 The embeddings file is freshly written, so reads come from a warm page cache (not counted in RSS:
 reads use pread, not mmap).
@@ -191,7 +191,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run_exactness(workdir: Path, sample: int, dim: int) -> dict[str, object]:
-    """Index vs exact on ``sample`` pool rows; the exact/HNSW crossover over labeled-set sizes."""
+    """Index vs exact on ``sample`` pool rows; the exact/inverted-lists crossover over labeled-set sizes."""
     _, labeled, _, source = _load(workdir, dim)
     rows = np.sort(np.random.default_rng(1).choice(len(source), min(sample, len(source)), replace=False))
     x = l2_normalize(source.take(rows))
@@ -209,12 +209,13 @@ def run_exactness(workdir: Path, sample: int, dim: int) -> dict[str, object]:
     out: dict[str, object] = {
         "sample_rows": int(rows.size),
         "labeled": int(lab.shape[0]),
-        "search": "hnsw" if index.approximate_ else "exact",
+        "search": repr(index),
         "recall_at_1": round(float(np.mean((row == ex_row) | (np.abs(sim - ex_sim) <= 1e-6))), 4),
         "spearman_knn": round(_spearman(1 - sim, 1 - ex_sim), 4),
         "max_distance_error": round(float(np.max(ex_sim - sim)), 5),
         "index_build_seconds": round(t_build, 2),
         "index_search_seconds_whole_pool": round(t_ann * scale, 1),
+        "index_search_cpu_seconds": round(c_ann, 2),
         "exact_search_seconds_whole_pool": round(t_exact * scale, 1),
         "index_search_cpu_seconds_whole_pool": round(c_ann * scale, 1),
         "exact_search_cpu_seconds_whole_pool": round(c_exact * scale, 1),
@@ -237,34 +238,32 @@ def run_exactness(workdir: Path, sample: int, dim: int) -> dict[str, object]:
             {
                 "labeled": m,
                 "exact_cpu_ms_per_1k_queries": round(ce * per_1k * 1e3, 1),
-                "hnsw_cpu_ms_per_1k_queries": round(ch * per_1k * 1e3, 1),
+                "ivf_cpu_ms_per_1k_queries": round(ch * per_1k * 1e3, 1),
             }
         )
     out["crossover"] = crossover
-    out["ef_search"] = _ef_sweep(index, x, ex_sim, ex_row, scale)
+    out["nprobe"] = _probe_sweep(index, x, ex_sim, ex_row, scale)
     return out
 
 
-def _ef_sweep(index: NearestLabeled, x: np.ndarray, ex_sim: np.ndarray, ex_row: np.ndarray, scale: float) -> list[dict[str, float]]:
-    """Recall, rank correlation and CPU time of the graph search at other ef_search values (the
-    shipped value is index._EF_SEARCH): the data for tuning speed against error."""
-    if index.ann_ is None:
+def _probe_sweep(index: NearestLabeled, x: np.ndarray, ex_sim: np.ndarray, ex_row: np.ndarray, scale: float) -> list[dict[str, float]]:
+    """Recall, rank correlation and CPU time of the inverted-list search at other probe counts (the
+    shipped one is ``index.nprobe``'s default): the data for tuning speed against error."""
+    if not index.approximate_:
         return []
-    import faiss
-
-    graph = faiss.downcast_index(index.ann_.base_index)
     rows = []
-    for ef in (16, 24, 32, 48):
-        graph.hnsw.efSearch = ef
+    for probe in (1, 2, 3, 4):
+        index.probe = probe
         c0 = _cpu_seconds()
         sim, row = index.search(x)
         cpu = _cpu_seconds() - c0
         rows.append({
-            "ef_search": ef,
+            "nprobe": probe,
             "recall_at_1": round(float(np.mean((row == ex_row) | (np.abs(sim - ex_sim) <= 1e-6))), 4),
             "spearman_knn": round(_spearman(1 - sim, 1 - ex_sim), 4),
             "search_cpu_seconds_whole_pool": round(cpu * scale, 1),
         })  # fmt: skip
+    index.probe = None
     return rows
 
 

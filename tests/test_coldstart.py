@@ -110,6 +110,15 @@ def test_farthest_first_fills_up_when_clusters_run_out() -> None:
     assert (capped.components["typicality"][2:] == 0).all()
 
 
+def test_large_pool_kmeans_seeds_reach_the_rare_modes() -> None:
+    """Pools over max_fit are clustered by faiss from k-means++ seeds chosen in a PCA of the fit
+    sample: the rare modes (20 of 3,600 rows) still get their own clusters, and so picks."""
+    pool, modes, _ = _mixture(scale=3)
+    for seed in range(3):
+        sel = typical_diverse(pool, 12, max_fit=1000, seed=seed)
+        assert _coverage(modes, sel.indices) == 6, (seed, modes[sel.indices])
+
+
 # --- contract ----------------------------------------------------------------------------------
 
 

@@ -73,7 +73,8 @@ def test_new_labels_on_the_approximate_index(tmp_path: Path, world: dict[str, np
     cache = NoveltyCache(tmp_path / "v1.novelty", exact_max_labeled=100)
     x, lab = world["x"], world["lab"]
     first, _ = knn_of(cache, world, lab)
-    new = np.array([11, 3000])
+    new = np.array([11, 3001])  # not labeled yet (3000 is: a search miss on it is not the update's to fix)
+    assert not np.isin(new, lab).any()
     more = np.union1d(lab, new)
     got, exact = knn_of(cache, world, more)
     pool_before = np.setdiff1d(np.arange(len(x)), lab)

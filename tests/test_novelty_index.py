@@ -1,4 +1,4 @@
-"""NearestLabeled: the approximate (faiss HNSW) search agrees with exact search, and small labeled
+"""NearestLabeled: the approximate (inverted lists) search agrees with exact search, and small labeled
 sets keep the exact answer."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def test_approximate_search_agrees_with_exact(data: tuple[np.ndarray, np.ndarray
     recall = np.mean((row == exact_row) | np.isclose(sim, exact_sim, atol=1e-6))
     assert recall >= 0.95
     assert spearman(1 - sim, 1 - exact_sim) >= 0.95
-    # refinement re-scores exactly: each distance is the true distance to the row returned
+    # every distance is the true distance to the row returned
     np.testing.assert_allclose(sim, np.einsum("ij,ij->i", pool, labeled[row]), atol=1e-5)
     assert np.all(sim <= exact_sim + 1e-5)
 
@@ -73,8 +73,8 @@ def test_index_round_trips_through_arrays(data: tuple[np.ndarray, np.ndarray]) -
     assert again.approximate_
     a, b = index.search(pool[:500]), again.search(pool[:500])
     np.testing.assert_array_equal(a[1], b[1])
-    with pytest.raises(ValueError, match="as many rows"):
-        NearestLabeled.from_arrays({"labeled": labeled[:10], "ann": index.to_arrays()["ann"]})
+    with pytest.raises(ValueError, match="centroids"):
+        NearestLabeled.from_arrays({"labeled": labeled[:10, :5], "centroids": index.to_arrays()["centroids"]})
 
 
 def test_knn_strategy_uses_the_index_above_the_threshold(data: tuple[np.ndarray, np.ndarray]) -> None:
@@ -122,3 +122,28 @@ def test_lazy_farthest_first_picks_what_the_eager_greedy_picks(labeled_rows: int
         assert lazy == eager
     else:
         assert len(set(lazy) & set(eager)) >= 20
+
+
+def test_index_is_the_same_for_the_same_labeled_set(data: tuple[np.ndarray, np.ndarray]) -> None:
+    """The lists are seeded: rebuilding over the same rows gives the same centroids and answers."""
+    labeled, pool = data
+    a, b = NearestLabeled.build(labeled, exact_max_labeled=0), NearestLabeled.build(labeled.copy(), exact_max_labeled=0)
+    assert a.centroids_ is not None and b.centroids_ is not None
+    np.testing.assert_array_equal(a.centroids_, b.centroids_)
+    np.testing.assert_array_equal(a.search(pool[:300])[1], b.search(pool[:300])[1])
+
+
+def test_search_scales_rows_by_inv_norm(data: tuple[np.ndarray, np.ndarray]) -> None:
+    """Unnormalised rows with their inverse norms give the normalised rows' answer; zero rows score 0."""
+    labeled, pool = data
+    index = NearestLabeled.build(labeled, exact_max_labeled=0)
+    scale = np.linspace(0.5, 3.0, 400, dtype=np.float32)
+    x = pool[:400] * scale[:, None]
+    x[7] = 0.0
+    inv = np.where(np.arange(400) == 7, 0.0, 1.0 / scale).astype(np.float32)
+    sim, row = index.search(x, inv)
+    ref_sim, ref_row = index.search(pool[:400])
+    keep = np.arange(400) != 7
+    np.testing.assert_array_equal(row[keep], ref_row[keep])
+    np.testing.assert_allclose(sim[keep], ref_sim[keep], atol=1e-5)
+    assert sim[7] == 0.0

@@ -4,8 +4,8 @@ One ``NoveltyCache`` per model version, in a folder beside its embeddings
 (``<home>/embeddings/<version>.novelty/``), keyed by sample id:
 
 - ``index.npz``: the ``NearestLabeled`` index over the labeled set (its sample ids, normalised
-  rows, the faiss graph). Same labeled ids: loaded as it is. New labels only: the new rows are
-  added to the graph. Any label removed: rebuilt.
+  rows, the inverted lists' centroids). Same labeled ids: loaded as it is. New labels only: the
+  new rows join their nearest lists. Any label removed: rebuilt.
 - ``projection.npz``: fitted once per model version (the embeddings do not change): an uncentred
   PCA basis ``P`` float32 ``[D, k]`` of the normalised pool and, per pool row, ``z = P^T x``
   float16 ``[N, k]`` and the residual norm ``r = ||x - P z||`` float32 ``[N]``.
@@ -44,7 +44,7 @@ __all__ = ["NoveltyCache", "build_counts"]
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: the index holds inverted-list centroids instead of a faiss HNSW graph
 _COMPONENTS = 64  # projection width: the bound's z . z_l costs N x 64
 _FIT_ROWS = 20000  # pool rows the projection is fitted on
 _MARGIN = np.float32(2e-3)  # float16 z and float32 round-off in the bound, with room to spare
@@ -104,14 +104,14 @@ class NoveltyCache:
     def _index(self, labeled_ids: np.ndarray, labeled: np.ndarray) -> tuple[NearestLabeled, np.ndarray]:
         """(index, its row ids int64 ``[M]`` in index order)."""
         path = self.directory / "index.npz"
-        got = _load(path, ("ids", "labeled", "ann"))
+        got = _load(path, ("ids", "labeled", "centroids"))
         if got is not None:
             _, arr = got
             old_ids = arr["ids"]
             same_dim = arr["labeled"].ndim == 2 and arr["labeled"].shape[1] == labeled.shape[1]
             if same_dim and np.isin(old_ids, labeled_ids).all() and old_ids.size == np.unique(old_ids).size:
                 try:
-                    index = NearestLabeled.from_arrays({"labeled": arr["labeled"], "ann": arr["ann"]})
+                    index = NearestLabeled.from_arrays({"labeled": arr["labeled"], "centroids": arr["centroids"]})
                 except (ValueError, RuntimeError) as exc:
                     log.warning("novelty index of %s does not load (%s); rebuilding it", self.directory.name, exc)
                 else:

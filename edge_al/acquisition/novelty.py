@@ -21,7 +21,7 @@ reconstructing ``x``.
 **k-NN**: cosine distance ``1 - max_j cos(x, l_j)`` to the nearest labeled embedding, through a
 ``NearestLabeled`` index (``index``): exact, in blocks of ``chunk_size`` pool rows x
 ``labeled_chunk_size`` labeled rows (never ``N x M`` at once), while ``M <= exact_max_labeled``
-(2,048); an HNSW graph with exact re-scoring above (exact k-NN costs ``2 * N * M * D`` flops,
+(2,048); inverted lists searched by GEMM above (exact k-NN costs ``2 * N * M * D`` flops,
 1e6 x 1e4 x 1280 is ~26 TFLOP, minutes on two cores). With ``M == 0`` it is the cosine distance
 to the normalised pool mean. A prebuilt index (the workspace cache's) can be passed in.
 """
