@@ -1,7 +1,9 @@
 """A real job worker process (``run_worker``, what ``edge-al worker`` runs) whose ``score`` jobs block
 on a file, so a test can kill it mid-job deterministically:
 
-    python -m tests.job_worker HOME REDIS_URL GATE_DIR [--stale S] [--heartbeat S] [--recover-every S]
+    python -m tests.job_worker HOME REDIS_URL GATE_DIR [--db URL] [--stale S] [--heartbeat S] [--recover-every S]
+
+The store is SQLite in HOME, or the PostgreSQL database ``--db`` names (the workers of several boxes).
 
 A gated job writes ``GATE_DIR/started-<job>-<pid>``, then reports progress (its heartbeat and the
 check for a cancel or a takeover) until ``GATE_DIR/release-<job>`` exists, and returns. When the job
@@ -51,11 +53,12 @@ def main() -> None:
     p.add_argument("home")
     p.add_argument("huey_url")
     p.add_argument("gate")
+    p.add_argument("--db", default=None, help="a postgresql:// URL (default: the SQLite store in HOME)")
     p.add_argument("--stale", type=float, default=300.0)
     p.add_argument("--heartbeat", type=float, default=5.0)
     p.add_argument("--recover-every", type=float, default=0.1)
     a = p.parse_args()
-    settings = Settings(home=Path(a.home), huey_url=a.huey_url)
+    settings = Settings(home=Path(a.home), huey_url=a.huey_url, db_url=a.db)
     mgr = JobManager(
         settings,
         runners={"score": gated_runner(Path(a.gate))},

@@ -226,6 +226,9 @@ def test_queue_leases_are_exclusive_and_expire(app: Flask, client: FlaskClient) 
     # asking again as alice renews her own leases: same samples
     again = check_response(client.get("/v1/queue?n=5&annotator=alice"), "/v1/queue", "GET")
     assert {it["sample_id"] for it in again["items"]} == ids_a
+    # the end each item names is the stored one (what decides whether another annotator may take it)
+    rows = app.extensions["edge_al"].store.query("SELECT sample_id, expires_at FROM leases WHERE holder = 'alice'")
+    assert {int(r["sample_id"]): float(r["expires_at"]) for r in rows} == {it["sample_id"]: it["lease_expires_at"] for it in again["items"]}
     # a lease that expires returns its sample to the queue
     with app.extensions["edge_al"].store.tx() as conn:
         conn.execute("UPDATE leases SET expires_at = ? WHERE holder = 'alice'", (time.time() - 1,))

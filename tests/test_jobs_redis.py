@@ -1,5 +1,7 @@
 """Jobs on a real ``redis-server`` (EDGE_AL_HUEY_URL): in-process and ``edge-al worker`` processes,
 a bad URL, a broker that is down, and a worker killed (or frozen) mid-job taken over by another.
+The takeover tests run on both stores (marker ``stores``): SQLite, as on one box, and a PostgreSQL
+database, as the workers of several boxes share it.
 
 Every wait polls an observable condition (a job's state, a marker file) against a deadline.
 """
@@ -201,8 +203,9 @@ def test_broker_down_is_a_503_problem_from_the_api(settings: Settings, tmp_path:
 
 
 # -- real worker processes ------------------------------------------------------------------------
-def _gated_worker(procs: Procs, home: Path, url: str, gate: Path, *extra: str) -> subprocess.Popen[bytes]:
-    return procs.start(["-m", "tests.job_worker", str(home), url, str(gate), *extra])
+def _gated_worker(procs: Procs, settings: Settings, url: str, gate: Path, *extra: str) -> subprocess.Popen[bytes]:
+    db = ["--db", settings.db_url] if settings.db_url else []  # PostgreSQL: the store of every box
+    return procs.start(["-m", "tests.job_worker", str(settings.home), url, str(gate), *db, *extra])
 
 
 def _waiting_on_queue(url: str, n: int, procs: Procs) -> None:
@@ -221,14 +224,18 @@ def _runner_of(gate: Path, job_id: int) -> Callable[[], int | None]:
     return check
 
 
-def test_a_worker_killed_mid_job_is_taken_over_by_another_process(settings: Settings, redis_url: str, tmp_path: Path, procs: Procs) -> None:
+@pytest.mark.stores
+def test_a_worker_killed_mid_job_is_taken_over_by_another_process(
+    settings: Settings, db_backend: str, redis_url: str, tmp_path: Path, procs: Procs
+) -> None:
     """Two worker processes on one Redis and one store; kill -9 the one running the job: the other
     retries it (once); kill that one too and a third worker marks the job failed. Never lost."""
     settings = settings.with_(huey_url=redis_url)
     gate = tmp_path / "gate"
     gate.mkdir()
     mgr = JobManager(settings)  # the API side: submits, never consumes
-    workers = {p.pid: p for p in (_gated_worker(procs, settings.home, redis_url, gate) for _ in range(2))}
+    assert mgr.store.backend.name == db_backend  # on PostgreSQL, the workers get the same database (--db)
+    workers = {p.pid: p for p in (_gated_worker(procs, settings, redis_url, gate) for _ in range(2))}
     _waiting_on_queue(redis_url, 2, procs)
     job = mgr.submit("score")
     victim = until("a worker to start the job", _runner_of(gate, job["id"]), log=procs.logs)
@@ -246,13 +253,14 @@ def test_a_worker_killed_mid_job_is_taken_over_by_another_process(settings: Sett
     # the retry's worker dies too: a fresh worker finds it and fails it (max_retries=1)
     workers[survivor].kill()
     workers[survivor].wait(10)
-    _gated_worker(procs, settings.home, redis_url, gate)
+    _gated_worker(procs, settings, redis_url, gate)
     last = until("the second death to be recorded", _state(mgr, retry_id), log=procs.logs)
     assert last["state"] == "failed" and "worker died" in last["message"] and "retried" not in last["message"]
     assert mgr.list(state="queued") == [] and mgr.list(state="running") == []
     assert not list(gate.glob("done-*"))  # no copy ever ran to the end
 
 
+@pytest.mark.stores
 def test_a_frozen_worker_is_fenced_off_when_another_takes_its_job(settings: Settings, redis_url: str, tmp_path: Path, procs: Procs) -> None:
     """A worker that is alive but silent (SIGSTOP: a frozen VM, a partitioned box) loses its job after
     ``stale_s``; when it wakes up it learns at its next report that the job is not its own, stops,
@@ -262,9 +270,9 @@ def test_a_frozen_worker_is_fenced_off_when_another_takes_its_job(settings: Sett
     gate.mkdir()
     mgr = JobManager(settings)
     args = ("--stale", "2", "--heartbeat", "1000")  # the gated job's own reports are the heartbeat
-    workers = {p.pid: p for p in (_gated_worker(procs, settings.home, redis_url, gate, *args) for _ in range(2))}
+    workers = {p.pid: p for p in (_gated_worker(procs, settings, redis_url, gate, *args) for _ in range(2))}
     # both up before the job exists: no worker's recovery writes to the store while the victim freezes
-    # (a process frozen inside a SQLite write transaction would hold the store's lock: see deployment.md)
+    # (a process frozen inside a store write transaction would hold the write lock: see deployment.md)
     _waiting_on_queue(redis_url, 2, procs)
     job = mgr.submit("score")
     until("a worker to start the job", _runner_of(gate, job["id"]), log=procs.logs)

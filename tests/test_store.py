@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -76,12 +79,42 @@ def test_predictions_roundtrip(store: Store) -> None:
 
 def test_leases_exclusive_and_expire(store: Store) -> None:
     ids = [store.add_sample(f"h{i}", f"/p{i}.png", 4, 4)[0] for i in range(4)]
-    assert store.lease(ids[:2], "alice", 60) == ids[:2]
-    assert store.lease(ids[:3], "bob", 60) == [ids[2]]
+    assert list(store.lease(ids[:2], "alice", 60)) == ids[:2]
+    assert list(store.lease(ids[:3], "bob", 60)) == [ids[2]]
     assert store.leased_ids(exclude_holder="alice") == {ids[2]}
-    assert store.lease(ids[:1], "bob", 60) == []
-    assert store.lease(ids[3:], "carol", -1) == [ids[3]]  # already expired
+    assert store.lease(ids[:1], "bob", 60) == {}
+    assert list(store.lease(ids[3:], "carol", -1)) == [ids[3]]  # already expired
     assert ids[3] not in store.leased_ids()
+
+
+def test_a_lease_ends_when_the_store_says(store: Store) -> None:
+    """The end ``lease`` returns (the queue tells it to the holder) is the stored one, the one every
+    process checks a decision and a later lease against."""
+    a, b = (store.add_sample(f"h{i}", f"/p{i}.png", 4, 4)[0] for i in range(2))
+    before = time.time()
+    got = store.lease([a, b], "alice", 60)
+    stored = {int(r["sample_id"]): float(r["expires_at"]) for r in store.query("SELECT sample_id, expires_at FROM leases")}
+    assert got == stored and before + 60 <= got[a] <= time.time() + 60
+
+
+def test_a_lease_waiting_for_the_write_lock_lasts_its_seconds_from_the_grant(store: Store) -> None:
+    """Another process's write transaction holds the lock while a lease waits for it: the lease
+    is timed from when it is granted, not from when it began to wait (it would otherwise end
+    early, and another annotator could take the sample before the end its holder was told)."""
+    if store.backend.name != "postgresql":
+        pytest.skip("a writer waiting for the lock is observable on PostgreSQL (pg_locks), not inside SQLite's busy wait")
+    a, _ = store.add_sample("h1", "/a.png", 4, 4)
+    got: dict[int, float] = {}
+    waiter = threading.Thread(target=lambda: got.update(store.lease([a], "alice", 60)))  # its own connection
+    with store.tx() as c:
+        waiter.start()
+        deadline = time.monotonic() + 60
+        while not c.execute("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()[0]:
+            assert time.monotonic() < deadline, "the lease never waited for the write lock"
+            time.sleep(0.01)  # polling the server's lock table for the waiter
+        released = time.time()
+    waiter.join(60)
+    assert got[a] >= released + 60
 
 
 def test_unchanged_only_while_the_decision_stands(store: Store) -> None:
@@ -128,18 +161,18 @@ def test_a_decided_sample_is_not_leased(store: Store) -> None:
     a, b = (store.add_sample(f"h{i}", f"/p{i}.png", 4, 4)[0] for i in range(2))
     store.add_label("ok")
     store.add_annotation(a, "correct", "ok", "alice")
-    assert store.lease([a, b], "bob", 60) == [b]
+    assert list(store.lease([a, b], "bob", 60)) == [b]
     store.undo_annotation(a, "alice")
-    assert store.lease([a], "bob", 60) == [a]  # withdrawn: back in the pool
+    assert list(store.lease([a], "bob", 60)) == [a]  # withdrawn: back in the pool
 
 
 def test_lease_limit_per_holder(store: Store) -> None:
     ids = [store.add_sample(f"h{i}", f"/p{i}.png", 4, 4)[0] for i in range(6)]
-    assert store.lease(ids, "alice", 60, max_live=3) == ids[:3]
+    assert list(store.lease(ids, "alice", 60, max_live=3)) == ids[:3]
     assert store.held_ids("alice") == set(ids[:3])
-    assert store.lease(ids[3:], "alice", 60, max_live=3) == []  # full: nothing new
-    assert store.lease(ids[:2], "alice", 60, max_live=3) == ids[:2]  # renewing is fine
-    assert store.lease(ids[3:], "bob", 60, max_live=3) == ids[3:]  # the limit is per holder
+    assert store.lease(ids[3:], "alice", 60, max_live=3) == {}  # full: nothing new
+    assert list(store.lease(ids[:2], "alice", 60, max_live=3)) == ids[:2]  # renewing is fine
+    assert list(store.lease(ids[3:], "bob", 60, max_live=3)) == ids[3:]  # the limit is per holder
 
 
 def test_unlabeled_predicted_counts_skip_standing_decisions_only(store: Store) -> None:

@@ -14,7 +14,6 @@ near it, fewer items than ``n``. ``leases_held`` and ``lease_limit`` in the answ
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from flask import current_app, jsonify
@@ -72,8 +71,9 @@ def next_items(query: QueueQuery) -> Response:
             raise InvalidInput(str(exc)) from None
         if not cands:
             break
-        got = set(svc.store.lease([c.sample_id for c in cands], holder=holder, seconds=seconds, max_live=limit))
-        expires = time.time() + seconds
+        # each lease's end as stored, not this process's clock after the write: the lock wait
+        # before the grant would make that a promise the store does not keep
+        got = svc.store.lease([c.sample_id for c in cands], holder=holder, seconds=seconds, max_live=limit)
         for c in cands:
             if c.sample_id not in got:
                 lost.add(c.sample_id)
@@ -88,7 +88,7 @@ def next_items(query: QueueQuery) -> Response:
                     "score": c.score,
                     "scores": c.components,
                     "reason": c.reason,
-                    "lease_expires_at": expires,
+                    "lease_expires_at": got[c.sample_id],
                 }
             )
         if len(items) >= n or len(got) == len(cands):

@@ -419,15 +419,19 @@ class Store:
         rows = self.query("SELECT sample_id FROM leases WHERE holder = ? AND expires_at > ?", (holder, now))
         return {int(r["sample_id"]) for r in rows}
 
-    def lease(self, ids: Sequence[int], holder: str, seconds: float, max_live: int | None = None) -> list[int]:
-        """Lease the given samples to ``holder``; returns those it got: not under someone else's
-        live lease, without a standing decision (the queue ranks outside this transaction, so a
-        sample can be decided, in any process, between its ranking and its lease), and, with
-        ``max_live``, no more than leave ``holder`` with ``max_live`` live leases (renewing one it
-        holds always succeeds)."""
-        now = time.time()
-        got = []
+    def lease(self, ids: Sequence[int], holder: str, seconds: float, max_live: int | None = None) -> dict[int, float]:
+        """Lease the given samples to ``holder``; returns those it got, in order, each with its
+        lease's end as stored (Unix time): not under someone else's live lease, without a standing
+        decision (the queue ranks outside this transaction, so a sample can be decided, in any
+        process, between its ranking and its lease), and, with ``max_live``, no more than leave
+        ``holder`` with ``max_live`` live leases (renewing one it holds always succeeds).
+
+        The clock is read once the write transaction holds the store's lock: a lease lasts
+        ``seconds`` from its grant, however long the transaction waited for the lock, and the
+        end returned is the one every process checks against (the API tells it to the holder)."""
+        got: dict[int, float] = {}
         with self.tx() as c:
+            now = time.time()
             c.execute("DELETE FROM leases WHERE expires_at <= ?", (now,))
             held = {int(r[0]) for r in c.execute("SELECT sample_id FROM leases WHERE holder = ?", (holder,))}
             for sid in ids:
@@ -445,7 +449,7 @@ class Store:
                     (int(sid), holder, now + seconds),
                 )
                 held.add(int(sid))
-                got.append(int(sid))
+                got[int(sid)] = now + seconds
         return got
 
     # -- API keys ----------------------------------------------------------------------------

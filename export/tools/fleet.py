@@ -203,12 +203,26 @@ class _Client:
 
 @dataclass
 class Grant:
+    """One lease as its holder saw it: its queue call was sent and answered at ``sent`` and
+    ``received``; the server said it ends at ``expires`` (the stored end); the holder sent its
+    decision at ``decided_at``. Unix times of this machine's clock, which the servers share."""
+
     sample_id: int
     holder: str
     sent: float
     received: float
     expires: float
-    decided_at: float | None = None  # when the holder sent its decision on it
+    decided_at: float | None = None
+
+    def held(self) -> tuple[float, float]:
+        """A window in which this holder certainly held the sample: from the answer (the grant came
+        before it) to the lease's end or the decision's sending, whichever came first (only its
+        own decision ends a live lease early, and the server cannot act on it before it is sent)."""
+        return self.received, min(self.expires, self.decided_at if self.decided_at is not None else self.expires)
+
+    def timeline(self) -> str:
+        decided = "undecided" if self.decided_at is None else f"decision sent {self.decided_at:.3f}"
+        return f"{self.holder}: queue sent {self.sent:.3f}, answered {self.received:.3f}, lease ends {self.expires:.3f}, {decided}"
 
 
 class Annotator(threading.Thread):
@@ -221,8 +235,7 @@ class Annotator(threading.Thread):
         self.p_walk_away, self.p_resend, self.p_undo = walk_away, resend, undo
         self.rng = random.Random(seed)
         self.client = _Client(fleet.bases, fleet.keys[name])
-        self.grants: list[Grant] = []
-        self.open: dict[int, Grant] = {}  # leases I got and have not decided (a renewal extends the same grant)
+        self.grants: list[Grant] = []  # every lease of every queue answer (a renewal is a grant of its own)
         self.acked: list[tuple[int, str, str, str | None]] = []  # (sample, annotator, action, label) the server said it wrote
         self.standing: list[int] = []  # my decisions that stand (for recycling an empty pool)
         self.counts: Counter[str] = Counter()
@@ -259,7 +272,8 @@ class Annotator(threading.Thread):
         if not doc["items"]:
             self._recycle()
             return
-        grants = [self._grant(item, sent, received) for item in doc["items"]]
+        grants = [Grant(int(item["sample_id"]), self.who, sent, received, float(item["lease_expires_at"])) for item in doc["items"]]
+        self.grants += grants
         if self.rng.random() < self.p_walk_away:
             # away from the screen for longer than a lease: simulated absence, not synchronisation
             self.counts["walked away"] += 1
@@ -267,23 +281,11 @@ class Annotator(threading.Thread):
         for grant, item in zip(grants, doc["items"], strict=True):
             self._decide(grant, item)
 
-    def _grant(self, item: dict[str, Any], sent: float, received: float) -> Grant:
-        sid = int(item["sample_id"])
-        grant = self.open.get(sid)
-        if grant is not None and grant.expires > sent:  # a renewal of a lease I still hold
-            grant.expires = float(item["lease_expires_at"])
-            return grant
-        grant = Grant(sid, self.who, sent, received, float(item["lease_expires_at"]))
-        self.grants.append(grant)
-        self.open[sid] = grant
-        return grant
-
     def _decide(self, grant: Grant, item: dict[str, Any]) -> None:
         action = self.rng.choice(("correct", "correct", "accept", "reject"))
         label = None if action == "reject" else (item["predicted"] if action == "accept" else self.rng.choice(self.fleet.labels))
         body = [{"sample_id": grant.sample_id, "action": action, **({"label": label} if label else {})}]
         grant.decided_at = time.time()
-        self.open.pop(grant.sample_id, None)
         status, doc = self._timed("annotate", "POST", "/v1/annotations", body)
         if status == 409:  # the lease ran out and someone else holds the sample now: refused, nothing written
             self.counts["refused (lease taken over)"] += 1
@@ -389,9 +391,11 @@ def _lease_overlaps(db_url: str) -> tuple[int, int, list[str]]:
     return grants, handovers, bad
 
 
-def _client_overlaps(annotators: list[Annotator]) -> list[str]:
-    """What the clients saw: B's queue call (sent to received) lay wholly inside a window where A
-    certainly held the sample (from A's answer to A's decision or its lease's end)."""
+def _client_overlaps(annotators: list[Annotator]) -> list[tuple[int, str]]:
+    """What the clients saw: B's queue call (sent to received, so B's grant too) lay wholly inside
+    a window where A certainly held the sample (:meth:`Grant.held`). Exact, not a heuristic: it
+    flags nothing that the lease log would not call an overlap, as long as the end the server
+    tells the holder is the end it stores (it once told a later one, see ``Store.lease``)."""
     by_sample: dict[int, list[Grant]] = defaultdict(list)
     for annotator in annotators:
         for g in annotator.grants:
@@ -399,11 +403,19 @@ def _client_overlaps(annotators: list[Annotator]) -> list[str]:
     bad = []
     for sid, gs in by_sample.items():
         for first in gs:
-            held_until = min(first.expires, first.decided_at if first.decided_at is not None else first.expires)
+            start, end = first.held()
             for other in gs:
-                if other.holder != first.holder and first.received < other.sent and other.received < held_until:
-                    bad.append(f"sample {sid}: {other.holder} got it while {first.holder} held it")
+                if other.holder != first.holder and start < other.sent and other.received < end:
+                    bad.append(
+                        (sid, f"sample {sid}: {other.holder} got it while {first.holder} held it ({first.timeline()}; {other.timeline()})")
+                    )
     return bad
+
+
+def _lease_log(db_url: str, sample_id: int) -> str:
+    """The lease log of one sample, for a report that flags it."""
+    rows = _sql(db_url, f"SELECT op, holder, expires_at, at FROM lease_audit WHERE sample_id = {int(sample_id)} ORDER BY id")
+    return "; ".join(f"{op} {holder} at {at:.3f} (ends {expires:.3f})" for op, holder, expires, at in rows)
 
 
 def _stored_once(db_url: str, annotators: list[Annotator]) -> tuple[int, int, Counter[Any], Counter[Any], list[str]]:
@@ -430,7 +442,7 @@ def _retrain_windows(db_url: str) -> tuple[Counter[str], list[str]]:
 def check(fleet: Fleet, annotators: list[Annotator], monitor: RetrainMonitor, seconds: float) -> dict[str, Any]:
     """Every figure of the run; ``ok`` is True when the three properties held."""
     grants, handovers, db_overlaps = _lease_overlaps(fleet.db_url)
-    client_overlaps = _client_overlaps(annotators)
+    client_overlaps = [f"{msg}; lease log: {_lease_log(fleet.db_url, sid)}" for sid, msg in _client_overlaps(annotators)[:10]]
     n_acked, n_rows, missing, extra, repeats = _stored_once(fleet.db_url, annotators)
     states, retrain_overlaps = _retrain_windows(fleet.db_url)
     counts: Counter[str] = sum((a.counts for a in annotators), Counter())
