@@ -339,7 +339,7 @@
         render();
       });
     }, function (err) {
-      if (err.status === 503) { $("stage-empty-text").textContent = "No model is active yet. The queue appears as soon as one is."; }
+      if (err.status === 503 && /no-active-model$/.test((err.doc && err.doc.type) || "")) { $("stage-empty-text").textContent = "No model is active yet. The queue appears as soon as one is."; }
       else if (err.kind !== "auth" && err.kind !== "network") { notice("Could not load the queue: " + err.detail, "error", 10000); }
     }).then(function () {
       refilling = false;
