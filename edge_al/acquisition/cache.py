@@ -39,7 +39,7 @@ import numpy as np
 
 from edge_al.fsutil import atomic_write
 
-from .embeddings import EmbeddingSource
+from .embeddings import EmbeddingSource, half_to_float32
 from .index import EXACT_MAX_LABELED, NearestLabeled
 from .memo import TypicalityMemo
 from .novelty import _top_eigh, inverse_norms, l2_normalize
@@ -212,7 +212,7 @@ class NoveltyCache:
         present = ids[order][at] == pool_ids
         hits = []
         for s in range(0, pool_ids.size, _BLOCK):
-            bound = z[s : s + _BLOCK].astype(np.float32) @ zl.T
+            bound = half_to_float32(z[s : s + _BLOCK]) @ zl.T
             bound += r[s : s + _BLOCK, None] * rl[None, :]
             ok = (bound > sim[s : s + _BLOCK, None] - _MARGIN).any(axis=1) & present[s : s + _BLOCK]
             hits.append(s + np.flatnonzero(ok))
