@@ -11,6 +11,7 @@ import numpy as np
 
 from . import acquisition
 from .acquisition.cache import NoveltyCache
+from .acquisition.memo import TypicalityMemo
 from .config import Settings
 from .errors import NoActiveModel
 from .features import Backbone, FeatureCache, find_backbone
@@ -91,7 +92,7 @@ def select_next(
     try:
         lab_ids, lab_emb, lab_cls = labeled_reference(store, mv, emb_file)
         source = IdEmbeddings(emb_file, ids)
-        novelty, clusters = _cached_inputs(novelty_cache(settings, mv), strategy, ids, source, lab_ids, lab_emb, seed)
+        novelty, clusters, typicality = _cached_inputs(novelty_cache(settings, mv), strategy, ids, source, lab_ids, lab_emb, seed)
         sel = acquisition.select(
             strategy,
             n,
@@ -104,6 +105,7 @@ def select_next(
             exclude=exclude,
             novelty=novelty,
             clusters=clusters,
+            typicality=typicality,
         )
     finally:
         emb_file.close()
@@ -133,20 +135,22 @@ def select_next(
 
 def _cached_inputs(
     cache: NoveltyCache, strategy: str, ids: np.ndarray, source: IdEmbeddings, lab_ids: np.ndarray, lab_emb: np.ndarray, seed: int
-) -> tuple[dict[str, np.ndarray] | None, Callable[[int], tuple[np.ndarray, np.ndarray]] | None]:
+) -> tuple[dict[str, np.ndarray] | None, Callable[[int], tuple[np.ndarray, np.ndarray]] | None, TypicalityMemo | None]:
     """What ``strategy`` takes from the version's novelty cache for the pool rows ``ids``:
-    (``novelty`` for ``acquisition.select``, its ``clusters`` provider).
+    (``novelty`` for ``acquisition.select``, its ``clusters`` provider, its ``typicality`` memo).
 
     The cached k-NN distances (kept up to date by scoring, extended for new labels): knn ranks by
     them; hybrid's farthest-first fill-up of a large pool starts from them, which it needs once the
     labels outnumber its clusters (they then mostly cover them). Hybrid and typiclust cluster a
-    large pool once per model version, not per call.
+    large pool once per model version, not per call, and keep each cluster's typicality estimate
+    (it depends on the embeddings only), so a call after a new label reads no cluster again.
     """
     fill_up = strategy == "hybrid" and len(ids) > _RESIDENT_POOL and len(lab_ids) >= _MAX_CLUSTERS
     novelty = {"knn": cache.knn(ids, source, lab_ids, lab_emb)} if len(lab_ids) and (strategy == "knn" or fill_up) else None
     if len(ids) <= _RESIDENT_POOL:
-        return novelty, None
-    return novelty, lambda k: cache.clusters(ids, source, k, seed=seed)
+        return novelty, None, None
+    typicality = cache.typicality(ids) if strategy in ("hybrid", "typiclust") else None
+    return novelty, lambda k: cache.clusters(ids, source, k, seed=seed), typicality
 
 
 def cold_start(

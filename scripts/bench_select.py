@@ -165,7 +165,7 @@ def run_cached(workdir: Path, n: int, chunk_size: int, dim: int) -> dict[str, ob
         c1, t1 = _cpu_seconds(), time.perf_counter()
         hyb = select(
             "hybrid", n, probs, source, lab, lab_labels, chunk_size=chunk_size, exclude=exclude, novelty={"knn": knn},
-            clusters=lambda k: cache.clusters(ids, source, k),
+            clusters=lambda k: cache.clusters(ids, source, k), typicality=cache.typicality(ids),
         )  # fmt: skip
         t_hyb, cpu_hyb = time.perf_counter() - t1, _cpu_seconds() - c1
         built = {k: v - counts.get(k, 0) for k, v in build_counts.items() if v - counts.get(k, 0)}

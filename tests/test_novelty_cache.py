@@ -204,3 +204,111 @@ def test_cached_clusters_give_the_same_selection(tmp_path: Path) -> None:
     probs = np.full((8000, 2), 0.5, np.float32)
     small = select("hybrid", 5, probs[:500], x[:500], labeled, np.zeros(40, np.int64), clusters=lambda k: 1 / 0)
     assert len(small) == 5 and centres.shape[1] == 24
+
+
+class CountingEmbeddings(ArrayEmbeddings):
+    """ArrayEmbeddings that counts the rows ``take`` reads."""
+
+    rows_read = 0
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        self.rows_read += int(np.size(indices))
+        return super().take(indices)
+
+
+@pytest.fixture
+def big_clusters(monkeypatch: pytest.MonkeyPatch) -> dict[str, np.ndarray]:
+    """A pool of 21,000 rows (over hybrid's max_fit: it takes the cached k-means) whose clusters
+    (k = M + n = 52) hold more rows than the estimate reads (the member cap lowered to 60), as at
+    1M rows, with labels and uncertainties."""
+    from edge_al.acquisition import coldstart
+
+    monkeypatch.setattr(coldstart, "_MAX_MEMBERS", 60)
+    rng = np.random.default_rng(21)
+    x = clustered(rng, 21000, dim=24, clusters=30)
+    probs = rng.dirichlet(np.ones(3), 21000).astype(np.float32)
+    lab_rows = rng.choice(21000, 40, replace=False)
+    return {"x": x, "probs": probs, "ids": np.arange(21000, dtype=np.int64) * 3 + 1, "lab_rows": lab_rows}
+
+
+def _hybrid(w: dict[str, np.ndarray], source: ArrayEmbeddings, lab_rows: np.ndarray, **kw: object) -> object:
+    from edge_al.acquisition import select
+
+    exclude = np.zeros(len(source), dtype=bool)
+    exclude[lab_rows] = True
+    return select("hybrid", 12, w["probs"], source, w["x"][lab_rows], np.zeros(lab_rows.size, np.int64), exclude=exclude, **kw)
+
+
+def test_typicality_memo_gives_the_fresh_picks_and_is_reused_after_a_new_label(tmp_path: Path, big_clusters: dict[str, np.ndarray]) -> None:
+    """The memo returns exactly what a fresh estimate computes: picks and components equal to a
+    selection without it, on the first call (filling it), the next (reading no cluster again), and
+    after a new label (labels play no part in typicality: the memo is reused, not rebuilt)."""
+    w = big_clusters
+    cache = NoveltyCache(tmp_path / "v1.novelty")
+    clusters = {"clusters": lambda k: cache.clusters(w["ids"], ArrayEmbeddings(w["x"]), k, seed=0, max_fit=2000)}
+    fresh = _hybrid(w, ArrayEmbeddings(w["x"]), w["lab_rows"], **clusters)
+    before = Counter(build_counts)
+    first = _hybrid(w, ArrayEmbeddings(w["x"]), w["lab_rows"], typicality=cache.typicality(w["ids"]), **clusters)
+    assert built(before) == {"typicality": 1}
+    for got in (
+        first,
+        _hybrid(w, source := CountingEmbeddings(w["x"]), w["lab_rows"], typicality=(memo := cache.typicality(w["ids"])), **clusters),
+    ):
+        np.testing.assert_array_equal(got.indices, fresh.indices)  # type: ignore[attr-defined]
+        for key, value in fresh.components.items():  # type: ignore[attr-defined]
+            np.testing.assert_array_equal(got.components[key], value)  # type: ignore[attr-defined]
+    assert source.rows_read == 0 and memo.misses == 0 and memo.hits >= 12
+    assert built(before) == {"typicality": 1}  # nothing new to save
+    # one new label, in the cluster of the first pick: that cluster is covered now, the others are read from the memo
+    lab_rows = np.append(w["lab_rows"], fresh.indices[0])  # type: ignore[attr-defined]
+    plain = _hybrid(w, ArrayEmbeddings(w["x"]), lab_rows, **clusters)
+    memo = cache.typicality(w["ids"])
+    after = _hybrid(w, source := CountingEmbeddings(w["x"]), lab_rows, typicality=memo, **clusters)
+    np.testing.assert_array_equal(after.indices, plain.indices)  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(after.components["typicality"], plain.components["typicality"])  # type: ignore[attr-defined]
+    assert memo.hits >= 11 and memo.misses <= 1 and source.rows_read <= 60
+
+
+def test_typicality_memo_is_not_reused_across_versions_or_changed_clusters(tmp_path: Path, big_clusters: dict[str, np.ndarray]) -> None:
+    """A memo holds for one version's embeddings and one cluster membership: another version's cache
+    starts empty; a cluster whose members changed (new pool rows, other sample ids) is estimated
+    again, and the picks still equal a fresh selection; a corrupt file is dropped, not trusted."""
+    from edge_al.acquisition import typical_diverse
+
+    w = big_clusters
+    x, ids = w["x"], w["ids"]
+    v1 = NoveltyCache(tmp_path / "v1.novelty")
+    typical_diverse(
+        x, 12, max_fit=2000, clusters=lambda k: v1.clusters(ids, ArrayEmbeddings(x), k, max_fit=2000), typicality=v1.typicality(ids)
+    )
+    # version 2: other embeddings (a new backbone), its own cache folder, nothing reused
+    x2 = clustered(np.random.default_rng(22), 21000, dim=24, clusters=30)
+    v2 = NoveltyCache(tmp_path / "v2.novelty")
+    memo = v2.typicality(ids)
+    got = typical_diverse(x2, 12, max_fit=2000, clusters=lambda k: v2.clusters(ids, ArrayEmbeddings(x2), k, max_fit=2000), typicality=memo)
+    assert memo.hits == 0 and memo.misses == 12
+    np.testing.assert_array_equal(
+        got.indices,
+        typical_diverse(x2, 12, max_fit=2000, clusters=lambda k: v2.clusters(ids, ArrayEmbeddings(x2), k, max_fit=2000)).indices,
+    )
+    # the pool's rows renumbered (other sample ids at the same positions): every cluster's key changes
+    memo = v1.typicality(ids + 1)
+    typical_diverse(x, 12, max_fit=2000, clusters=lambda k: v1.clusters(ids, ArrayEmbeddings(x), k, max_fit=2000), typicality=memo)
+    assert memo.hits == 0 and memo.misses == 12
+    # a new pool row joins the cluster of the first pick: only that cluster is estimated again
+    first = typical_diverse(x, 12, max_fit=2000, clusters=lambda k: v1.clusters(ids, ArrayEmbeddings(x), k, max_fit=2000)).indices[0]
+    x3, ids3 = np.vstack([x, x[first] * 0.999 + 0.001]), np.append(ids, 10**6)
+    x3 /= np.linalg.norm(x3, axis=1, keepdims=True)
+    provider = lambda k: v1.clusters(ids3, ArrayEmbeddings(x3), k, max_fit=2000)  # noqa: E731
+    memo = v1.typicality(ids3)
+    got = typical_diverse(x3, 12, max_fit=2000, clusters=provider, typicality=memo)
+    assert memo.misses == 1 and memo.hits == 11
+    np.testing.assert_array_equal(got.indices, typical_diverse(x3, 12, max_fit=2000, clusters=provider).indices)
+    # a torn memo file is rebuilt, never trusted
+    path = v1.directory / "typicality.npz"
+    path.write_bytes(path.read_bytes()[:100])
+    before = Counter(build_counts)
+    memo = v1.typicality(ids)
+    assert memo.entries == {} and built(before) == {"corrupt": 1}
+    with pytest.raises(ValueError, match="'typicality' parameter must be a TypicalityMemo over the 21000"):
+        typical_diverse(x, 3, typicality=v1.typicality(ids[:10]))

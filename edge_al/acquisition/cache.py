@@ -11,6 +11,9 @@ One ``NoveltyCache`` per model version, in a folder beside its embeddings
   float16 ``[N, k]`` and the residual norm ``r = ||x - P z||`` float32 ``[N]``.
 - ``knn.npz``: per pool row, the similarity to its nearest labeled row, and the labeled ids it is
   computed against.
+- ``clusters-*.npz``: the k-means of the pool (hybrid, typiclust); ``typicality.npz``: the
+  per-cluster typicality estimates of ``typical_diverse`` (``memo.TypicalityMemo``, keyed by the
+  cluster's member ids), valid as long as the version's embeddings, whatever the labels.
 
 A new label ``l`` changes a pool row's k-NN distance only if ``x . l`` beats its current best.
 Since ``x . l = z_x . z_l + (residuals) <= z_x . z_l + r_x r_l`` (Cauchy-Schwarz), the update
@@ -36,8 +39,9 @@ import numpy as np
 
 from edge_al.fsutil import atomic_write
 
-from .embeddings import EmbeddingSource
+from .embeddings import EmbeddingSource, half_to_float32
 from .index import EXACT_MAX_LABELED, NearestLabeled
+from .memo import TypicalityMemo
 from .novelty import _top_eigh, inverse_norms, l2_normalize
 
 __all__ = ["NoveltyCache", "build_counts"]
@@ -208,7 +212,7 @@ class NoveltyCache:
         present = ids[order][at] == pool_ids
         hits = []
         for s in range(0, pool_ids.size, _BLOCK):
-            bound = z[s : s + _BLOCK].astype(np.float32) @ zl.T
+            bound = half_to_float32(z[s : s + _BLOCK]) @ zl.T
             bound += r[s : s + _BLOCK, None] * rl[None, :]
             ok = (bound > sim[s : s + _BLOCK, None] - _MARGIN).any(axis=1) & present[s : s + _BLOCK]
             hits.append(s + np.flatnonzero(ok))
@@ -310,3 +314,26 @@ class NoveltyCache:
             build_counts["clusters_rows"] += 1
             _save(path, {"k": int(k)}, {"centres": centres, "ids": known, "assign": assign})
         return centres, assign[np.searchsorted(known, ids)]
+
+    # -- typicality of the pool's clusters (hybrid, typiclust) -----------------------------------
+    def typicality(self, ids: np.ndarray) -> TypicalityMemo:
+        """The memo of ``typical_diverse``'s per-cluster typicality for the pool rows of sample ids
+        ``ids`` int64 ``[N]`` (in pool order), loaded from ``typicality.npz``; saved there when a
+        selection adds to it. Entries hold for this version's embeddings, whatever the labels."""
+        path = self.directory / "typicality.npz"
+        got = _load(path, ("keys", "sizes", "values"))
+        entries: dict[bytes, np.ndarray] = {}
+        if got is not None:
+            keys, sizes, values = got[1]["keys"], got[1]["sizes"], got[1]["values"]
+            if keys.ndim == 2 and sizes.shape == (keys.shape[0],) and int(sizes.sum()) == values.size:
+                parts = np.split(values, np.cumsum(sizes)[:-1]) if sizes.size else []
+                entries = {bytes(k): v for k, v in zip(keys, parts, strict=True)}
+
+        def save(memo: dict[bytes, np.ndarray]) -> None:
+            keys = np.array([np.frombuffer(k, dtype=np.uint8) for k in memo], dtype=np.uint8).reshape(len(memo), 16)
+            sizes = np.array([v.size for v in memo.values()], dtype=np.int64)
+            values = np.concatenate(list(memo.values())) if memo else np.empty(0, np.float64)
+            _save(path, {"entries": len(memo)}, {"keys": keys, "sizes": sizes, "values": values.astype(np.float64)})
+            build_counts["typicality"] += 1
+
+        return TypicalityMemo(np.asarray(ids, dtype=np.int64), entries, save)

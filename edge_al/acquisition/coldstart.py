@@ -42,6 +42,7 @@ import numpy as np
 from ._validation import check_embedding_matrix, check_float, check_int, param_error
 from .embeddings import EmbeddingSource, as_source
 from .index import NearestLabeled
+from .memo import TypicalityMemo
 from .novelty import _top_eigh, inverse_norms, l2_normalize
 from .strategies import Selection
 
@@ -116,6 +117,7 @@ def typical_diverse(
     priority_weight: float = 0.0,
     labeled_distance: np.ndarray | None = None,
     clusters: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
+    typicality: TypicalityMemo | None = None,
 ) -> Selection:
     """Choose ``n`` typical pool rows from different clusters, for the first labels.
 
@@ -142,6 +144,9 @@ def typical_diverse(
         clusters: optional ``k -> (centres float32 [k, D], assignment int64 [N])`` for pools larger
             than ``max_fit``: the caller's k-means of the pool (``NoveltyCache.clusters``, fitted
             once per model version) instead of fitting and assigning here.
+        typicality: optional ``TypicalityMemo`` over these pool rows (``NoveltyCache.typicality``,
+            one per model version): a cluster whose estimate it holds is not read again; the
+            picks are the same as without it.
 
     Returns:
         A ``Selection`` in pick order, ``strategy="typiclust"``: ``score`` float32 ``(n - i) / n``
@@ -157,6 +162,8 @@ def typical_diverse(
                                                      chunk_size, priority, priority_weight)  # fmt: skip
     lab = _check_labeled(labeled, source.dim)
     is_candidate = _check_exclude(exclude, len(source))
+    if typicality is not None and typicality.ids.shape != (len(source),):
+        raise param_error("typicality", f"a TypicalityMemo over the {len(source)} pool rows", typicality.ids.shape)
     n = min(n, int(is_candidate.sum()))
     if n == 0:
         return Selection(np.empty(0, np.int64), np.empty(0, np.float32), {}, "typiclust")
@@ -170,13 +177,15 @@ def typical_diverse(
     sizes = np.bincount(assign, minlength=len(centres))
     # 3. the most typical candidate of each uncovered cluster, largest first
     blend = (priority, priority_weight) if priority is not None and priority_weight > 0 else None
-    picks, typicality = _cluster_picks(source, assign, sizes, covered, is_candidate, n, k_neighbors, seed, blend)
+    picks, typ = _cluster_picks(source, assign, sizes, covered, is_candidate, n, k_neighbors, seed, blend, typicality)
+    if typicality is not None:
+        typicality.flush()
     # 4. farthest-first when the clusters run out
     if len(picks) < n:
         picks += _fill_farthest(source, x_fit, lab, picks, is_candidate, n - len(picks), chunk_size, labeled_distance)
-        typicality += [0.0] * (n - len(typicality))
+        typ += [0.0] * (n - len(typ))
     idx = np.asarray(picks, dtype=np.int64)
-    return Selection(idx, ((n - np.arange(n)) / n).astype(np.float32), _components(idx, typicality, sizes, assign), "typiclust")
+    return Selection(idx, ((n - np.arange(n)) / n).astype(np.float32), _components(idx, typ, sizes, assign), "typiclust")
 
 
 def _components(idx: np.ndarray, typicality: list[float], sizes: np.ndarray, assign: np.ndarray) -> dict[str, np.ndarray]:
@@ -370,9 +379,10 @@ def _cluster_picks(
     k_neighbors: int,
     seed: int,
     blend: tuple[np.ndarray, float] | None = None,
+    memo: TypicalityMemo | None = None,
 ) -> tuple[list[int], list[float]]:
     """Up to ``n`` picks, one per uncovered cluster, largest cluster first; returns the pool rows
-    and their typicality."""
+    and their typicality. ``memo``: per-cluster estimates kept from earlier calls."""
     members_of = np.argsort(assign, kind="stable")  # pool rows grouped by cluster, ascending within
     bounds = np.concatenate(([0], np.cumsum(sizes)))
     picks: list[int] = []
@@ -383,7 +393,8 @@ def _cluster_picks(
         if covered[c] or sizes[c] == 0:
             continue
         members = members_of[bounds[c] : bounds[c + 1]]
-        row, typ = _most_typical(source, members, is_candidate, k_neighbors, np.random.default_rng((seed, c)), blend)
+        kept = None if memo is None else (memo, memo.key(members, c, seed, k_neighbors, _MAX_MEMBERS))
+        row, typ = _most_typical(source, members, is_candidate, k_neighbors, np.random.default_rng((seed, c)), blend, kept)
         if row >= 0:
             picks.append(row)
             typicality.append(typ)
@@ -397,33 +408,34 @@ def _most_typical(
     k_neighbors: int,
     rng: np.random.Generator,
     blend: tuple[np.ndarray, float] | None = None,
+    memo: tuple[TypicalityMemo, bytes] | None = None,
 ) -> tuple[int, float]:
     """The candidate among ``members`` (ascending pool rows of one cluster) with the smallest mean
     distance to its ``k`` nearest members, and its typicality; ``(-1, 0.0)`` if none is a candidate.
 
     Neighbours come from at most ``_MAX_MEMBERS`` seeded members; the candidates among those are
     scored, or, if none is, a seeded sample of the cluster's candidates. Ties go to the lower row.
+    ``memo`` (a memo and this cluster's key): when the scored rows are the seeded members (the
+    usual case), their typicality depends on nothing else and is taken from, or kept in, the memo.
     """
     cand = members[is_candidate[members]]
     if cand.size == 0:
         return -1, 0.0
     ref = members if members.size <= _MAX_MEMBERS else np.sort(rng.choice(members, _MAX_MEMBERS, replace=False))
+    if ref.size == 1:  # a one-row cluster: no neighbours to be typical among
+        return int(cand[0]), 0.0
     scored = ref[is_candidate[ref]]
     if scored.size == 0:
         scored = cand if cand.size <= _MAX_MEMBERS else np.sort(rng.choice(cand, _MAX_MEMBERS, replace=False))
     # Every row read is scored, excluded or not, so that a row's rank (and so the pick) does not
     # depend on which other rows happen to be excluded (the service excludes other annotators' leases).
     rows = np.union1d(ref, scored)
-    x = _normalized(source.take(rows), "embeddings")
-    dist = np.sqrt(_sq_dist(x, x[np.searchsorted(rows, ref)]))
-    at = np.minimum(np.searchsorted(ref, rows), ref.size - 1)
-    is_self = ref[at] == rows
-    dist[np.flatnonzero(is_self), at[is_self]] = np.inf
-    k = min(k_neighbors, ref.size - int(is_self.any()))
-    if k == 0:  # a one-row cluster
-        return int(scored[0]), 0.0
-    mean_knn = np.partition(dist, k - 1, axis=1)[:, :k].mean(axis=1, dtype=np.float64)
-    typ = 1.0 / np.maximum(mean_knn, 1e-6)
+    memo = memo if rows.size == ref.size else None  # rows == ref: the estimate depends on the members only
+    typ = None if memo is None else memo[0].get(memo[1], rows.size)
+    if typ is None:
+        typ = _typicality(source, rows, ref, k_neighbors)
+        if memo is not None:
+            memo[0].put(memo[1], typ)
     if blend is None:
         value = typ
     else:
@@ -432,6 +444,20 @@ def _most_typical(
     candidate = is_candidate[rows]
     best = int(np.flatnonzero(candidate)[np.argmax(value[candidate])])
     return int(rows[best]), float(typ[best])
+
+
+def _typicality(source: EmbeddingSource, rows: np.ndarray, ref: np.ndarray, k_neighbors: int) -> np.ndarray:
+    """``1 / mean distance to the k nearest rows of ref`` float64 ``[len(rows)]`` (ascending pool rows,
+    ``ref`` a subset of ``rows`` of at least 2; a row is not its own neighbour)."""
+    x = _normalized(source.take(rows), "embeddings")
+    dist = np.sqrt(_sq_dist(x, x[np.searchsorted(rows, ref)]))
+    at = np.minimum(np.searchsorted(ref, rows), ref.size - 1)
+    is_self = ref[at] == rows
+    dist[np.flatnonzero(is_self), at[is_self]] = np.inf
+    k = min(k_neighbors, ref.size - 1)
+    mean_knn = np.partition(dist, k - 1, axis=1)[:, :k].mean(axis=1, dtype=np.float64)
+    out: np.ndarray = 1.0 / np.maximum(mean_knn, 1e-6)
+    return out
 
 
 def _rank_fraction(x: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ import numpy as np
 
 __all__ = ["ArrayEmbeddings", "EmbeddingSource", "FileEmbeddings", "as_source", "half_to_float32"]
 
+_TAKE_BLOCK = 8192  # rows gathered per mapping in FileEmbeddings.take
 _HALF_BLOCK = 32768  # elements per conversion block: fits in L2
 _HALF_SCALE = np.float32(2.0**112)
 _HALF_NONFINITE = 0x7C00 << 13
@@ -188,25 +189,29 @@ class FileEmbeddings:
         return half_to_float32(raw)
 
     def take(self, indices: np.ndarray) -> np.ndarray:
+        """Rows ``indices`` as float32 ``[n, D]``, gathered in ascending blocks of ``_TAKE_BLOCK``
+        rows through a read-only mapping of each block's span (one C gather instead of a read call
+        per run of rows: a k-NN update reads ~30,000 scattered rows of a 1M pool), unmapped after
+        each block so that the mapped pages stay bounded."""
         idx = _check_indices(indices, self.rows)
         out = np.empty((idx.size, self._dim), dtype=np.float32)
-        if idx.size == 0:
-            return out
         order = np.argsort(idx, kind="stable")
         sorted_idx = idx[order]
-        # Read runs of consecutive rows with one call each.
-        breaks = np.flatnonzero(np.diff(sorted_idx) > 1) + 1
-        starts = np.concatenate(([0], breaks))
-        stops = np.concatenate((breaks, [sorted_idx.size]))
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
-                first, last = int(sorted_idx[a]), int(sorted_idx[b - 1])
-                raw = np.empty((last - first + 1, self._dim), dtype=np.float16)
-                self._read_into(fd, raw, first)
-                out[order[a:b]] = raw[sorted_idx[a:b] - first]
-        finally:
-            os.close(fd)
+        for s in range(0, idx.size, _TAKE_BLOCK):
+            part = sorted_idx[s : s + _TAKE_BLOCK]
+            first, last = int(part[0]), int(part[-1])
+            span = np.memmap(
+                self.path,
+                dtype=np.float16,
+                mode="r",
+                offset=(self.row_offset + first) * self.row_bytes,
+                shape=(last - first + 1, self._dim),
+            )
+            try:
+                raw = np.array(span[part - first])
+            finally:
+                del span
+            out[order[s : s + _TAKE_BLOCK]] = half_to_float32(raw)
         return out
 
     def __repr__(self) -> str:

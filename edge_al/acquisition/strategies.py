@@ -33,6 +33,7 @@ from ._validation import check_choice, check_embedding_matrix, check_float, chec
 from .batch import rank_normalize, stratified_diverse, top_n
 from .embeddings import EmbeddingSource, as_source
 from .index import EXACT_MAX_LABELED, NearestLabeled
+from .memo import TypicalityMemo
 from .novelty import compute_novelty, l2_normalize
 from .uncertainty import entropy, least_confidence, margin
 
@@ -99,7 +100,8 @@ class Pool:
     """Validated inputs: ``probs`` float32 ``[N, C]``, ``source`` ``[N, D]``, ``labeled``
     L2-normalised float32 ``[M, D]``, ``labels`` int64 ``[M]``, ``candidates`` int64 ``[K]``
     ascending pool rows that may be selected; ``novelty`` component name -> float32 ``[N]``
-    scores computed elsewhere (the workspace's cached k-NN distances), used instead of computing."""
+    scores computed elsewhere (the workspace's cached k-NN distances), used instead of computing;
+    ``clusters`` and ``typicality``: the caller's cached k-means and typicality memo (``select``)."""
 
     probs: np.ndarray
     source: EmbeddingSource
@@ -108,6 +110,7 @@ class Pool:
     candidates: np.ndarray
     novelty: Mapping[str, np.ndarray] = field(default_factory=dict)
     clusters: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None
+    typicality: TypicalityMemo | None = None
 
     def novelty_scores(self, params: dict[str, Any], wanted: tuple[str, ...], chunk_size: int) -> dict[str, np.ndarray]:
         """The ``wanted`` novelty components (``fre``, ``knn``) float32 ``[N]``: given ones
@@ -137,6 +140,7 @@ def _check_pool(
     exclude: object,
     novelty: Mapping[str, np.ndarray] | None = None,
     clusters: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
+    typicality: TypicalityMemo | None = None,
 ) -> Pool:
     p = check_probs(probs)
     n_rows, c = p.shape
@@ -170,7 +174,7 @@ def _check_pool(
                 f"The 'exclude' parameter must be a bool mask of shape ({n_rows},). Got shape {ex.shape} and dtype {ex.dtype} instead."
             )
         candidates = np.flatnonzero(~ex).astype(np.int64)
-    return Pool(p, source, l2_normalize(lab), y, candidates, _check_novelty(novelty, n_rows), clusters)
+    return Pool(p, source, l2_normalize(lab), y, candidates, _check_novelty(novelty, n_rows), clusters, typicality)
 
 
 def _check_novelty(novelty: Mapping[str, np.ndarray] | None, n_rows: int) -> dict[str, np.ndarray]:
@@ -229,13 +233,14 @@ class QueryStrategy:
         exclude: np.ndarray | None = None,
         novelty: Mapping[str, np.ndarray] | None = None,
         clusters: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
+        typicality: TypicalityMemo | None = None,
     ) -> Selection:
         """Pick up to ``n`` pool rows; see ``edge_al.acquisition.select`` for the arguments."""
         n = check_int("n", n)
         chunk_size = check_int("chunk_size", chunk_size)
         seed = check_int("seed", seed, low=0)
         params = self._check_params()
-        pool = _check_pool(probs, embeddings, labeled_embeddings, labeled_labels, num_classes, exclude, novelty, clusters)
+        pool = _check_pool(probs, embeddings, labeled_embeddings, labeled_labels, num_classes, exclude, novelty, clusters, typicality)
         if pool.candidates.size == 0:
             return _empty(self.name)
         return self._select(pool, min(n, pool.candidates.size), params, seed=seed, chunk_size=chunk_size)
@@ -435,6 +440,7 @@ class Hybrid(QueryStrategy):
             pool.source, n, labeled=pool.labeled, exclude=exclude, seed=seed, chunk_size=chunk_size,
             priority=uncertainty, priority_weight=weight,
             labeled_distance=None if knn is None else np.sqrt(2.0 * np.maximum(knn, 0.0)), clusters=pool.clusters,
+            typicality=pool.typicality,
         )  # fmt: skip
         components = {
             **sel.components,
@@ -514,13 +520,15 @@ class TypiClust(QueryStrategy):
         exclude: np.ndarray | None = None,
         novelty: Mapping[str, np.ndarray] | None = None,
         clusters: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
+        typicality: TypicalityMemo | None = None,
     ) -> Selection:
         from .coldstart import typical_diverse  # here, not at the top: coldstart imports Selection from this module
 
         params = self._check_params()
         return typical_diverse(
-            embeddings, n, labeled=labeled_embeddings, exclude=exclude, seed=seed, chunk_size=chunk_size, clusters=clusters, **params
-        )
+            embeddings, n, labeled=labeled_embeddings, exclude=exclude, seed=seed, chunk_size=chunk_size, clusters=clusters,
+            typicality=typicality, **params,
+        )  # fmt: skip
 
 
 _REGISTRY: dict[str, type[QueryStrategy]] = {
@@ -559,6 +567,7 @@ def select(
     exclude: np.ndarray | None = None,
     novelty: Mapping[str, np.ndarray] | None = None,
     clusters: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
+    typicality: TypicalityMemo | None = None,
     **params: Any,
 ) -> Selection:
     """Choose the next ``n`` pool rows to annotate.
@@ -581,6 +590,9 @@ def select(
         clusters: optional ``k -> (centres [k, D], assignment int64 [N])``, a k-means of these pool
             rows fitted elsewhere (``NoveltyCache.clusters``); ``hybrid`` and ``typiclust`` use it
             for pools larger than their ``max_fit`` (20,000) instead of clustering per call.
+        typicality: optional ``TypicalityMemo`` over these pool rows (``NoveltyCache.typicality``):
+            ``hybrid`` and ``typiclust`` take per-cluster typicality from it instead of re-reading
+            the cluster; the picks are the same.
         **params: strategy parameters (see each strategy class).
 
     Returns:
@@ -601,6 +613,7 @@ def select(
         exclude=exclude,
         novelty=novelty,
         clusters=clusters,
+        typicality=typicality,
     )
 
 
