@@ -76,20 +76,26 @@ def cmd_serve(ctx: Any) -> int:
         ready = f"model {svc.holder.version}" if svc.holder is not None and svc.holder.ready else "no model yet (GET /readyz)"
         print(f"edge-al: serving http://{host}:{port} ({ready}; auth {'off' if a.no_auth else 'on'}"
               f"{'; worker in-process' if a.with_worker else ''})", flush=True)  # fmt: skip
-
-        def _term(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, _term)
-        server.run()
-    except KeyboardInterrupt:
-        pass
+        _run_until_stopped(server)
     finally:
         server.close()
         svc.stop()
         if stop_worker is not None:
             stop_worker()
     return EXIT_OK
+
+
+def _run_until_stopped(server: Any) -> None:
+    """Serve until SIGTERM or Ctrl-C (both end as a clean return; the caller's ``finally`` cleans up)."""
+
+    def _term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
 
 
 def cmd_serve_box(ctx: Any) -> int:
@@ -118,14 +124,7 @@ def cmd_serve_box(ctx: Any) -> int:
         source = box.central_url if box.central_folder is None else "the central registry folder"
         print(f"edge-al: scoring box serving http://{server.effective_host}:{server.effective_port} "
               f"(model {svc.holder.version or 'none yet'}; following {source} every {box.poll_s:g} s)", flush=True)  # fmt: skip
-
-        def _term(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, _term)
-        server.run()
-    except KeyboardInterrupt:
-        pass
+        _run_until_stopped(server)
     finally:
         server.close()
         svc.stop()
