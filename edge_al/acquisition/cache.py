@@ -43,6 +43,7 @@ from .embeddings import EmbeddingSource, half_to_float32
 from .index import EXACT_MAX_LABELED, NearestLabeled
 from .memo import TypicalityMemo
 from .novelty import _top_eigh, inverse_norms, l2_normalize
+from .parallel import for_each_block
 
 __all__ = ["NoveltyCache", "build_counts"]
 
@@ -91,13 +92,17 @@ def _load(path: Path, keys: tuple[str, ...]) -> tuple[dict[str, object], dict[st
 class NoveltyCache:
     """k-NN novelty of one model version's pool, cached in ``directory`` (see the module docstring).
 
-    ``exact_max_labeled`` is passed to ``NearestLabeled.build``.
+    ``exact_max_labeled`` is passed to ``NearestLabeled.build``; ``threads``: the cold passes' thread
+    count (``parallel.thread_count``: the CPUs this process may run on when None).
     """
 
-    def __init__(self, directory: str | Path, *, exact_max_labeled: int = EXACT_MAX_LABELED, chunk_size: int = 65536) -> None:
+    def __init__(
+        self, directory: str | Path, *, exact_max_labeled: int = EXACT_MAX_LABELED, chunk_size: int = 65536, threads: int | None = None
+    ) -> None:
         self.directory = Path(directory)
         self.exact_max_labeled = int(exact_max_labeled)
         self.chunk_size = int(chunk_size)
+        self.threads = threads
 
     # -- the labeled index -----------------------------------------------------------------------
     def index(self, labeled_ids: np.ndarray, labeled: np.ndarray) -> NearestLabeled:
@@ -229,19 +234,23 @@ class NoveltyCache:
         self, source: EmbeddingSource, rows: np.ndarray | None, basis: np.ndarray, index: NearestLabeled
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(z float16 ``[n, k]``, r float32 ``[n]``, similarity float32 ``[n]``) of the source
-        rows ``rows`` (all when None), read ``chunk_size`` rows at a time."""
+        rows ``rows`` (all when None), in blocks of at most ``chunk_size`` rows on ``threads``
+        threads (``parallel.for_each_block``)."""
         n = len(source) if rows is None else rows.size
         z = np.empty((n, basis.shape[1]), dtype=np.float16)
         r = np.empty(n, dtype=np.float32)
         sim = np.empty(n, dtype=np.float32)
-        for s in range(0, n, self.chunk_size):
-            e = min(n, s + self.chunk_size)
+
+        def block(s: int, e: int) -> None:
             x = source.chunk(s, e) if rows is None else source.take(rows[s:e])
             inv = inverse_norms(x)
             sim[s:e] = index.search(x, inv)[0]
             zb = (x @ basis) * inv[:, None]
             r[s:e] = np.sqrt(np.clip(1.0 - np.einsum("ij,ij->i", zb, zb), 0.0, None)) * (inv > 0)
             z[s:e] = zb
+
+        index.prepare()
+        for_each_block(block, n, self.chunk_size, threads=self.threads)
         return z, r, sim
 
     def _fit_basis(self, source: EmbeddingSource) -> np.ndarray:

@@ -44,6 +44,7 @@ from .embeddings import EmbeddingSource, as_source
 from .index import NearestLabeled
 from .memo import TypicalityMemo
 from .novelty import _top_eigh, inverse_norms, l2_normalize
+from .parallel import for_each_block
 from .strategies import Selection
 
 __all__ = ["fit_clusters", "typical_diverse"]
@@ -133,7 +134,7 @@ def typical_diverse(
         iterations: most Lloyd rounds (0 keeps the k-means++ centres).
         max_clusters: cap on ``K = M + n``; past it, picks beyond the uncovered clusters are
             farthest-first.
-        chunk_size: pool rows read at a time.
+        chunk_size: most pool rows read at a time (passes read blocks of at most 16,384 rows, on a few threads).
         priority: optional float ``[N]``, higher is preferred (e.g. the model's uncertainty);
             within a cluster the pick maximises ``(1 - priority_weight) * typicality rank +
             priority_weight * priority rank`` (ranks as fractions in [0, 1] among the scored rows).
@@ -358,11 +359,14 @@ def _lloyd(x: np.ndarray, centres: np.ndarray, iterations: int, tol: float) -> n
 
 
 def _assign_pool(source: EmbeddingSource, centres: np.ndarray, chunk_size: int) -> np.ndarray:
-    """Nearest centre int64 ``[N]`` of every pool row, read ``chunk_size`` rows at a time."""
+    """Nearest centre int64 ``[N]`` of every pool row, in blocks of at most ``chunk_size`` rows on a
+    few threads (``parallel.for_each_block``)."""
     out = np.empty(len(source), dtype=np.int64)
-    for s in range(0, len(source), chunk_size):
-        e = min(s + chunk_size, len(source))
+
+    def block(s: int, e: int) -> None:
         out[s:e] = _nearest(_normalized(source.chunk(s, e), "embeddings"), centres)[0]
+
+    for_each_block(block, len(source), chunk_size)
     return out
 
 
@@ -514,12 +518,15 @@ def _labeled_dist(source: EmbeddingSource, labeled: np.ndarray, chunk_size: int)
     if labeled.shape[0] == 0:
         return out
     index = NearestLabeled.build(labeled)
-    for s in range(0, len(source), chunk_size):
-        e = min(s + chunk_size, len(source))
+    index.prepare()
+
+    def block(s: int, e: int) -> None:
         x = source.chunk(s, e)
         inv = inverse_norms(x)
         sq = (inv > 0).astype(np.float32) + 1.0 - 2.0 * index.search(x, inv)[0]
         out[s:e] = np.sqrt(np.maximum(sq, 0.0))
+
+    for_each_block(block, len(source), chunk_size)
     return out
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ._validation import check_embedding_matrix, check_int
+from .parallel import BLOCK_ROWS, for_each_block
 
 __all__ = ["EXACT_MAX_LABELED", "NearestLabeled", "exact_nearest"]
 
@@ -41,7 +42,7 @@ _ROWS_PER_LIST = 300  # labeled rows per inverted list, on average
 _MIN_LISTS = 8
 _PROBE_FRACTION = 16  # a query probes 1/16 of the lists (at least 2)
 _KMEANS_ITERATIONS = 20
-_QUERY_BLOCK = 16384  # pool rows per search block (bounds the gathered copies)
+_QUERY_BLOCK = BLOCK_ROWS  # pool rows per search block (bounds the gathered copies)
 
 
 def exact_nearest(
@@ -129,6 +130,11 @@ class NearestLabeled:
         self.labeled_ = np.concatenate([self.labeled_, new])
         self._lists = None
 
+    def prepare(self) -> None:
+        """Compute what searches share (the inverted lists) now, before several threads search."""
+        if self.centroids_ is not None:
+            self._inverted_lists()
+
     def _inverted_lists(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(labeled row of each list position int64 ``[M]``, list bounds int64 ``[nlist + 1]``,
         the rows grouped by list float32 ``[M, D]``), computed once per labeled set."""
@@ -140,16 +146,24 @@ class NearestLabeled:
             self._lists = (order, bounds, np.ascontiguousarray(self.labeled_[order]))
         return self._lists
 
-    def search(self, x: np.ndarray, inv_norm: np.ndarray | None = None, *, labeled_chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, x: np.ndarray, inv_norm: np.ndarray | None = None, *, labeled_chunk_size: int = 1024, threads: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Nearest labeled row of each row of ``x`` float32 ``[n, D]``: (similarity float32 ``[n]``,
         labeled row int64 ``[n]``). Rows of ``x`` are normalised or scaled by ``inv_norm``
-        float32 ``[n]`` (zero rows: similarity 0). ``x`` is not modified."""
+        float32 ``[n]`` (zero rows: similarity 0). ``x`` is not modified. Inverted-list search
+        runs its ``_QUERY_BLOCK``-row blocks on ``parallel.thread_count(threads)`` threads (serially
+        when called from inside a pool pass); the result does not depend on the thread count."""
         if self.centroids_ is None:
             return exact_nearest(x, self.labeled_, labeled_chunk_size=labeled_chunk_size, inv_norm=inv_norm)
         sim = np.empty(x.shape[0], dtype=np.float32)
         arg = np.empty(x.shape[0], dtype=np.int64)
-        for s in range(0, x.shape[0], _QUERY_BLOCK):
-            sim[s : s + _QUERY_BLOCK], arg[s : s + _QUERY_BLOCK] = self._search_block(np.asarray(x[s : s + _QUERY_BLOCK], dtype=np.float32))
+        self.prepare()
+
+        def block(s: int, e: int) -> None:
+            sim[s:e], arg[s:e] = self._search_block(np.asarray(x[s:e], dtype=np.float32))
+
+        for_each_block(block, x.shape[0], _QUERY_BLOCK, threads=threads)
         if inv_norm is not None:
             sim *= inv_norm
         return sim, arg

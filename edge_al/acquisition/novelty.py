@@ -34,6 +34,7 @@ import numpy as np
 
 from .embeddings import EmbeddingSource
 from .index import EXACT_MAX_LABELED, NearestLabeled, exact_nearest
+from .parallel import for_each_block
 
 __all__ = [
     "FREModel",
@@ -266,13 +267,15 @@ def compute_novelty(
     min_class_samples: int = 3,
     exact_max_labeled: int = EXACT_MAX_LABELED,
     knn_index: NearestLabeled | None = None,
+    threads: int | None = None,
 ) -> dict[str, np.ndarray]:
     """FRE and/or k-NN scores for every pool row in one pass over ``source``.
 
     ``probs`` float32 ``[N, C]``; ``labeled`` float32 ``[M, D]`` *already L2-normalised*;
     ``labels`` int64 ``[M]``. Inputs are assumed validated. ``knn_index``: a ``NearestLabeled``
     over exactly ``labeled`` (built here when None, exact when ``M <= exact_max_labeled``).
-    Returns float32 ``[N]`` arrays under ``"fre"`` and ``"knn"`` as requested.
+    Returns float32 ``[N]`` arrays under ``"fre"`` and ``"knn"`` as requested. The pass runs its
+    row blocks on ``parallel.thread_count(threads)`` threads (same result whatever the count).
     """
     n, num_classes = probs.shape
     m = labeled.shape[0]
@@ -300,8 +303,8 @@ def compute_novelty(
         else:
             nearest = knn_index if knn_index is not None else NearestLabeled.build(labeled, exact_max_labeled=exact_max_labeled)
         out["knn"] = np.empty(n, dtype=np.float32)
-    for s in range(0, n, chunk_size):
-        e = min(n, s + chunk_size)
+
+    def block(s: int, e: int) -> None:
         x = source.chunk(s, e)
         inv = inverse_norms(x)
         if fre_model is not None:
@@ -309,5 +312,8 @@ def compute_novelty(
         if nearest is not None:
             sim, _ = nearest.search(x, inv, labeled_chunk_size=labeled_chunk_size)
             out["knn"][s:e] = np.clip(1.0 - sim, 0.0, 2.0)
-        del x
+
+    if nearest is not None:
+        nearest.prepare()
+    for_each_block(block, n, chunk_size, threads=threads)
     return out
