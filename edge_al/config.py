@@ -14,6 +14,7 @@ environment variable is read by :func:`env_values` here, and nowhere else:
   ``EDGE_AL_CENTRAL_KEY_FILE``, ``EDGE_AL_CENTRAL_FOLDER``, ``EDGE_AL_FOLLOW_POLL_S``,
   ``EDGE_AL_UPLOAD_FRACTION``, ``EDGE_AL_OUTBOX_MAX_BYTES``, ``EDGE_AL_OUTBOX_BATCH``,
   ``EDGE_AL_OUTBOX_MAX_BACKOFF_S`` (``edge_al.box.BOX_ENV``).
+- selection: ``EDGE_AL_THREADS``, threads for pool passes (``edge_al.acquisition.parallel``).
 
 An empty variable counts as unset; a value of the wrong type is an error that names the variable.
 """

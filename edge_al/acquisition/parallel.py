@@ -32,6 +32,8 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+from edge_al.config import env_values
+
 from ._validation import check_int
 
 __all__ = ["BLOCK_ROWS", "block_rows", "for_each_block", "thread_count"]
@@ -47,13 +49,9 @@ def thread_count(threads: int | None = None) -> int:
     this process may run on."""
     if threads is not None:
         return check_int("threads", threads, low=1)
-    env = os.environ.get(THREADS_ENV, "").strip()
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            raise ValueError(f"The {THREADS_ENV} environment variable must be an int >= 1. Got {env!r} instead.") from None
-        return check_int(THREADS_ENV, value, low=1)
+    env = env_values({"THREADS": int})  # the one EDGE_AL_* loader: a non-int is a clear ValueError
+    if "THREADS" in env:
+        return check_int(THREADS_ENV, env["THREADS"], low=1)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
