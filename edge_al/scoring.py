@@ -36,11 +36,12 @@ from .acquisition.index import EXACT_MAX_LABELED
 from .config import Settings
 from .errors import NoActiveModel
 from .pool import ImageCache
+from .prediction_cache import PredictionCache
 from .registry import ModelVersion, Registry
 from .storage import images_storage
 from .store import Store
 
-__all__ = ["EmbeddingFile", "IdEmbeddings", "ScoreReport", "labeled_reference", "novelty_cache", "score_pool"]
+__all__ = ["EmbeddingFile", "IdEmbeddings", "ScoreReport", "labeled_reference", "novelty_cache", "prediction_cache", "score_pool"]
 
 _CHUNK_IMAGES = 64  # images loaded per worker task: a few engine batches, one read per run of cached ids
 # Infer requests per optimal request: with only the optimal number (one per stream), a stream idles
@@ -83,12 +84,9 @@ class EmbeddingFile:
             return out
         order = np.argsort(ids, kind="stable")
         sorted_ids = ids[order]
-        start = 0
-        while start < len(sorted_ids):
-            stop = start + 1
-            # one read per span whose gaps are small (a few rows) to keep calls few
-            while stop < len(sorted_ids) and sorted_ids[stop] - sorted_ids[stop - 1] <= 8:
-                stop += 1
+        # one read per span whose gaps are small (a few rows) to keep calls few
+        breaks = np.flatnonzero(np.diff(sorted_ids) > 8) + 1
+        for start, stop in zip([0, *breaks.tolist()], [*breaks.tolist(), len(sorted_ids)], strict=True):
             lo, hi = int(sorted_ids[start]), int(sorted_ids[stop - 1]) + 1
             raw = os.pread(self._fd, (hi - lo) * self.row_bytes, lo * self.row_bytes)
             block = np.zeros((hi - lo) * self.dim, dtype=np.float16)
@@ -96,7 +94,6 @@ class EmbeddingFile:
             block[: len(got)] = got
             block2 = block.reshape(hi - lo, self.dim)
             out[order[start:stop]] = block2[sorted_ids[start:stop] - lo]
-            start = stop
         return out
 
 
@@ -126,6 +123,11 @@ def embedding_file(settings: Settings, mv: ModelVersion) -> EmbeddingFile:
     if dim <= 0:
         raise NoActiveModel(f"Model {mv.version} does not declare its embedding size (meta.json embedding_dim).")
     return EmbeddingFile(settings.embeddings_dir / f"{mv.version}.f16", dim)
+
+
+def prediction_cache(settings: Settings, mv: ModelVersion) -> PredictionCache:
+    """The version's predictions as arrays, beside its embeddings (``<version>.predictions.npz``)."""
+    return PredictionCache(settings.embeddings_dir / f"{mv.version}.predictions.npz")
 
 
 def novelty_cache(settings: Settings, mv: ModelVersion) -> NoveltyCache:
@@ -337,13 +339,16 @@ def score_pool(
     return report
 
 
-def labeled_reference(store: Store, mv: ModelVersion, emb_file: EmbeddingFile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def labeled_reference(
+    store: Store, mv: ModelVersion, emb_file: EmbeddingFile, scored: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(sample ids [M], embeddings f32 [M, D], class indices [M])`` of the labeled samples that
-    the version has scored and whose label it knows."""
+    the version has scored and whose label it knows. ``scored``: the version's scored ids (int64
+    ``[N]``) when the caller has them (else read from the store)."""
     ids, names = store.labeled()
     index = {name: i for i, name in enumerate(mv.labels)}
-    scored = set(store.scored_ids(mv.version).tolist())
-    keep = [k for k, (sid, name) in enumerate(zip(ids.tolist(), names, strict=True)) if name in index and sid in scored]
+    is_scored = np.isin(ids, store.scored_ids(mv.version) if scored is None else scored)
+    keep = [k for k, name in enumerate(names) if name in index and is_scored[k]]
     sel_ids = ids[keep] if keep else np.zeros(0, np.int64)
     classes = np.array([index[names[k]] for k in keep], dtype=np.int64)
     return sel_ids, emb_file.read(sel_ids), classes
@@ -352,8 +357,8 @@ def labeled_reference(store: Store, mv: ModelVersion, emb_file: EmbeddingFile) -
 def update_novelty(settings: Settings, store: Store, mv: ModelVersion, emb_file: EmbeddingFile, chunk: int = 8192) -> None:
     """Recompute FRE and k-NN novelty of every scored sample against the current labeled set
     (k-NN through the version's novelty cache: no search when the labeled set is unchanged)."""
-    lab_ids, lab_emb, lab_cls = labeled_reference(store, mv, emb_file)
-    ids, probs = store.predictions(mv.version)
+    ids, probs = prediction_cache(settings, mv).load(store, mv.version)
+    lab_ids, lab_emb, lab_cls = labeled_reference(store, mv, emb_file, ids)
     if len(ids) == 0:
         return
     src = IdEmbeddings(emb_file, ids)

@@ -17,7 +17,7 @@ from .errors import NoActiveModel
 from .features import Backbone, FeatureCache, find_backbone
 from .registry import Registry
 from .results import label_name
-from .scoring import IdEmbeddings, embedding_file, labeled_reference, novelty_cache
+from .scoring import IdEmbeddings, embedding_file, labeled_reference, novelty_cache, prediction_cache
 from .storage import images_storage
 from .store import Store
 
@@ -80,7 +80,8 @@ def select_next(
                 "no labels needed) for a cold-start selection, or train and export a model."
             )
         return cold_start(settings, store, backbone, n, seed=seed, exclude_ids=exclude_ids)
-    ids, probs = store.predictions(mv.version)
+    ids, probs = prediction_cache(settings, mv).load(store, mv.version)
+    scored = ids
     annotated = store.annotated_ids()
     pool_mask = ~np.isin(ids, annotated)
     ids, probs = ids[pool_mask], probs[pool_mask]
@@ -90,7 +91,7 @@ def select_next(
     exclude = np.isin(ids, np.array(sorted(excluded), dtype=np.int64)) if excluded else None
     emb_file = embedding_file(settings, mv)
     try:
-        lab_ids, lab_emb, lab_cls = labeled_reference(store, mv, emb_file)
+        lab_ids, lab_emb, lab_cls = labeled_reference(store, mv, emb_file, scored)
         source = IdEmbeddings(emb_file, ids)
         novelty, clusters, typicality = _cached_inputs(novelty_cache(settings, mv), strategy, ids, source, lab_ids, lab_emb, seed)
         sel = acquisition.select(

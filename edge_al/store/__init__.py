@@ -13,6 +13,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -306,7 +307,8 @@ class Store:
 
     def annotated_ids(self) -> np.ndarray:
         """int64 [K] every sample with a decision (labeled or rejected): not in the unlabeled pool."""
-        return np.array(sorted(self.current_annotations()), dtype=np.int64)
+        rows = self._conn().execute(f"SELECT a.sample_id FROM annotations a {_LATEST_JOIN} WHERE a.action != 'undo' ORDER BY a.sample_id")
+        return np.array([r[0] for r in rows], dtype=np.int64)
 
     def unlabeled_predicted_counts(self, version: str) -> dict[int, int]:
         """``{label_index: n}`` over samples scored by ``version`` that have no standing decision
@@ -347,6 +349,22 @@ class Store:
                     for sid, p, s in rows
                 ],
             )
+            self._restamp(c, version)
+
+    @staticmethod
+    def _restamp(c: Conn, version: str) -> None:
+        """Give ``version``'s predictions a new stamp (inside the transaction that changes them)."""
+        c.execute(
+            "INSERT INTO prediction_stamps(model_version, stamp) VALUES (?, ?) ON CONFLICT(model_version) DO UPDATE SET stamp = excluded.stamp",
+            (version, uuid.uuid4().hex),
+        )
+
+    def prediction_stamp(self, version: str) -> str:
+        """What changes whenever ``version``'s predictions (ids or probs) are written or deleted
+        through this store: a copy read after this stamp holds while the stamp does. ``""`` for a
+        version never written since the stamps exist (migration 3)."""
+        row = self._conn().execute("SELECT stamp FROM prediction_stamps WHERE model_version = ?", (version,)).fetchone()
+        return "" if row is None else str(row[0])
 
     def set_novelty(self, version: str, ids: np.ndarray, fre: np.ndarray | None, knn: np.ndarray | None) -> None:
         """Write the FRE and k-NN novelty (``[N]`` float, or None for absent) of ``ids``' predictions by ``version``."""
@@ -406,6 +424,7 @@ class Store:
     def delete_predictions(self, version: str) -> None:
         with self.tx() as c:
             c.execute("DELETE FROM predictions WHERE model_version = ?", (version,))
+            self._restamp(c, version)
 
     # -- leases ------------------------------------------------------------------------------
     def leased_ids(self, now: float | None = None, exclude_holder: str | None = None) -> set[int]:

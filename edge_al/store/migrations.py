@@ -111,9 +111,19 @@ CREATE INDEX IF NOT EXISTS annotations_created ON annotations(created_at);
 CREATE INDEX IF NOT EXISTS leases_holder ON leases(holder, expires_at);
 """
 
+# A stamp per model version, renewed in the transaction of every write of its predictions: what a
+# copy of them kept outside the database (edge_al.prediction_cache) is checked against.
+_V3 = """
+CREATE TABLE IF NOT EXISTS prediction_stamps (
+    model_version TEXT PRIMARY KEY,
+    stamp TEXT NOT NULL
+);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "samples, labels, annotations, predictions, leases, api_keys, jobs", _V1),
     Migration(2, "indexes for annotations by time and leases by holder", _V2),
+    Migration(3, "a stamp per model version's predictions", _V3),
 )
 LATEST = MIGRATIONS[-1].version
 
