@@ -58,14 +58,33 @@ def test_second_call_reuses_everything(tmp_path: Path, world: dict[str, np.ndarr
     np.testing.assert_array_equal(again, first)
 
 
-def test_new_labels_update_exactly_without_rebuild(tmp_path: Path, world: dict[str, np.ndarray]) -> None:
-    cache = NoveltyCache(tmp_path / "v1.novelty")
+@pytest.mark.parametrize(("scan_fraction", "path"), [(0.5, "knn_gather"), (0.0, "knn_scan")])
+def test_new_labels_update_exactly_without_rebuild(tmp_path: Path, world: dict[str, np.ndarray], scan_fraction: float, path: str) -> None:
+    """The rows the bound cannot rule out are gathered; past ``scan_fraction`` of the pool, the whole
+    pool is scored in one pass instead (small blocks on 2 threads): both give the exact distances."""
+    cache = NoveltyCache(tmp_path / "v1.novelty", chunk_size=700, threads=2, scan_fraction=scan_fraction)
     knn_of(cache, world, world["lab"])
     more = np.union1d(world["lab"], [5, 901, 902, 4444])
     before = Counter(build_counts)
     got, exact = knn_of(cache, world, more)
-    assert built(before) == {"index_add": 1, "knn_update": 1}
+    assert built(before) == {"index_add": 1, "knn_update": 1, path: 1}
     np.testing.assert_allclose(got, exact, atol=1e-6)  # the bound skips no row whose distance drops
+
+
+def test_both_update_paths_agree(tmp_path: Path, world: dict[str, np.ndarray]) -> None:
+    """Gathered and scanned updates give the same distances, also on a pool the cache holds only part
+    of (the scan skips source rows it has not cached yet; they are searched after)."""
+    x, ids, lab = world["x"], world["ids"], world["lab"]
+    pool = np.setdiff1d(np.arange(len(x)), lab)
+    more = np.union1d(lab, [5, 901, 902, 4444])
+    rest = np.setdiff1d(pool, more)
+    got = {}
+    for fraction in (1.0, 0.0):
+        cache = NoveltyCache(tmp_path / f"f{fraction}.novelty", chunk_size=500, threads=2, scan_fraction=fraction)
+        cache.knn(ids[pool[:3000]], ArrayEmbeddings(x[pool[:3000]]), ids[lab], x[lab])
+        got[fraction] = cache.knn(ids[rest], ArrayEmbeddings(x[rest]), ids[more], x[more])
+    np.testing.assert_allclose(got[0.0], got[1.0], atol=1e-6)
+    np.testing.assert_allclose(got[0.0], exact_knn(x[rest], x[more]), atol=1e-6)
 
 
 def test_new_labels_on_the_approximate_index(tmp_path: Path, world: dict[str, np.ndarray]) -> None:
@@ -148,7 +167,7 @@ def test_workspace_rescore_and_select_reuse_the_cache(tmp_path: Path) -> None:
         store.add_annotation(int(ids[20]), "correct", LABELS[1], "qe")
         before = Counter(build_counts)
         select_next(settings, store, registry, 5, "knn")
-        assert built(before) == {"index_add": 1, "knn_update": 1}
+        assert built(before) == {"index_add": 1, "knn_update": 1, "knn_gather": 1}
         # the cached distances are the exact ones (a small labeled set is searched exactly)
         lab_ids, lab_emb, _ = labeled_reference(store, mv, emb)
         _, preds = store.predictions(mv.version)
