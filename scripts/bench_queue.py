@@ -26,7 +26,6 @@ import cProfile
 import json
 import os
 import pstats
-import resource
 import shutil
 import sys
 import time
@@ -38,26 +37,10 @@ import numpy as np
 from edge_al.api import create_app
 from edge_al.config import Settings, load_settings
 from edge_al.store import Store, open_store
+from export.tools.machine import cpu_line, cpu_seconds
 
 VERSION = "v0001"
 _BATCH = 100_000
-
-
-def _cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def _cpu() -> str:
-    name, flags = "unknown", set()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name") and name == "unknown":
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
-    return f"{name} ({', '.join(isa)}), {os.cpu_count()} cpus"
 
 
 def _labels(classes: int) -> list[str]:
@@ -127,13 +110,13 @@ def build(settings: Settings, data: Path, dim: int, labeled: int, seed: int) -> 
 def _step(name: str, fn: Any, profile: bool = False) -> tuple[dict[str, Any], Any]:
     load = os.getloadavg()[0]
     prof = cProfile.Profile() if profile else None
-    c0, t0 = _cpu_seconds(), time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     if prof:
         prof.enable()
     out = fn()
     if prof:
         prof.disable()
-    wall, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     r = {"step": name, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "load_avg_1min": [round(load, 2), round(os.getloadavg()[0], 2)]}
     print(json.dumps(r))
     if prof:
@@ -195,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     settings = load_settings(home=args.work / "home")
-    info: dict[str, Any] = {"cpu": _cpu(), "numpy": np.__version__, "dim": args.dim, "n": args.n, "strategy": args.strategy}
+    info: dict[str, Any] = {"cpu": cpu_line(), "numpy": np.__version__, "dim": args.dim, "n": args.n, "strategy": args.strategy}
     if not settings.db_path.exists():
         settings.home.mkdir(parents=True, exist_ok=True)
         info["built"] = build(settings, args.data, args.dim, args.labeled, args.seed)

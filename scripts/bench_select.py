@@ -38,6 +38,7 @@ from edge_al.acquisition import STRATEGIES, FileEmbeddings, select
 from edge_al.acquisition.cache import NoveltyCache, build_counts
 from edge_al.acquisition.index import EXACT_MAX_LABELED, NearestLabeled, exact_nearest
 from edge_al.acquisition.novelty import l2_normalize
+from export.tools.machine import cpu_line, cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository (docs/benchmarks, the working directory of servers)
 
@@ -112,24 +113,19 @@ def _load(workdir: Path, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return probs, labeled, labels, FileEmbeddings(workdir / "pool.f16", rows=probs.shape[0], dim=dim)
 
 
-def _cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def run_one(workdir: Path, strategy: str, n: int, chunk_size: int, dim: int) -> dict[str, object]:
     """One strategy, nothing cached."""
     probs, labeled, labels, source = _load(workdir, dim)
     rss_before = _current_rss_mb()
     load = os.getloadavg()[0]
-    c0, t0 = _cpu_seconds(), time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     sel = select(strategy, n, probs, source, labeled, labels, chunk_size=chunk_size)
     seconds = time.perf_counter() - t0
     predicted = probs[sel.indices].argmax(axis=1)
     return {
         "strategy": strategy,
         "seconds": round(seconds, 2),
-        "cpu_seconds": round(_cpu_seconds() - c0, 2),
+        "cpu_seconds": round(cpu_seconds() - c0, 2),
         "load_avg_1min": [round(load, 1), round(os.getloadavg()[0], 1)],
         "rss_before_mb": round(rss_before, 1),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
@@ -153,21 +149,21 @@ def run_cached(workdir: Path, n: int, chunk_size: int, dim: int) -> dict[str, ob
     for name, l_ids, lab in steps:
         counts = dict(build_counts)
         load = os.getloadavg()[0]
-        c0, t0 = _cpu_seconds(), time.perf_counter()
+        c0, t0 = cpu_seconds(), time.perf_counter()
         knn = cache.knn(ids, source, l_ids, lab)
         t_cache = time.perf_counter() - t0
         if name == "one_new_label":
             exclude[new_row] = True
         lab_labels = np.append(labels, probs.shape[1] - 1)[: lab.shape[0]]
         sel = select("knn", n, probs, source, lab, lab_labels, chunk_size=chunk_size, exclude=exclude, novelty={"knn": knn})
-        total, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+        total, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         # what /v1/queue runs by default: hybrid, with the cached k-NN and the cached k-means
-        c1, t1 = _cpu_seconds(), time.perf_counter()
+        c1, t1 = cpu_seconds(), time.perf_counter()
         hyb = select(
             "hybrid", n, probs, source, lab, lab_labels, chunk_size=chunk_size, exclude=exclude, novelty={"knn": knn},
             clusters=lambda k: cache.clusters(ids, source, k), typicality=cache.typicality(ids),
         )  # fmt: skip
-        t_hyb, cpu_hyb = time.perf_counter() - t1, _cpu_seconds() - c1
+        t_hyb, cpu_hyb = time.perf_counter() - t1, cpu_seconds() - c1
         built = {k: v - counts.get(k, 0) for k, v in build_counts.items() if v - counts.get(k, 0)}
         out[name] = {
             "knn_cache_seconds": round(t_cache, 2),
@@ -199,12 +195,12 @@ def run_exactness(workdir: Path, sample: int, dim: int) -> dict[str, object]:
     t0 = time.perf_counter()
     index = NearestLabeled.build(lab)
     t_build = time.perf_counter() - t0
-    c0, t0 = _cpu_seconds(), time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     sim, row = index.search(x)
-    t_ann, c_ann = time.perf_counter() - t0, _cpu_seconds() - c0
-    c0, t0 = _cpu_seconds(), time.perf_counter()
+    t_ann, c_ann = time.perf_counter() - t0, cpu_seconds() - c0
+    c0, t0 = cpu_seconds(), time.perf_counter()
     ex_sim, ex_row = exact_nearest(x, lab)
-    t_exact, c_exact = time.perf_counter() - t0, _cpu_seconds() - c0
+    t_exact, c_exact = time.perf_counter() - t0, cpu_seconds() - c0
     scale = len(source) / rows.size
     out: dict[str, object] = {
         "sample_rows": int(rows.size),
@@ -226,13 +222,13 @@ def run_exactness(workdir: Path, sample: int, dim: int) -> dict[str, object]:
     for m in sorted({1024, 2048, 4096, lab.shape[0]}):
         if m > lab.shape[0]:
             continue
-        c0 = _cpu_seconds()
+        c0 = cpu_seconds()
         exact_nearest(q, lab[:m])
-        ce = _cpu_seconds() - c0
+        ce = cpu_seconds() - c0
         ix = NearestLabeled.build(lab[:m], exact_max_labeled=0)
-        c0 = _cpu_seconds()
+        c0 = cpu_seconds()
         ix.search(q)
-        ch = _cpu_seconds() - c0
+        ch = cpu_seconds() - c0
         per_1k = 1000.0 / q.shape[0]
         crossover.append(
             {
@@ -254,9 +250,9 @@ def _probe_sweep(index: NearestLabeled, x: np.ndarray, ex_sim: np.ndarray, ex_ro
     rows = []
     for probe in (1, 2, 3, 4):
         index.probe = probe
-        c0 = _cpu_seconds()
+        c0 = cpu_seconds()
         sim, row = index.search(x)
-        cpu = _cpu_seconds() - c0
+        cpu = cpu_seconds() - c0
         rows.append({
             "nprobe": probe,
             "recall_at_1": round(float(np.mean((row == ex_row) | (np.abs(sim - ex_sim) <= 1e-6))), 4),
@@ -311,18 +307,6 @@ def bench_dim(args: argparse.Namespace, workdir: Path, dim: int) -> list[dict[st
     return results
 
 
-def _cpu() -> str:
-    name, flags = "unknown", set()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name") and name == "unknown":
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
-    return f"{name} ({', '.join(isa)}), {os.cpu_count()} cpus"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pool", type=int, default=1_000_000)
@@ -353,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_child(args)))
         return 0
 
-    machine = {"cpu": _cpu(), "numpy": np.__version__, "exact_max_labeled": EXACT_MAX_LABELED}
+    machine = {"cpu": cpu_line(), "numpy": np.__version__, "exact_max_labeled": EXACT_MAX_LABELED}
     print(f"{machine}, pool {args.pool}, labeled {args.labeled}, n {args.n}, chunk_size {args.chunk_size}")
     results: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="edge-al-bench-") as tmp:
