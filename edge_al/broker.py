@@ -12,25 +12,16 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit
 
+from .config import redact_url
 from .errors import InvalidInput, MissingDependency
 
-__all__ = ["BROKER_ERRORS", "make_huey", "redacted", "validate_redis_url"]
+__all__ = ["BROKER_ERRORS", "make_huey", "validate_redis_url"]
 
 HUEY_NAME = "edge-al"
 CONNECT_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 10.0  # above huey's 1 s blocking read
-
-
-def redacted(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and logs); never raises."""
-    parts = urlsplit(url)
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
 
 
 def _check_parts(url: str, parts: SplitResult) -> None:
@@ -54,7 +45,7 @@ def validate_redis_url(url: str) -> str:
     try:
         _check_parts(url, urlsplit(url))
     except ValueError as exc:
-        raise InvalidInput(f"EDGE_AL_HUEY_URL is not a usable Redis URL ({exc}): {redacted(url)!r}. {hint}") from None
+        raise InvalidInput(f"EDGE_AL_HUEY_URL is not a usable Redis URL ({exc}): {redact_url(url)!r}. {hint}") from None
     return url
 
 
@@ -91,5 +82,5 @@ def make_huey(url: str | None, home: Path) -> Any:
             url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S, health_check_interval=30
         )
     except ValueError as exc:
-        raise InvalidInput(f"EDGE_AL_HUEY_URL is not a usable Redis URL ({exc}): {redacted(url)!r}.") from None
+        raise InvalidInput(f"EDGE_AL_HUEY_URL is not a usable Redis URL ({exc}): {redact_url(url)!r}.") from None
     return RedisHuey(HUEY_NAME, connection_pool=pool, results=False, utc=True)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["ARCHS", "ARCH_IMAGE_SIZE", "DEFAULT_ARCH", "ENV_PREFIX", "PACKAGED_WEIGHTS", "Settings", "env_values", "load_settings"]
 
@@ -150,3 +151,14 @@ def _images_root(value: str | None) -> str | None:
     if not value or "://" in value:
         return value or None
     return str(Path(value).expanduser().resolve())
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for messages and logs (the store's
+    ``EDGE_AL_DB``, the broker's ``EDGE_AL_HUEY_URL``): ``postgresql://u:***@host/db``."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))

@@ -44,8 +44,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .broker import BROKER_ERRORS, make_huey, redacted
-from .config import Settings
+from .broker import BROKER_ERRORS, make_huey
+from .config import Settings, redact_url
 from .errors import BrokerUnavailable, Conflict, EdgeALError, InvalidInput, NotFound
 from .lifecycle import annotations_since_model, model_created_at
 from .registry import Registry
@@ -411,7 +411,7 @@ class JobManager:
         try:
             self.huey.enqueue(task)
         except BROKER_ERRORS as exc:
-            where = f"the Redis broker at {redacted(self.huey_url)}" if self.huey_url else "the job queue"
+            where = f"the Redis broker at {redact_url(self.huey_url)}" if self.huey_url else "the job queue"
             if keep_queued:
                 log.warning("job %s: %s did not answer (%s); it stays queued and a worker queues it again", job_id, where, exc)
                 return self.get(job_id)
@@ -661,7 +661,7 @@ def run_worker(settings: Settings, workers: int = 1, manager: JobManager | None 
     failed = mgr.recover()
     if failed:
         log.warning("took over %d job(s) of dead workers: %s", len(failed), failed)
-    where = redacted(mgr.huey_url) if mgr.huey_url else "jobs.sqlite3 in the workspace"
+    where = redact_url(mgr.huey_url) if mgr.huey_url else "jobs.sqlite3 in the workspace"
     log.warning("edge-al worker %s: %d thread(s), %s queue at %s", _worker_id(), workers, mgr.backend, where)
     stop_reaper = mgr.start_reaper()
     try:

@@ -17,10 +17,9 @@ from typing import Any
 
 import pytest
 
-from edge_al.config import Settings, load_settings
+from edge_al.config import Settings, load_settings, redact_url
 from edge_al.errors import Conflict, InvalidInput, StoreUnavailable
 from edge_al.store import Store, open_store
-from edge_al.store.backends import redact
 from edge_al.store.migrations import LATEST, schema_version
 
 pytestmark = pytest.mark.stores
@@ -164,7 +163,7 @@ def test_an_unreachable_server_is_store_unavailable_without_the_password() -> No
         ) as info:
             open_store(f"postgresql://edge:secret@127.0.0.1:{port}/edge_al")
     assert "secret" not in str(info.value) and "Check EDGE_AL_DB" in str(info.value)
-    assert redact("postgresql://u:pw@h:5/d") == "postgresql://u:***@h:5/d" and redact("postgresql://h/d") == "postgresql://h/d"
+    assert redact_url("postgresql://u:pw@h:5/d") == "postgresql://u:***@h:5/d" and redact_url("postgresql://h/d") == "postgresql://h/d"
 
 
 def test_the_cli_reports_a_bad_db_url_without_a_traceback(tmp_path: Path) -> None:

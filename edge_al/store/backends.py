@@ -22,11 +22,12 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from edge_al.config import redact_url
 from edge_al.errors import InvalidInput, MissingDependency, StoreUnavailable
 
-__all__ = ["POSTGRES_SCHEMES", "Backend", "Conn", "Cursor", "PostgresBackend", "Row", "SqliteBackend", "backend_for", "redact"]
+__all__ = ["POSTGRES_SCHEMES", "Backend", "Conn", "Cursor", "PostgresBackend", "Row", "SqliteBackend", "backend_for"]
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 # the one advisory-lock key every write transaction takes (any constant bigint; this one spells "edgeal")
@@ -129,15 +130,6 @@ class SqliteBackend:
         return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
-def redact(url: str) -> str:
-    """``url`` without its password (for messages and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 class PostgresBackend:
     """A PostgreSQL database by URL (``postgresql://user:password@host:port/dbname``)."""
 
@@ -159,14 +151,14 @@ class PostgresBackend:
         if parts.scheme not in POSTGRES_SCHEMES or not parts.path.strip("/"):
             raise InvalidInput(
                 f"EDGE_AL_DB must be a URL such as postgresql://user:password@host:5432/edge_al, with a database name. "
-                f"Got {redact(url)!r} instead."
+                f"Got {redact_url(url)!r} instead."
             )
         self.url = url
         self.connect_timeout = connect_timeout
         self._psycopg = _import_psycopg()
 
     def describe(self) -> str:
-        return f"PostgreSQL database {redact(self.url)}"
+        return f"PostgreSQL database {redact_url(self.url)}"
 
     def connect(self) -> Conn:
         psycopg = self._psycopg
