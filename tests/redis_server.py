@@ -16,13 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from export.tools.machine import free_port
+
 __all__ = ["RedisServer", "redis_server_or_skip", "start_redis"]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ping(port: int) -> bool:
@@ -76,7 +72,7 @@ def start_redis(folder: Path, port: int | None = None, timeout: float = 20.0) ->
         raise FileNotFoundError("redis-server is not installed (scripts/setup-redis.sh)")
     folder.mkdir(parents=True, exist_ok=True)
     for _ in range(5):  # a free port can be taken between the probe and the bind: try another
-        chosen = port or _free_port()
+        chosen = port or free_port()
         cmd = [exe, "--port", str(chosen), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         cmd += ["--dir", str(folder), "--logfile", str(folder / "redis.log"), "--daemonize", "no"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

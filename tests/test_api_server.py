@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from edge_al.api.auth import create_key
 from edge_al.config import Settings
 from edge_al.registry import Registry
 from edge_al.store import open_store
+from export.tools.machine import free_port
 from tests.api_support import LABELS, build_workspace
 from tests.helpers import publish_tiny
 
@@ -37,12 +37,6 @@ pytestmark = pytest.mark.stores
 
 ROOT = Path(__file__).resolve().parents[1]
 PEOPLE = ("alice", "bob", "carol", "dave")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -98,7 +92,7 @@ def _start(
     keys = {role: create_key(store, role, f"{role}-test")[1] for role in ("scorer", "annotator", "admin")}
     keys.update({who: create_key(store, "annotator", who)[1] for who in PEOPLE})  # one key per person
     store.close()
-    port = _free_port()
+    port = free_port()
     log = root / "server.log"
     cmd = [sys.executable, "-m", "edge_al", "--home", str(settings.home), "serve", "--port", str(port), "--threads", "8"]
     if with_worker:

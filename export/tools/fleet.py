@@ -29,7 +29,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +37,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .machine import free_port
 
 __all__ = ["Annotator", "Fleet", "RetrainMonitor", "check", "format_report", "run"]
 
@@ -59,12 +60,6 @@ BEGIN
 END $$;
 CREATE TRIGGER lease_audit AFTER INSERT OR UPDATE OR DELETE ON leases FOR EACH ROW EXECUTE FUNCTION lease_audit_log();
 """
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _sql(url: str, sql: str) -> list[tuple[Any, ...]]:
@@ -126,7 +121,7 @@ class Fleet:
             ]
             self._spawn(cmd, env, f"worker{i}")
         for i in range(self.api):
-            port = _free_port()
+            port = free_port()
             self._spawn(
                 [sys.executable, "-m", "edge_al", "--home", str(self.home), "serve", "--port", str(port), "--threads", "8"], env, f"api{i}"
             )

@@ -1,13 +1,14 @@
-"""What machine a benchmark ran on, in one line: the CPU model and the ISA features that matter for
-OpenVINO and numpy (from ``/proc/cpuinfo``; Linux). No heavy imports: benchmark children that
-measure their own memory use it too."""
+"""This machine, for benchmarks and the servers tests start: the CPU model and the ISA features that
+matter for OpenVINO and numpy (from ``/proc/cpuinfo``; Linux), CPU seconds, a free local port. No
+heavy imports: benchmark children that measure their own memory and stdlib-only helpers use it too."""
 
 from __future__ import annotations
 
 import os
 import resource
+import socket
 
-__all__ = ["ISA_FLAGS", "cpu_line", "cpu_seconds"]
+__all__ = ["ISA_FLAGS", "cpu_line", "cpu_seconds", "free_port"]
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
 
@@ -32,3 +33,10 @@ def cpu_seconds() -> float:
     """User + system CPU seconds of this process so far (for CPU-s next to wall seconds)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on at ``host`` right now (for a server a test or benchmark starts)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

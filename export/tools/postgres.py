@@ -17,12 +17,13 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from .machine import free_port
 
 __all__ = ["PostgresUnavailable", "TemporaryPostgres", "find_bindir"]
 
@@ -42,12 +43,6 @@ def find_bindir() -> Path:
     if not found:
         raise PostgresUnavailable("No PostgreSQL server binaries (initdb): run scripts/setup-postgres.sh (apt-get install postgresql-15).")
     return Path(found[-1]).parent
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class TemporaryPostgres:
@@ -75,7 +70,7 @@ class TemporaryPostgres:
         data = self.folder / "data"
         self._run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale"])
         for _attempt in range(5):  # a free port can be taken between the probe and the bind
-            self.port = _free_port()
+            self.port = free_port()
             if self._try_start(bindir, data):
                 return self
         raise PostgresUnavailable(f"PostgreSQL did not start: {self._log_tail()}")

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,17 +25,12 @@ from edge_al.config import Settings
 from edge_al.store import open_store
 
 from .fixtures import build_workspace
+from .machine import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 __all__ = ["Proc", "central_shas", "free_port", "new_images", "start_box", "start_central", "wait_for"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float = 60.0, every: float = 0.05) -> T:
