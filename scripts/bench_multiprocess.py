@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from export.tools.fleet import Fleet, format_report, run
+from export.tools.machine import cpu_line
 from export.tools.postgres import TemporaryPostgres
 
 
@@ -47,16 +48,8 @@ def _args() -> argparse.Namespace:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{os.cpu_count()} vCPUs, {cpu}; Python {platform.python_version()}; load average {load:.1f} at the end"
+    return f"{cpu_line()}; Python {platform.python_version()}; load average {load:.1f} at the end"
 
 
 def _write(out: Path, args: argparse.Namespace, report: dict[str, Any], text: str, server: str) -> None:
