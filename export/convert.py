@@ -57,7 +57,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise MissingDependency(f"Export needs openvino, nncf and torch ({exc}): install edge-al[train].") from exc
 
-from .gates import int8_gates, int8_line, parity_gate, val_metrics
+from .gates import int8_gates, int8_line, parity_gate, val_metrics, val_predictions
 from .quantize import nncf_output, quantization_settings, quantize_int8, quantize_with_accuracy_control
 from .quantize import quiet as _quiet
 
@@ -241,6 +241,7 @@ class _Reference:
     f32: Engine
     probs: np.ndarray
     emb: np.ndarray
+    val_pred: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # top-1 on the validation images
 
 
 @dataclass
@@ -323,7 +324,8 @@ def _build_and_publish(b: _Build) -> tuple[ModelVersion, dict[str, Any]]:
                      "gates": {}, "fallback": False, "warnings": []})  # fmt: skip
     ref = _head_reference(b) if b.backbone is not None else _onnx_reference(b)  # 1-2. the FP32 reference IR, checked against torch
     _check_parity(b)
-    fp32_val = val_metrics(ref.f32, b.val_images, b.val_labels)
+    ref.val_pred = val_predictions(ref.f32, b.val_images)
+    fp32_val = val_metrics(ref.f32, b.val_images, b.val_labels, ref.val_pred)
     b.report["metrics"] = {"torch": b.checkpoint.get("val_metrics", {}), "fp32": fp32_val}
     choice = _choose_precision(b, ref, fp32_val)  # 3. INT8 and its gates, or the fallback
     b.report["precision"] = choice.precision
@@ -436,7 +438,7 @@ def _int8_attempts(
     t = time.time()
     with nncf_output(b.progress):
         candidate = _int8_candidate(b, ref.model, qsettings)
-    agreement, accuracy, metrics = int8_gates(b.engine(candidate), ref.probs, fp32_val, b.sample_images, b.val_images,
+    agreement, accuracy, metrics = int8_gates(b.engine(candidate), ref.probs, fp32_val, ref.val_pred, b.sample_images, b.val_images,
                                               b.val_labels, b.min_agreement, b.max_drop)  # fmt: skip
     attempts.append({"method": "quantize", "int8_agreement": agreement, "int8_accuracy": accuracy, "metrics": metrics})
     b.timings["int8_s"] = time.time() - t
@@ -449,7 +451,7 @@ def _int8_attempts(
                 calib_ref, _ = ref.f32.infer(calib)
                 with nncf_output(b.progress):
                     candidate = quantize_with_accuracy_control(ref.model, calib, calib_ref.argmax(1), qsettings, b.min_agreement)
-                agreement, accuracy, metrics = int8_gates(b.engine(candidate), ref.probs, fp32_val, b.sample_images,
+                agreement, accuracy, metrics = int8_gates(b.engine(candidate), ref.probs, fp32_val, ref.val_pred, b.sample_images,
                                                           b.val_images, b.val_labels, b.min_agreement, b.max_drop)  # fmt: skip
                 attempts.append({"method": "quantize_with_accuracy_control", "int8_agreement": agreement,
                                  "int8_accuracy": accuracy, "metrics": metrics})  # fmt: skip

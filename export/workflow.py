@@ -37,6 +37,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _SPLIT_SALT = b"edge-al/val-split/1:"
+# Pool samples (a fixed-seed draw) whose frozen features give a head's standardization statistics.
+HEAD_STATS_SAMPLES = 1000
 MIN_LABELED = 4
 
 
@@ -222,8 +224,11 @@ def _train_head_from_store(
     from .train import train_head
 
     backbone = workspace_backbone(settings, store, arch, size)
+    pool = store.sample_ids()
+    stats_ids = np.random.default_rng(0).choice(pool, size=min(HEAD_STATS_SAMPLES, len(pool)), replace=False) if len(pool) else pool
     with FeatureCache(settings, backbone) as cache:
         feats, loaded = cache.get(store, ids)
+        pool_feats, _ = cache.get(store, np.asarray(stats_ids, dtype=np.int64))  # the head's standardization (cached)
     if len(loaded) < len(ids):
         log.warning("skipping %d labeled sample(s) whose image could not be loaded", len(ids) - len(loaded))
     name_of = dict(zip(ids.tolist(), names, strict=True))
@@ -240,7 +245,7 @@ def _train_head_from_store(
     sha_list = [shas[int(i)] for i in loaded]
     val_mask = val_mask_for(sha_list, labels.tolist(), val_fraction)
     result = train_head(feats, labels, label_names, arch=arch, image_size=size, backbone_id=backbone.id,
-                        val_mask=val_mask, seed=seed, balance="none" if balance == "none" else "loss")  # fmt: skip
+                        val_mask=val_mask, seed=seed, balance="none" if balance == "none" else "loss", pool_features=pool_feats)  # fmt: skip
     ck = result.checkpoint
     _record_split(ck, loaded, labels, val_mask, training_fingerprint(sha_list, loaded_names), None)
     path = Path(out) if out else settings.checkpoints_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{arch}-head-{ck['train_fingerprint'][:8]}.pt"

@@ -46,7 +46,7 @@ def test_demo_runs_the_main_job_and_resumes(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_demo_default_publishes_int8_with_every_gate_passed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """What `./scripts/demo` runs, as it runs it (the default head on EfficientNet-Lite0 at 224 px)."""
+    """What `./scripts/demo` runs, as it runs it (the default head on EfficientNet-Lite0 at 320 px)."""
     assert main(["--home", str(tmp_path / "home"), "-q", "demo", "-n", "3"]) == 0
     captured = capsys.readouterr()
     line = next(x for x in captured.out.splitlines() if x.startswith("[4/6]"))

@@ -34,9 +34,11 @@ def test_int8_line_names_the_figure_the_gate_decides_on() -> None:
                  "agreement_floor": 0.9}  # fmt: skip
     from export.gates import int8_line
 
-    line = int8_line("quantize", agreement, {"passed": True, "accuracy_drop": 0.0, "max_drop": 0.01})
+    accuracy = {"passed": True, "accuracy_drop": 0.05, "max_drop": 0.01, "lost": 2, "won": 0, "n": 40, "sign_test_p": 0.25, "alpha": 0.05}
+    line = int8_line("quantize", agreement, accuracy)
     # was "agreement pass 0.9000 (min 0.99)": a pass below its own minimum
     assert "1.0000 on the 120 images FP32 is decided about (min 0.99)" in line and "0.9000 on all (min 0.9)" in line
+    assert "drop=+0.0500 (max 0.01; 2 lost, 0 won of 40, sign test p=0.250" in line
 
 
 def test_cli_shows_a_warning_once_as_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

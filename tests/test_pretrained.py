@@ -20,7 +20,7 @@ from edge_al.selection import select_next
 from export import efficientnet_lite
 from export.convert import ExportGateWarning
 from export.efficientnet_lite import EfficientNetLite, imagenet_weights_file, load_imagenet
-from export.train import build_model, fit_linear_head, load_checkpoint, predict
+from export.train import build_model, feature_stats, fit_linear_head, load_checkpoint, predict
 from export.workflow import export_from_store, train_from_store
 from tests.helpers import write_digit_images
 
@@ -68,6 +68,27 @@ def test_linear_head_fits_separable_features_and_weighs_classes() -> None:
     assert b[2] < -1e3  # a class with no samples is never predicted
     w2, b2 = fit_linear_head(x, y, 3)
     assert np.array_equal(w, w2) and np.array_equal(b, b2)
+
+
+def test_linear_head_standardizes_features_and_folds_it_into_raw_weights() -> None:
+    """The head is fitted on standardized features (a feature's units do not set its weight) and
+    returned for raw ones: rescaling a feature leaves every logit unchanged."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (120, 6))
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int64) + (x[:, 2] > 1).astype(np.int64)
+    scale = np.array([1000.0, 0.1, 1.0, 50.0, 1.0, 0.2])  # spreads above the floor (MIN_SPREAD x median)
+    w, b = fit_linear_head(x.astype(np.float32), y, 3)
+    ws, bs = fit_linear_head((x * scale).astype(np.float32), y, 3)
+    np.testing.assert_allclose(x @ w.T + b, (x * scale) @ ws.T + bs, rtol=1e-3, atol=1e-3)
+    # the pool's statistics, when given, are what the standardization uses
+    stats = feature_stats(x * 2.0 + 5.0)
+    wp, bp = fit_linear_head(x.astype(np.float32), y, 3, stats=stats)
+    assert not np.allclose(wp, w)
+    # a feature constant over the reference samples is not blown up by its zero spread
+    xc = x.copy()
+    xc[:, 5] = 0.0
+    wc, _ = fit_linear_head(xc.astype(np.float32), y, 3)
+    assert np.all(np.isfinite(wc)) and np.abs(wc[:, 5]).max() <= np.abs(wc[:, :5]).max()
 
 
 @pytest.fixture

@@ -151,6 +151,7 @@ def test_simulation_end_to_end_on_a_tiny_digits_pool(tmp_path: Path) -> None:
     for name in ("points.csv", "results.json", "curves.png", "rarest.png", "summary.md"):
         assert (out / name).stat().st_size > 0, name
     assert not (out / "work").exists()
+    assert "- INT8 gates over " in (out / "summary.md").read_text()
 
     points = results["points"]
     assert len(points) == 3 * 2 * 3  # (strategies + the cold-start row) x seeds x (round 0 + 2 rounds)
@@ -160,6 +161,9 @@ def test_simulation_end_to_end_on_a_tiny_digits_pool(tmp_path: Path) -> None:
             assert math.isfinite(p[key]) and 0.0 <= p[key] <= 1.0, (key, p)
         assert p["precision"] in ("int8", "fp32", "fp16")
         assert sum(p["labeled_counts"].values()) == p["labels"]
+        g = p["int8_gates"]  # what decided the precision, per round
+        assert (p["precision"] == "int8") == bool(g["agreement_passed"] and g["accuracy_passed"]), (p["precision"], g)
+        assert g["val_n"] >= 1 and g["lost"] + g["won"] <= g["val_n"] and 0.0 < g["sign_test_p"] <= 1.0
     for strategy in ("random", "hybrid", COLD_ROW):
         for seed in (0, 1):
             rounds = sorted(p["round"] for p in points if p["strategy"] == strategy and p["seed"] == seed)

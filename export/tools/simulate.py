@@ -308,6 +308,20 @@ class RoundResult:
     precision: str
     fallback: bool
     timings: dict[str, float]
+    gates: dict[str, Any] = field(default_factory=dict)  # the INT8 gates' figures (_gate_figures)
+
+
+def _gate_figures(report: dict[str, Any]) -> dict[str, Any]:
+    """What decided INT8 or the fallback: each INT8 gate's verdict and the figures behind it."""
+    gates = report.get("gates", {})
+    agree, acc = gates.get("int8_agreement", {}), gates.get("int8_accuracy", {})
+    return {
+        "agreement_passed": agree.get("passed"), "agreement": agree.get("top1_agreement"),
+        "confident_agreement": agree.get("confident_agreement"), "confident_n": agree.get("confident_n"),
+        "accuracy_passed": acc.get("passed"), "accuracy_passed_plain_rule": acc.get("passed_plain_rule"),
+        "val_n": acc.get("n"), "accuracy_drop": acc.get("accuracy_drop"), "lost": acc.get("lost"), "won": acc.get("won"),
+        "sign_test_p": acc.get("sign_test_p"),
+    }  # fmt: skip
 
 
 def _train_export_score(
@@ -339,7 +353,7 @@ def _train_export_score(
         t = time.perf_counter()
         score_pool(ws.settings, ws.store, ws.registry, device=cfg.device)
         timings["score_s"] = time.perf_counter() - t
-    return RoundResult(mv.version, str(mv.meta.get("precision", "?")), bool(report.get("fallback")), timings)
+    return RoundResult(mv.version, str(mv.meta.get("precision", "?")), bool(report.get("fallback")), timings, _gate_figures(report))
 
 
 def _evaluate(mv: ModelVersion, images: np.ndarray, truth: np.ndarray, classes: list[str], device: str) -> dict[str, Any]:
@@ -423,16 +437,23 @@ def _feature_baselines(
     features: np.ndarray, pool_ids: np.ndarray, oracle: dict[int, str], test_features: np.ndarray, test_truth: np.ndarray,
     classes: list[str], cfg: SimConfig,
 ) -> dict[str, Any]:  # fmt: skip
-    """scikit-learn LogisticRegression (class_weight balanced) on the frozen FP32 features: every pool
-    label, and random draws of the run's final label count (one per seed). The yardstick the issue
-    names; the rows above are the same idea through the whole product path (INT8, gates, rounds)."""
+    """scikit-learn LogisticRegression (class_weight balanced) on the frozen FP32 features, standardized
+    over the pool: every pool label, and random draws of the run's final label count (one per seed).
+    The yardstick the issue names, fitted by another implementation with the head's regularisation
+    (C = 1 / (2 HEAD_ALPHA n)); the rows above are the same idea through the whole product path
+    (INT8, gates, rounds)."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from export.train import HEAD_ALPHA
 
     y = np.array([classes.index(oracle[int(i)]) for i in pool_ids])
+    scaler = StandardScaler().fit(features)
 
     def fit_score(idx: np.ndarray) -> float:
-        m = LogisticRegression(C=0.05, max_iter=3000, class_weight="balanced").fit(features[idx], y[idx])
-        pred = m.predict(test_features)
+        c = 1.0 / (2.0 * HEAD_ALPHA * len(idx))
+        m = LogisticRegression(C=c, max_iter=3000, class_weight="balanced").fit(scaler.transform(features[idx]), y[idx])
+        pred = m.predict(scaler.transform(test_features))
         return balanced_accuracy(test_truth, pred)
 
     budget = cfg.initial + cfg.rounds * cfg.batch
@@ -445,7 +466,8 @@ def _feature_baselines(
                 break
         draws.append(fit_score(idx))
     return {
-        "method": "sklearn LogisticRegression(C=0.05, class_weight='balanced') on frozen FP32 backbone features",
+        "method": f"sklearn StandardScaler (pool) + LogisticRegression(C=1/(2*{HEAD_ALPHA:g}*n), class_weight='balanced') "
+                  "on frozen FP32 backbone features",
         "all_labels": {"labels": len(y), "balanced_accuracy": fit_score(np.arange(len(y)))},
         "random": {"labels": int(min(budget, len(y))), "balanced_accuracy": float(np.mean(draws)),
                    "balanced_accuracy_sd": float(np.std(draws)), "per_seed": draws},
@@ -547,7 +569,7 @@ class _Simulation:
             "accuracy": metrics["accuracy"], "balanced_accuracy": metrics["balanced_accuracy"],
             "rarest_recall": metrics["recall"].get(rarest, float("nan")), "rarest_labeled": counts.get(rarest, 0),
             "classes_labeled": len(counts), "labeled_counts": counts, "recall": metrics["recall"],
-            "version": res.version, "precision": res.precision, "int8_fallback": res.fallback,
+            "version": res.version, "precision": res.precision, "int8_fallback": res.fallback, "int8_gates": res.gates,
             "select_s": round(sel_s, 3), **{k: round(v, 3) for k, v in res.timings.items()},
         })  # fmt: skip
         self.precisions[res.precision] = self.precisions.get(res.precision, 0) + 1
@@ -941,10 +963,33 @@ def _summary_header(results: dict[str, Any]) -> list[str]:
         + f"; export with INT8 gates, calibration {cfg['calibration_size']} pool images. Published precisions: "
         + ", ".join(f"{k} {v}" for k, v in sorted(results["precisions"].items()))
         + ".",
+        *_gate_lines(results["points"]),
         f"- Wall time: {results['elapsed_s'] / 60:.1f} min.",
         "",
     ]
     return lines
+
+
+def _gate_lines(points: list[dict[str, Any]]) -> list[str]:
+    """Why round models fell back to FP32, and what the accuracy gate's sign test changed."""
+    rounds = {(p["strategy"], p["seed"], p["round"]): p for p in points if p.get("int8_gates")}.values()  # round 0 is shared
+    gates = [p["int8_gates"] for p in rounds]
+    if not gates:
+        return []
+    fell = [g for g in gates if not (g["agreement_passed"] and g["accuracy_passed"])]
+    rescued = [g for g in gates if g["accuracy_passed"] and g["accuracy_passed_plain_rule"] is False]
+    n_val = sorted(g["val_n"] for g in gates if g["val_n"] is not None)
+    pairs = ", ".join(f"{g['lost']}-{g['won']}" for g in rescued[:12]) + ("..." if len(rescued) > 12 else "")
+    return (
+        [
+            f"- INT8 gates over {len(gates)} round models: {len(gates) - len(fell)} passed both; fallbacks: "
+            f"{sum(not g['agreement_passed'] for g in fell)} on agreement, {sum(not g['accuracy_passed'] for g in fell)} on accuracy. "
+            f"Validation images per round {n_val[0]} to {n_val[-1]}; the accuracy gate passed {len(rescued)} models whose drop "
+            f"exceeded max_drop without evidence of a loss (sign test p >= 0.05; lost-won of those: {pairs or 'none'})."
+        ]
+        if n_val
+        else [f"- INT8 gates over {len(gates)} round models: {len(gates) - len(fell)} passed both."]
+    )
 
 
 def _summary_tables(results: dict[str, Any]) -> list[str]:

@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
     p.add_argument("--test-fraction", type=float, default=0.3, help="share of each class's groups held out (default 0.3)")
     p.add_argument("--split-seed", type=int, default=0, help="the pool/test split (fixed across seeds; default 0)")
     p.add_argument(
-        "--image-size", type=positive_int, default=None, help="model input size (default: the architecture's, 224 for efficientnet_lite0)"
+        "--image-size", type=positive_int, default=None, help="model input size (default: the architecture's, 320 for efficientnet_lite0)"
     )
     p.add_argument("--epochs", type=positive_int, default=10, help="epochs of the round-0 model and the reference")
     p.add_argument("--warm-epochs", type=positive_int, default=None, help="epochs of warm-started rounds (default: --epochs)")

@@ -26,7 +26,9 @@ def _register_demo(sub: Any) -> None:
     # The default: a linear head on EfficientNet-Lite0's frozen ImageNet features, seconds to train.
     p.add_argument("--per-class", type=positive_int, default=5, help="seed labels per class (default 5)")
     p.add_argument("--epochs", type=positive_int, default=15, help="epochs when fine-tuning (--mode finetune; default 15)")
-    p.add_argument("--image-size", type=positive_int, default=None, help="model input size (default: the architecture's, 224)")
+    p.add_argument(
+        "--image-size", type=positive_int, default=None, help="model input size (default: the architecture's, 320 for efficientnet_lite0)"
+    )
     p.add_argument("--mode", choices=["auto", "head", "finetune"], default=None, help="training mode (default auto: head)")
     p.add_argument("-n", type=positive_int, default=10, help="how many next-to-annotate samples to print (default 10)")
     p.set_defaults(func=cmd_demo)
