@@ -534,7 +534,9 @@ def _add_core_verbs(sub: Any) -> None:
 
     p = sub.add_parser("embed", help="embed the pool with the pretrained backbone: a cold-start selection before any label")
     p.add_argument("--arch", default=DEFAULT_ARCH, choices=list(PACKAGED_WEIGHTS), help="backbone")
-    p.add_argument("--image-size", type=positive_int, default=None, help="input size (default: the architecture's, 320 for efficientnet_lite0)")
+    p.add_argument(
+        "--image-size", type=positive_int, default=None, help="input size (default: the architecture's, 320 for efficientnet_lite0)"
+    )
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("select", help="print the ranked next-to-annotate list")

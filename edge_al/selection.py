@@ -127,7 +127,9 @@ def select_next(
                 predicted=label_name(labels, k),
                 confidence=float(p[k]),
                 score=float(sel.score[rank]),
-                components={name: float(v[rank]) for name, v in sel.components.items()},
+                components={
+                    name: float(v[rank]) for name, v in sel.components.items() if np.isfinite(v[rank])
+                },  # NaN: not a figure of this pick
                 probs={label_name(labels, i): float(p[i]) for i in range(len(p))},
             )
         )
@@ -183,7 +185,9 @@ def cold_start(
             predicted="",
             confidence=0.0,
             score=float(sel.score[rank]),
-            components={name: float(v[rank]) for name, v in sel.components.items()},
+            components={
+                name: float(v[rank]) for name, v in sel.components.items() if np.isfinite(v[rank])
+            },  # NaN: not a figure of this pick
             reason={
                 "code": "cold-start typical",
                 "codes": ["cold-start typical"],

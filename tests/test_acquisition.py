@@ -410,3 +410,35 @@ def test_hybrid_coverage_weighs_uncertainty_by_the_models_confidence() -> None:
     assert mode[typical.indices[0]] == 1 and typical.indices[0] != edge
     with pytest.raises(ValueError, match="uncertainty_weight"):
         select("hybrid", 1, probs, *args, uncertainty_weight=1.5)
+
+
+def test_hybrid_moves_from_coverage_to_margin_as_labels_grow() -> None:
+    """Budget-aware: a share max(0, 1 - M / (coverage_per_class * C)) of the batch from coverage,
+    the rest the most uncertain by margin."""
+    from edge_al.acquisition.strategies import Hybrid
+
+    pool, mode = _three_modes()
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet([1.0, 1.0], len(pool)).astype(np.float32)
+    margin_order = select("margin", 6, probs, pool, pool[:0], np.zeros(0, np.int64)).indices
+
+    def labeled(m: int) -> tuple[np.ndarray, np.ndarray]:
+        return pool[mode == 0][:m] + 0.01, np.zeros(m, np.int64)
+
+    assert Hybrid.coverage_share(4, 2, 15) == pytest.approx(1 - 4 / 30)
+    assert Hybrid.coverage_share(40, 2, 15) == 0.0 and Hybrid.coverage_share(40, 2, None) == 1.0
+    # few labels (2 of 2 x 15): the whole batch from coverage, as with coverage_per_class=None
+    few = select("hybrid", 6, probs, pool, *labeled(2))
+    assert few.indices.tolist() == select("hybrid", 6, probs, pool, *labeled(2), coverage_per_class=None).indices.tolist()
+    # 30 labels = 15 per class: margin's picks, in margin's order
+    many = select("hybrid", 6, probs, pool, *labeled(30))
+    assert many.indices.tolist() == margin_order.tolist()
+    # 15 labels: half and half, coverage's picks first, no pick twice
+    half = select("hybrid", 6, probs, pool, *labeled(15))
+    cover = select("hybrid", 3, probs, pool, *labeled(15), coverage_per_class=None).indices
+    assert half.indices[:3].tolist() == cover.tolist() and len(set(half.indices.tolist())) == 6
+    by_margin = select("margin", 12, probs, pool, pool[:0], np.zeros(0, np.int64)).indices.tolist()
+    assert half.indices[3:].tolist() == [i for i in by_margin if i not in set(cover.tolist())][:3]
+    assert np.isfinite(half.components["cluster_size"][:3]).all() and np.isnan(half.components["cluster_size"][3:]).all()
+    with pytest.raises(ValueError, match="coverage_per_class"):
+        select("hybrid", 1, probs, pool, *labeled(2), coverage_per_class=-1)

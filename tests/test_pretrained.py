@@ -82,7 +82,7 @@ def test_linear_head_standardizes_features_and_folds_it_into_raw_weights() -> No
     np.testing.assert_allclose(x @ w.T + b, (x * scale) @ ws.T + bs, rtol=1e-3, atol=1e-3)
     # the pool's statistics, when given, are what the standardization uses
     stats = feature_stats(x * 2.0 + 5.0)
-    wp, bp = fit_linear_head(x.astype(np.float32), y, 3, stats=stats)
+    wp, _ = fit_linear_head(x.astype(np.float32), y, 3, stats=stats)
     assert not np.allclose(wp, w)
     # a feature constant over the reference samples is not blown up by its zero spread
     xc = x.copy()
