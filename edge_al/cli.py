@@ -487,7 +487,7 @@ def _add_train_args(p: argparse.ArgumentParser, retrain: bool = False) -> None:
         "auto (default): head where pretrained weights are packaged",
     )
     p.add_argument("--image-size", type=positive_int, default=None,
-                   help=f"square model input size in pixels (default 224 for efficientnet_lite0, 128 otherwise{keep})")  # fmt: skip
+                   help=f"square model input size in pixels (default 320 for efficientnet_lite0, 128 otherwise{keep})")  # fmt: skip
     if retrain:
         p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: train's, 15)")
         p.add_argument("--batch-size", type=positive_int, default=None, help="training batch size (default: train's, 32)")

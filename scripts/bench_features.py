@@ -13,11 +13,14 @@ splits (30% of each class's groups held out, ``export.tools.simulate.split_datas
 - ``s5+head``: both, concatenated;
 
 for images squashed to ``size x size`` (what edge-al does) and resized with their aspect ratio kept
-(short side ``size``, pooled over whatever grid that gives). Images go through edge-al's own decode
+(short side ``size``, pooled over whatever grid that gives); ``--size`` takes several sizes. Images go through edge-al's own decode
 and resize (``edge_al.images``) and ``export.train.to_tensor``. Prints a table; ``--out`` writes JSON.
 
     .venv/bin/python scripts/bench_features.py --data ../shared/datasets/magnetic_tile \\
         --groups ../shared/datasets/magnetic_tile/groups.csv --splits 5 --out docs/benchmarks/features.json
+    .venv/bin/python scripts/bench_features.py --data ../shared/datasets/magnetic_tile \
+        --groups ../shared/datasets/magnetic_tile/groups.csv --splits 5 --size 224 256 288 320 384 448 --squash-only \
+        --c 0.005 0.05 --out docs/benchmarks/features-sizes.json
 """
 
 from __future__ import annotations
@@ -96,7 +99,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="a folder with one sub-folder per class")
     ap.add_argument("--groups", type=Path, help="CSV class,filename,group (near-duplicates stay on one side)")
     ap.add_argument("--splits", type=int, default=5, help="group splits (split seeds 0..N-1)")
-    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--size", type=int, nargs="+", default=[224], help="input sizes to try (one run each)")
+    ap.add_argument("--squash-only", action="store_true", help="skip the aspect-kept resize (one image per forward: slow)")
     ap.add_argument("--c", type=float, nargs="+", default=[0.005, 0.05], help="inverse regularisation strengths to try")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path)
@@ -112,16 +116,16 @@ def main() -> None:
         s = split_dataset(items, groups, 0.3, seed)
         splits.append((np.array([index[p] for p, _ in s.pool]), np.array([index[p] for p, _ in s.test])))
     rows = []
-    for keep_aspect in (False, True):
+    for size, keep_aspect in [(s, k) for s in args.size for k in ((False,) if args.squash_only else (False, True))]:
         t = time.time()
-        feats = features([p for p, _ in items], args.size, keep_aspect)
-        resize = f"short side {args.size}, aspect kept" if keep_aspect else f"{args.size}x{args.size}"
+        feats = features([p for p, _ in items], size, keep_aspect)
+        resize = f"short side {size}, aspect kept" if keep_aspect else f"{size}x{size}"
         print(f"features ({resize}) of {len(items)} images: {time.time() - t:.0f} s", flush=True)
         for variant in VARIANTS:
             x = np.concatenate([feats[k] for k in variant.split("+")], axis=1)
             for c in args.c:
                 bas = score(x, y, splits, c)
-                rows.append({"resize": resize, "features": variant, "dim": int(x.shape[1]), "C": c,
+                rows.append({"size": size, "resize": resize, "features": variant, "dim": int(x.shape[1]), "C": c,
                              "mean": float(np.mean(bas)), "sd": float(np.std(bas, ddof=1)) if len(bas) > 1 else 0.0,
                              "split0": bas[0], "per_split": bas})  # fmt: skip
                 r = rows[-1]

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Tune selection strategies in seconds: an active-learning loop on cached frozen features.
+
+`edge-al simulate` runs every round through the whole product (train, export with INT8 gates,
+promote, score the pool): the proof, at ~7 s a round. This script keeps only what decides which
+samples get labeled and how good the next model is: the workspace head (``export.train.
+fit_linear_head``, standardized with the pool's statistics, as ``train_from_store`` does) on
+frozen EfficientNet-Lite0 features, and ``edge_al.acquisition.select`` on its probabilities and
+the features; a round takes milliseconds, so strategies and their parameters can be compared over
+many seeds and several group splits before a `simulate` run confirms the winner.
+
+The features are computed once (torch, FP32, images through edge-al's decode and squash resize)
+and kept in ``--cache``. Each strategy is ``name`` or ``label=name:{json params}``::
+
+    .venv/bin/python scripts/sim_features.py --data ../shared/datasets/magnetic_tile \\
+        --groups ../shared/datasets/magnetic_tile/groups.csv --size 320 --splits 0 --seeds 5 \\
+        --strategy random --strategy margin --strategy hybrid \\
+        --strategy 'coverage=hybrid:{"coverage_per_class": null}'
+
+Prints, per strategy, the mean balanced accuracy at each budget, the area under that curve
+(mean over budgets) and the final figure with its standard error over seeds x splits. The
+initial set of a (split, seed) is one uniform draw shared by every strategy (paired).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge_al.acquisition import select
+from edge_al.images import decode, resize_to
+from edge_al.lifecycle import balanced_accuracy
+from export.efficientnet_lite import efficientnet_lite, load_imagenet
+from export.tools.machine import cpu_line
+from export.tools.simulate import read_dataset, read_groups, split_dataset
+from export.train import feature_stats, fit_linear_head, to_tensor
+
+
+@torch.no_grad()
+def frozen_features(paths: list[Path], size: int, batch: int = 32) -> np.ndarray:
+    """float32 [N, 1280]: EfficientNet-Lite0's pooled embedding (what edge-al's backbone gives)."""
+    net = efficientnet_lite("efficientnet_lite0")
+    load_imagenet(net, "efficientnet_lite0")
+    net.eval()
+    out = []
+    for i in range(0, len(paths), batch):
+        x = torch.cat([to_tensor(resize_to(decode(p.read_bytes()), (size, size))[None]) for p in paths[i : i + batch]])
+        x = net.act(net._bn0(net._conv_stem(x)))
+        for block in net._blocks:
+            x = block(x)
+        out.append(net.act(net._bn1(net._conv_head(x))).mean((2, 3)).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def parse_strategy(text: str) -> tuple[str, str, dict]:
+    """``name`` or ``label=name:{json}`` -> (label, strategy name, params)."""
+    head, has_params, params = text.partition(":")
+    label, has_label, name = head.partition("=")
+    return label, name if has_label else label, json.loads(params) if has_params else {}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+
+def run_loop(x: np.ndarray, y: np.ndarray, pool: np.ndarray, test: np.ndarray, init: np.ndarray, strategy: str, params: dict,
+             batch: int, rounds: int, seed: int) -> list[float]:  # fmt: skip
+    """Balanced accuracy on ``test`` after each round (round 0 = the initial set)."""
+    classes = int(y.max()) + 1
+    stats = feature_stats(x[pool])
+    labeled = [int(i) for i in init]
+    curve = []
+    for rnd in range(rounds + 1):
+        w, b = fit_linear_head(x[pool[labeled]], y[pool[labeled]], classes, stats=stats)
+        curve.append(balanced_accuracy(y[test], (x[test] @ w.T + b).argmax(1)))
+        if rnd == rounds:
+            break
+        rest = np.setdiff1d(np.arange(len(pool)), labeled)
+        probs = softmax(x[pool[rest]] @ w.T + b)
+        sel = select(strategy, batch, probs, x[pool[rest]], x[pool[labeled]], y[pool[labeled]], num_classes=classes,
+                     seed=seed * 1000 + rnd, **params)  # fmt: skip
+        labeled += [int(rest[i]) for i in sel.indices]
+    return curve
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True, help="a folder with one sub-folder per class")
+    ap.add_argument("--groups", type=Path, help="CSV class,filename,group (near-duplicates stay on one side)")
+    ap.add_argument("--size", type=int, default=320)
+    ap.add_argument("--cache", type=Path, help="features file (.npz; computed and written when missing)")
+    ap.add_argument("--splits", default="0", help="comma-separated split seeds (30%% of each class's groups held out)")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--initial", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--strategy", action="append", default=[], help="name or label=name:{json params}; repeat")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    items = read_dataset(args.data)
+    classes = sorted({c for _, c in items})
+    y = np.array([classes.index(c) for _, c in items])
+    if args.cache and args.cache.is_file():
+        x = np.load(args.cache)["x"]
+    else:
+        t = time.time()
+        x = frozen_features([p for p, _ in items], args.size)
+        print(f"features of {len(items)} images at {args.size} px: {time.time() - t:.0f} s", flush=True)
+        if args.cache:
+            np.savez(args.cache, x=x)
+    groups = read_groups(args.groups) if args.groups else None
+    index = {p: i for i, (p, _) in enumerate(items)}
+    strategies = [parse_strategy(s) for s in (args.strategy or ["random", "margin", "hybrid"])]
+    curves: dict[str, list[list[float]]] = {label: [] for label, _, _ in strategies}
+    t = time.time()
+    for split_seed in [int(s) for s in args.splits.split(",")]:
+        split = split_dataset(items, groups, 0.3, split_seed)
+        pool = np.array([index[p] for p, _ in split.pool])
+        test = np.array([index[p] for p, _ in split.test])
+        for seed in range(args.seeds):
+            rng = np.random.default_rng([seed, split_seed])
+            init = rng.choice(len(pool), args.initial, replace=False)
+            while len(np.unique(y[pool[init]])) < 2:
+                init = rng.choice(len(pool), args.initial, replace=False)
+            for label, name, params in strategies:
+                curves[label].append(run_loop(x, y, pool, test, init, name, params, args.batch, args.rounds, seed))
+    budgets = [args.initial + r * args.batch for r in range(args.rounds + 1)]
+    print(f"{args.data.name}, {args.size} px, splits {args.splits}, {args.seeds} seeds each; {cpu_line()}; {time.time() - t:.0f} s")
+    print(f"{'strategy':34s} " + " ".join(f"{b:>6d}" for b in budgets) + "    AULC   final +- SE")
+    for label, c in curves.items():
+        a = np.array(c)
+        mean, se = a.mean(0), a.std(0, ddof=1) / np.sqrt(len(a)) if len(a) > 1 else np.zeros(a.shape[1])
+        print(f"{label:34s} " + " ".join(f"{v:6.3f}" for v in mean) + f"   {mean.mean():.3f}   {mean[-1]:.3f} +- {se[-1]:.3f}")
+
+
+if __name__ == "__main__":
+    main()
