@@ -255,7 +255,9 @@ def _hybrid(w: dict[str, np.ndarray], source: ArrayEmbeddings, lab_rows: np.ndar
 
     exclude = np.zeros(len(source), dtype=bool)
     exclude[lab_rows] = True
-    return select("hybrid", 12, w["probs"], source, w["x"][lab_rows], np.zeros(lab_rows.size, np.int64), exclude=exclude, **kw)
+    # the whole batch from coverage (what the memo serves), whatever the label count
+    return select("hybrid", 12, w["probs"], source, w["x"][lab_rows], np.zeros(lab_rows.size, np.int64), exclude=exclude,
+                  coverage_per_class=None, **kw)  # fmt: skip
 
 
 def test_typicality_memo_gives_the_fresh_picks_and_is_reused_after_a_new_label(tmp_path: Path, big_clusters: dict[str, np.ndarray]) -> None:
