@@ -75,7 +75,7 @@ F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 RESIZE_MODE = "stretch"
 INTERPOLATION = "cv2.INTER_AREA when shrinking, cv2.INTER_LINEAR when enlarging"
 PRECISIONS = ("fp32", "fp16")
-HEAD_PARITY_IMAGES = 16  # torch runs a 224 px backbone at ~30 img/s on 2 cores: a head-only export checks a few
+HEAD_PARITY_IMAGES = 16  # torch runs the 320 px backbone at roughly 20-40 img/s on 2 cores: a head-only export checks a few
 
 
 class ExportGateWarning(UserWarning):

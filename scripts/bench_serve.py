@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_al.config import DEFAULT_ARCH
+from edge_al.config import DEFAULT_ARCH, Settings
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository (docs/benchmarks, the working directory of servers)
 
@@ -409,7 +409,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--model", choices=("auto", "real", "tiny"), default="auto", help="real: a trained --arch model (default when torch is there)"
     )
     p.add_argument("--arch", default=DEFAULT_ARCH, help=f"architecture of the real model (default {DEFAULT_ARCH})")
-    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument(
+        "--image-size", type=int, default=None, help="model input size (default: the architecture's, as `edge-al train` picks it)"
+    )
     p.add_argument("--clients", default="1,2,4,8,16", help="comma-separated client counts (default 1,2,4,8,16)")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)} (default all)")
     p.add_argument("--seconds", type=float, default=4.0, help="seconds per round of a setting (default 4)")
@@ -533,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     try:
         t0 = time.perf_counter()
-        desc = prepare(home, args.model, args.image_size, notes, arch=args.arch)
+        desc = prepare(home, args.model, args.image_size or Settings().image_size_for(args.arch), notes, arch=args.arch)
         print("\n".join([*notes, f"model: {desc} (workspace ready in {time.perf_counter() - t0:.0f} s)"]))
         body_files = sorted((home / "images").rglob("*.jpg"))[:32]
         bodies = [f.read_bytes() for f in body_files]
