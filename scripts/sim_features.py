@@ -50,10 +50,7 @@ def frozen_features(paths: list[Path], size: int, batch: int = 32) -> np.ndarray
     out = []
     for i in range(0, len(paths), batch):
         x = torch.cat([to_tensor(resize_to(decode(p.read_bytes()), (size, size))[None]) for p in paths[i : i + batch]])
-        x = net.act(net._bn0(net._conv_stem(x)))
-        for block in net._blocks:
-            x = block(x)
-        out.append(net.act(net._bn1(net._conv_head(x))).mean((2, 3)).numpy())
+        out.append(net.features(x).numpy())
     return np.concatenate(out).astype(np.float32)
 
 
