@@ -196,6 +196,13 @@ def resolve_mode(mode: str | None, arch: str, weights: str) -> str:
     return mode
 
 
+def _pool_draw(store: Store, n: int) -> np.ndarray:
+    """int64 [min(n, N)]: pool sample ids drawn without replacement with a fixed seed (the same draw
+    for the same pool: the backbone's INT8 calibration set, a head's standardization sample)."""
+    pool = store.sample_ids()
+    return np.random.default_rng(0).choice(pool, size=min(n, len(pool)), replace=False) if len(pool) else pool
+
+
 def workspace_backbone(
     settings: Settings, store: Store, arch: str, size: int, *, calibration_size: int = 300, progress: bool = False
 ) -> Any:
@@ -208,10 +215,7 @@ def workspace_backbone(
     folder = backbone_dir(settings, arch, size)
     if (folder / "meta.json").is_file():
         return Backbone.open(folder)
-    pool = store.sample_ids()
-    rng = np.random.default_rng(0)
-    cal_ids = rng.choice(pool, size=min(calibration_size, len(pool)), replace=False) if len(pool) else pool
-    calibration, _ = _load_images(settings, store, cal_ids.tolist(), size)
+    calibration, _ = _load_images(settings, store, _pool_draw(store, calibration_size).tolist(), size)
     return ensure_backbone(settings, arch, size, calibration, progress=progress)
 
 
@@ -224,11 +228,9 @@ def _train_head_from_store(
     from .train import train_head
 
     backbone = workspace_backbone(settings, store, arch, size)
-    pool = store.sample_ids()
-    stats_ids = np.random.default_rng(0).choice(pool, size=min(HEAD_STATS_SAMPLES, len(pool)), replace=False) if len(pool) else pool
     with FeatureCache(settings, backbone) as cache:
         feats, loaded = cache.get(store, ids)
-        pool_feats, _ = cache.get(store, np.asarray(stats_ids, dtype=np.int64))  # the head's standardization (cached)
+        pool_feats, _ = cache.get(store, _pool_draw(store, HEAD_STATS_SAMPLES))  # the head's standardization (cached)
     if len(loaded) < len(ids):
         log.warning("skipping %d labeled sample(s) whose image could not be loaded", len(ids) - len(loaded))
     name_of = dict(zip(ids.tolist(), names, strict=True))
