@@ -127,9 +127,7 @@ def select_next(
                 predicted=label_name(labels, k),
                 confidence=float(p[k]),
                 score=float(sel.score[rank]),
-                components={
-                    name: float(v[rank]) for name, v in sel.components.items() if np.isfinite(v[rank])
-                },  # NaN: not a figure of this pick
+                components=_pick_components(sel, rank),
                 probs={label_name(labels, i): float(p[i]) for i in range(len(p))},
             )
         )
@@ -185,9 +183,7 @@ def cold_start(
             predicted="",
             confidence=0.0,
             score=float(sel.score[rank]),
-            components={
-                name: float(v[rank]) for name, v in sel.components.items() if np.isfinite(v[rank])
-            },  # NaN: not a figure of this pick
+            components=_pick_components(sel, rank),
             reason={
                 "code": "cold-start typical",
                 "codes": ["cold-start typical"],
@@ -199,6 +195,12 @@ def cold_start(
         )
         for rank, sid in enumerate(chosen.tolist())
     ]
+
+
+def _pick_components(sel: acquisition.Selection, rank: int) -> dict[str, float]:
+    """The component figures of the ``rank``-th pick; a NaN marks a component that is not a figure of
+    this pick (a mixed batch: coverage's typicality on a margin pick) and is left out."""
+    return {name: float(v[rank]) for name, v in sel.components.items() if np.isfinite(v[rank])}
 
 
 def pick_reason(c: Candidate, labeled_counts: Mapping[str, int], labels: Sequence[str], strategy: str) -> dict[str, Any]:

@@ -445,26 +445,28 @@ class Hybrid(QueryStrategy):
             return 0.0
         return float(np.clip(1.0 - labeled / (per_class * max(1, num_classes)), 0.0, 1.0))
 
-    def _select_coverage(self, pool: Pool, n: int, params: dict[str, Any], *, seed: int, chunk_size: int) -> Selection:
-        from .coldstart import typical_diverse  # here: coldstart imports Selection from this module
-
+    def _select_budgeted(self, pool: Pool, n: int, params: dict[str, Any], *, seed: int, chunk_size: int) -> Selection:
+        """Coverage's share of the batch (``coverage_share``) first, then the most uncertain by margin."""
         uncertainty = margin(pool.probs)
         n_cov = round(n * self.coverage_share(len(pool.labels), pool.num_classes, params["coverage_per_class"]))
-        if n_cov < n:  # the rest of the batch: the most uncertain candidates, after coverage's picks
-            first = (
-                self._select_coverage(pool, n_cov, {**params, "coverage_per_class": None}, seed=seed, chunk_size=chunk_size)
-                if n_cov
-                else None
-            )
-            taken = np.empty(0, np.int64) if first is None else first.indices
-            rest = top_n(uncertainty, np.setdiff1d(pool.candidates, taken), n - taken.size)
-            idx = np.concatenate([taken, rest]).astype(np.int64)
-            score = np.concatenate([first.score if first is not None else np.empty(0, np.float32), uncertainty[rest].astype(np.float32)])
-            components = {"margin": uncertainty[idx].astype(np.float32)}
-            for name, v in first.components.items() if first is not None else ():  # coverage's figures; NaN for margin's picks
-                if name != "margin":
-                    components[name] = np.concatenate([v.astype(np.float32), np.full(rest.size, np.nan, np.float32)])
-            return Selection(idx, score.astype(np.float32), components, self.name)
+        first = self._select_coverage(pool, n_cov, params, uncertainty, seed=seed, chunk_size=chunk_size) if n_cov else None
+        if first is not None and n_cov == n:
+            return first
+        taken = np.empty(0, np.int64) if first is None else first.indices
+        rest = top_n(uncertainty, np.setdiff1d(pool.candidates, taken), n - taken.size)
+        idx = np.concatenate([taken, rest]).astype(np.int64)
+        score = np.concatenate([first.score if first is not None else np.empty(0, np.float32), uncertainty[rest].astype(np.float32)])
+        components = {"margin": uncertainty[idx].astype(np.float32)}
+        for name, v in first.components.items() if first is not None else ():  # coverage's figures; NaN for margin's picks
+            if name != "margin":
+                components[name] = np.concatenate([v.astype(np.float32), np.full(rest.size, np.nan, np.float32)])
+        return Selection(idx, score.astype(np.float32), components, self.name)
+
+    def _select_coverage(
+        self, pool: Pool, n: int, params: dict[str, Any], uncertainty: np.ndarray, *, seed: int, chunk_size: int
+    ) -> Selection:
+        from .coldstart import typical_diverse  # here: coldstart imports Selection from this module
+
         weight = params["uncertainty_weight"]
         if weight == "auto":
             # over every pool row, excluded or not: the weight must not move with other annotators' leases
@@ -487,7 +489,7 @@ class Hybrid(QueryStrategy):
 
     def _select(self, pool: Pool, n: int, params: dict[str, Any], *, seed: int, chunk_size: int) -> Selection:
         if params["coverage"]:
-            return self._select_coverage(pool, n, params, seed=seed, chunk_size=chunk_size)
+            return self._select_budgeted(pool, n, params, seed=seed, chunk_size=chunk_size)
         weights: dict[str, float] = params["weights"]
         threshold: float = params["similarity_threshold"]
         factor: int = params["candidate_factor"]
