@@ -5,7 +5,7 @@
 (``Store.prediction_stamp``: renewed in the transaction of every ``put_predictions`` and
 ``delete_predictions`` of the version, by any process on the same database). A read checks the
 stamp (one indexed row); when it differs the rows are read from the store again and the file is
-rewritten (atomically: a temporary file renamed into place). The stamp is read before the rows, so
+rewritten (``fsutil.atomic_write``: a temporary file renamed into place). The stamp is read before the rows, so
 a write that lands between the two leaves the file under the older stamp: read again next time.
 
 A workspace that cannot be written still answers: the file is then not kept.
@@ -14,13 +14,12 @@ A workspace that cannot be written still answers: the file is then not kept.
 from __future__ import annotations
 
 import contextlib
-import os
-import threading
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from .fsutil import atomic_write
 from .store import Store
 
 __all__ = ["PredictionCache"]
@@ -53,12 +52,5 @@ class PredictionCache:
             return None
 
     def _write(self, stamp: str, ids: np.ndarray, probs: np.ndarray) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                np.savez(f, ids=ids, probs=probs, stamp=np.array(stamp))
-            os.replace(tmp, self.path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only workspace still answers, from the store
+            atomic_write(self.path, lambda f: np.savez(f, ids=ids, probs=probs, stamp=np.array(stamp)))
