@@ -171,7 +171,14 @@ def cold_start(
     if len(ids) == 0:
         return []
     exclude = np.isin(ids, np.array(sorted(excluded), dtype=np.int64)) if excluded else None
-    sel = acquisition.typical_diverse(feats, min(n, len(ids)), labeled=lab_feats if len(lab_feats) else None, exclude=exclude, seed=seed)
+    sel = acquisition.typical_diverse(
+        feats,
+        min(n, len(ids)),
+        labeled=lab_feats if len(lab_feats) else None,
+        exclude=exclude,
+        seed=seed,
+        farthest_share=acquisition.COLD_START_FARTHEST_SHARE,
+    )
     chosen = ids[sel.indices]
     samples = {s.id: s for s in store.samples(chosen.tolist())}
     where = images_storage(settings).location  # a sample's ref -> its path or URL, for people
@@ -184,17 +191,21 @@ def cold_start(
             confidence=0.0,
             score=float(sel.score[rank]),
             components=_pick_components(sel, rank),
-            reason={
-                "code": "cold-start typical",
-                "codes": ["cold-start typical"],
-                "text": f"typical of a group of {int(sel.components['cluster_size'][rank])} pool images that no label covers yet "
-                "(no model yet)"
-                if "cluster_size" in sel.components
-                else "unlike the images picked so far (no model yet)",
-            },
+            reason=_cold_start_reason(sel, rank),
         )
         for rank, sid in enumerate(chosen.tolist())
     ]
+
+
+def _cold_start_reason(sel: acquisition.Selection, rank: int) -> dict[str, Any]:
+    """A cold-start pick is typical of an uncovered cluster (typicality > 0) or farthest-first."""
+    if float(sel.components["typicality"][rank]) > 0:
+        code = "cold-start typical"
+        text = f"typical of a group of {int(sel.components['cluster_size'][rank])} pool images that no label covers yet (no model yet)"
+    else:
+        code = "cold-start farthest"
+        text = "unlike every image labeled or picked before it: the pool's edges, where rare classes hide (no model yet)"
+    return {"code": code, "codes": [code], "text": text}
 
 
 def _pick_components(sel: acquisition.Selection, rank: int) -> dict[str, float]:

@@ -118,10 +118,11 @@ def _build(arch: str, size: int, calibration: np.ndarray, out: Path, parity_imag
     model = build_model(arch, 2, "imagenet").eval()
     probe = calibration[:parity_images]
     _, torch_emb = predict(model, probe)
-    onnx_path = out / "backbone.onnx"
-    exporter = export_onnx(model, size, onnx_path)
-    reference = _embedding_only(build_reference_ir(onnx_path, size, IMAGENET_MEAN, IMAGENET_STD))
-    onnx_path.unlink()
+    onnx_dir = out / "onnx"  # the dynamo exporter writes the weights beside the graph (backbone.onnx.data)
+    onnx_dir.mkdir()
+    exporter = export_onnx(model, size, onnx_dir / "backbone.onnx")
+    reference = _embedding_only(build_reference_ir(onnx_dir / "backbone.onnx", size, IMAGENET_MEAN, IMAGENET_STD))
+    shutil.rmtree(onnx_dir)
     _, ir_emb = Engine(_with_dummy_probs(reference), batch=batch, hint="LATENCY", precision="f32").infer(probe)
     gate = parity_gate("backbone_ir_parity", np.zeros((len(probe), 1)), torch_emb, np.zeros((len(probe), 1)), ir_emb, PARITY_TOL)
     if not gate["passed"]:

@@ -23,6 +23,7 @@ list of strings space-joined and labels may contain spaces.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -75,7 +76,9 @@ F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 RESIZE_MODE = "stretch"
 INTERPOLATION = "cv2.INTER_AREA when shrinking, cv2.INTER_LINEAR when enlarging"
 PRECISIONS = ("fp32", "fp16")
-HEAD_PARITY_IMAGES = 16  # torch runs the 320 px backbone at roughly 20-40 img/s on 2 cores: a head-only export checks a few
+# torch runs the 320 px backbone at about 20 img/s on 2 cores (16 images were 0.75 s of a 2.4 s export):
+# a head-only export checks a few; the backbone itself passed parity when it was built.
+HEAD_PARITY_IMAGES = 4
 
 
 class ExportGateWarning(UserWarning):
@@ -359,7 +362,15 @@ def _check_parity(b: _Build) -> None:
 
 def _head_reference(b: _Build) -> _Reference:
     """A head-only checkpoint: its head composed onto the workspace's FP32 backbone IR (the backbone
-    passed torch -> ONNX -> IR parity when it was built); torch vs IR on the first sample images."""
+    passed torch -> ONNX -> IR parity when it was built); torch vs IR on the first sample images.
+
+    The backbone is frozen, so its f32 embeddings of the gate's sample images are the same every
+    round: they are kept per process (``_SAMPLE_EMBEDDINGS``, keyed by the backbone and the images'
+    bytes) and the reference's probabilities are its head applied to them. Each export still runs
+    the composed IR at f32 on the parity probe, and uses the kept embeddings only when the IR
+    reproduces them there; a retrain loop saves the f32 pass over the other samples (about 1 s of
+    a 3 s export at 320 px on 2 cores).
+    """
     from .backbone import compose_head, head_arrays
 
     assert b.backbone is not None
@@ -367,14 +378,38 @@ def _head_reference(b: _Build) -> _Reference:
     weight, bias = head_arrays(b.checkpoint["state_dict"])
     reference = compose_head(read_ir(b.backbone.fp32_xml), weight, bias)
     ref_f32 = b.engine(reference, f32=True)
-    ir_probs, ir_emb = ref_f32.infer(b.sample_images)
     probe = slice(0, min(HEAD_PARITY_IMAGES, len(b.sample_images)))
+    key = (b.backbone.id, hashlib.sha256(np.ascontiguousarray(b.sample_images).tobytes()).hexdigest())
+    kept = _SAMPLE_EMBEDDINGS.get(key)
+    probe_probs, probe_emb = ref_f32.infer(b.sample_images[probe])
+    scale = max(1.0, float(np.max(np.abs(probe_emb))))
+    reused = kept is not None and float(np.max(np.abs(kept[probe] - probe_emb))) <= b.parity_tol * scale
+    if reused:
+        assert kept is not None
+        rest_emb = kept[probe.stop :]
+        rest_probs = _softmax(rest_emb.astype(np.float64) @ weight.T.astype(np.float64) + bias).astype(np.float32)
+    else:
+        rest_probs, rest_emb = ref_f32.infer(b.sample_images[probe.stop :])
+    ir_probs, ir_emb = np.concatenate([probe_probs, rest_probs]), np.concatenate([probe_emb, rest_emb])
+    if not reused:
+        _SAMPLE_EMBEDDINGS.clear()  # one set of samples at a time: 200 x 1,280 floats
+        _SAMPLE_EMBEDDINGS[key] = ir_emb
+    b.report["sample_embeddings"] = "kept from an earlier export" if reused else "computed"
     torch_probs, torch_emb = predict(model_from_checkpoint(b.checkpoint), b.sample_images[probe])
     b.report["gates"]["ir_parity"] = parity_gate("ir_parity", torch_probs, torch_emb, ir_probs[probe], ir_emb[probe], b.parity_tol)
     b.report["exporter"] = f"backbone {b.backbone.id} ({b.backbone.meta.get('exporter')}) + head"
     b.report["backbone"] = {"id": b.backbone.id, "parity": b.backbone.meta.get("parity")}
     b.timings["ir_s"] = time.time() - t
     return _Reference(reference, ref_f32, ir_probs, ir_emb)
+
+
+# (backbone id, sha256 of the sample images) -> their FP32 f32 embeddings: see _head_reference
+_SAMPLE_EMBEDDINGS: dict[tuple[str, str], np.ndarray] = {}
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
 
 
 def _onnx_reference(b: _Build) -> _Reference:

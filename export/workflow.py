@@ -324,9 +324,11 @@ def export_from_store(
         raise InvalidInput("The pool is empty: ingest images before exporting (calibration needs them).")
     rng = np.random.default_rng(seed)
     cal_ids = rng.choice(pool, size=min(calibration_size, len(pool)), replace=False)
-    calibration, _ = _load_images(settings, store, cal_ids.tolist(), size)
     sample_ids = rng.choice(pool, size=min(sample_size, len(pool)), replace=False)
     samples, _ = _load_images(settings, store, sample_ids.tolist(), size)
+    backbone = _checkpoint_backbone(settings, ck)
+    # a head on the workspace's backbone reuses its INT8 IR: nothing to calibrate
+    calibration = samples if backbone is not None else _load_images(settings, store, cal_ids.tolist(), size)[0]
     val_ids = [int(i) for i in ck.get("val_ids", [])]
     val_label_of = dict(zip(val_ids, ck.get("val_labels", []), strict=True))
     val_images, val_loaded = (
@@ -335,7 +337,6 @@ def export_from_store(
     val_labels = np.array([val_label_of[int(i)] for i in val_loaded], dtype=np.int64)
     if len(calibration) == 0 or len(samples) == 0:
         raise InvalidInput("No pool image could be loaded for calibration: check the sample paths.")
-    backbone = _checkpoint_backbone(settings, ck)
     mv, report = export_checkpoint(
         ck,
         registry or Registry(settings.registry_dir),

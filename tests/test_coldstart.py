@@ -49,6 +49,31 @@ def test_twelve_picks_cover_the_modes_better_than_random() -> None:
     assert _coverage(modes, typical_diverse(pool, 12).indices) > random_mean + 1
 
 
+def _edge_pool(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A majority class of 8 dense sub-modes (960 rows) and 4 rare classes of 3 rows each, scattered
+    around it rather than clustered: the shape of magnetic_tile's defects in ImageNet features."""
+    rng = np.random.default_rng(seed)
+    base = 3 * rng.standard_normal(D).astype(np.float32)
+    subs = base + rng.standard_normal((8, D)).astype(np.float32)
+    major = [s + 0.5 * rng.standard_normal((120, D)).astype(np.float32) for s in subs]
+    rare = [base + 2.5 * rng.standard_normal((3, D)).astype(np.float32) for _ in range(4)]
+    return np.concatenate(major + rare), np.repeat(np.arange(5), [960, 3, 3, 3, 3])
+
+
+def test_farthest_share_reaches_rare_classes_at_the_edges() -> None:
+    for seed in range(3):
+        pool, classes = _edge_pool(seed)
+        typical = typical_diverse(pool, 10, seed=seed)
+        mixed = typical_diverse(pool, 10, seed=seed, farthest_share=0.3)
+        assert _coverage(classes, mixed.indices) > _coverage(classes, typical.indices), (seed, classes[mixed.indices])
+        # the typical picks come first and are the plain selection of 7; the last 3 are farthest-first
+        assert mixed.indices[:7].tolist() == typical_diverse(pool, 7, seed=seed).indices.tolist()
+        assert np.all(mixed.components["typicality"][:7] > 0) and np.all(mixed.components["typicality"][7:] == 0)
+        assert set(classes[mixed.indices[7:]].tolist()) <= {1, 2, 3, 4}
+    everything_far = typical_diverse(pool, 5, farthest_share=1.0)
+    assert np.all(everything_far.components["typicality"] == 0) and len(set(everything_far.indices.tolist())) == 5
+
+
 def test_largest_cluster_first_and_typical_member() -> None:
     pool, modes, _ = _mixture()
     sel = typical_diverse(pool, 6)
@@ -166,6 +191,8 @@ def test_validation_messages() -> None:
             typical_diverse(pool, 3, **{name: 0})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="The 'iterations' parameter must be an int >= 0"):
         typical_diverse(pool, 3, iterations=-1)
+    with pytest.raises(ValueError, match="The 'farthest_share' parameter must be"):
+        typical_diverse(pool, 3, farthest_share=1.5)
     bad = pool.copy()
     bad[5, 0] = np.nan
     with pytest.raises(ValueError, match="The 'embeddings' parameter must be finite"):

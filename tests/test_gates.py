@@ -1,14 +1,17 @@
-"""The INT8 accuracy gate's rule (export/gates.py): a drop above max_drop fails when the validation
-images give evidence of a loss (exact one-sided sign test), not when one near-tie flips on a
-round's handful of validation images."""
+"""The INT8 gates' rules (export/gates.py): a drop above max_drop fails when the validation images
+give evidence of a loss (exact one-sided sign test), not when one near-tie flips on a round's
+handful of validation images; the agreement gate fails on evidence that INT8 flips more than
+1 - min_agreement of the images FP32 is decided about, and below a floor on all images."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from export.gates import ACCURACY_ALPHA, _accuracy_gate, sign_test
+from export.gates import ACCURACY_ALPHA, AGREEMENT_FLOOR, GATE_ALPHA, _accuracy_gate, _agreement_gate, binomial_tail, sign_test
 
 
 @pytest.mark.parametrize(("lost", "won"), [(0, 0), (1, 0), (1, 1), (3, 0), (4, 0), (5, 0), (7, 2), (40, 10), (2, 9)])
@@ -54,3 +57,41 @@ def test_on_a_large_validation_set_a_drop_above_max_drop_fails() -> None:
 
 def test_negative_max_drop_always_fails() -> None:
     assert not _gate(40, 30, lost=0, won=0, max_drop=-1.0)["passed"]
+
+
+# --- the agreement gate -------------------------------------------------------------------------
+
+
+def _probs(decided: int, decided_flips: int, ties: int, tie_flips: int) -> tuple[np.ndarray, np.ndarray]:
+    """FP32 and INT8 probabilities on ``decided`` samples (top-2 margin 0.8) and ``ties`` (margin 0.05),
+    INT8's top-1 moved to another class on the first ``*_flips`` of each."""
+    fp32 = np.array([[0.9, 0.1, 0.0]] * decided + [[0.45, 0.4, 0.15]] * ties)
+    int8 = fp32.copy()
+    flipped = np.r_[np.arange(decided_flips), decided + np.arange(tie_flips)]
+    int8[flipped] = [0.3, 0.6, 0.1]
+    return fp32, int8
+
+
+def test_binomial_tail_is_the_exact_upper_tail() -> None:
+    for k, n, p in [(0, 10, 0.3), (1, 170, 0.01), (2, 170, 0.01), (5, 170, 0.01), (3, 100, 0.01), (7, 20, 0.5), (4, 4, 1.0)]:
+        expected = sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
+        assert binomial_tail(k, n, p) == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    assert binomial_tail(1, 50, 0.0) == 0.0  # any flip refutes a rate of 0
+
+
+def test_a_few_decided_flips_are_no_evidence_many_are() -> None:
+    g = _agreement_gate(*_probs(170, 2, 30, 0), 0.99)  # 98.8% on the decided samples
+    assert g["confident_n"] == 170 and g["confident_flips"] == 2 and g["confident_agreement"] == pytest.approx(168 / 170)
+    assert g["passed"] and not g["passed_confident_rule"] and g["binomial_p"] == pytest.approx(binomial_tail(2, 170, 0.01))
+    g = _agreement_gate(*_probs(170, 5, 30, 0), 0.99)  # 97.1%: p = 0.029
+    assert not g["passed"] and g["binomial_p"] < GATE_ALPHA
+    assert _agreement_gate(*_probs(170, 0, 30, 0), 0.99)["passed"]
+    assert not _agreement_gate(*_probs(170, 1, 30, 0), 1.0)["passed"]  # a minimum of 100% takes no flip
+    assert _agreement_gate(*_probs(170, 60, 30, 0), 0.0)["passed"]  # a minimum of 0 takes anything
+
+
+def test_near_tie_flips_are_held_to_the_floor() -> None:
+    g = _agreement_gate(*_probs(100, 0, 100, 30), 0.99)  # 85% on all, every decided sample agrees
+    assert g["passed"] and g["top1_agreement"] == pytest.approx(0.85) and not g["passed_plain_rule"]
+    g = _agreement_gate(*_probs(100, 0, 100, 45), 0.99)  # 77.5% on all: below AGREEMENT_FLOOR
+    assert not g["passed"] and g["top1_agreement"] < AGREEMENT_FLOOR and g["confident_flips"] == 0

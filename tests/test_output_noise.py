@@ -30,14 +30,15 @@ def test_export_progress_line_goes_to_stderr_or_the_log_never_both(
 
 
 def test_int8_line_names_the_figure_the_gate_decides_on() -> None:
-    agreement = {"passed": True, "top1_agreement": 0.9, "confident_agreement": 1.0, "confident_n": 120, "min_agreement": 0.99,
-                 "agreement_floor": 0.9}  # fmt: skip
+    agreement = {"passed": True, "top1_agreement": 0.9, "confident_agreement": 118 / 120, "confident_n": 120, "min_agreement": 0.99,
+                 "agreement_floor": 0.8, "confident_flips": 2, "binomial_p": 0.338}  # fmt: skip
     from export.gates import int8_line
 
     accuracy = {"passed": True, "accuracy_drop": 0.05, "max_drop": 0.01, "lost": 2, "won": 0, "n": 40, "sign_test_p": 0.25, "alpha": 0.05}
     line = int8_line("quantize", agreement, accuracy)
     # was "agreement pass 0.9000 (min 0.99)": a pass below its own minimum
-    assert "1.0000 on the 120 images FP32 is decided about (min 0.99)" in line and "0.9000 on all (min 0.9)" in line
+    assert "0.9833 on the 120 images FP32 is decided about (min 0.99; 2 flipped, binomial p=0.338)" in line
+    assert "0.9000 on all (min 0.8)" in line
     assert "drop=+0.0500 (max 0.01; 2 lost, 0 won of 40, sign test p=0.250" in line
 
 

@@ -109,10 +109,15 @@ def test_cold_start_then_a_head_round_publishes_an_ir_that_is_the_head(digits_wo
 
     backbone = workspace_backbone(settings, store, ARCH, size, calibration_size=64)
     assert find_backbone(settings) is not None and backbone.int8_xml.is_file() and backbone.meta["parity"]["passed"]
+    # the two IRs and what is built from them; no ONNX export left behind (its external weights were, once)
+    assert {p.name for p in backbone.fp32_xml.parent.iterdir()} <= {"fp32.xml", "fp32.bin", "int8.xml", "int8.bin", "meta.json",
+                                                                   "features.f16", "features.ok"}  # fmt: skip
 
     # 1. no labels, no model: select is a cold start over the backbone features, covering the classes
     cands = select_next(settings, store, registry, 10, "hybrid")
     assert len(cands) == 10 and len({c.sample_id for c in cands}) == 10
+    # typical picks first, then COLD_START_FARTHEST_SHARE of them farthest-first
+    assert [c.reason["code"] for c in cands] == ["cold-start typical"] * 7 + ["cold-start farthest"] * 3
     truth = {s.id: Path(s.path).parent.name for s in store.samples()}
     chosen_classes = {truth[c.sample_id] for c in cands}
     rng = np.random.default_rng(1)
@@ -133,6 +138,23 @@ def test_cold_start_then_a_head_round_publishes_an_ir_that_is_the_head(digits_wo
         warnings.simplefilter("ignore", ExportGateWarning)
         mv, report = export_from_store(settings, store, ckpt_path, calibration_size=32, sample_size=64, progress=False)
     assert report["quantization"]["backbone"] == backbone.id and "int8_agreement" in report["gates"]
+    # the next export of the workspace reuses the backbone's f32 embeddings of the same gate samples,
+    # and decides exactly as a computed reference does; kept embeddings the IR does not reproduce are not used
+    from export import convert
+
+    assert report["sample_embeddings"] == "computed"
+    for tamper, expected in ((0.0, "kept from an earlier export"), (1.0, "computed")):
+        for key in convert._SAMPLE_EMBEDDINGS:
+            convert._SAMPLE_EMBEDDINGS[key] = convert._SAMPLE_EMBEDDINGS[key] + tamper
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExportGateWarning)
+            _, again = export_from_store(settings, store, ckpt_path, calibration_size=32, sample_size=64, progress=False)
+        assert again["sample_embeddings"] == expected
+        agreement = {k: v for k, v in again["gates"]["int8_agreement"].items() if k != "max_abs_prob_diff"}
+        assert agreement == {k: v for k, v in report["gates"]["int8_agreement"].items() if k != "max_abs_prob_diff"}
+        assert again["gates"]["int8_agreement"]["max_abs_prob_diff"] == pytest.approx(
+            report["gates"]["int8_agreement"]["max_abs_prob_diff"], abs=1e-5
+        )
     assert report["gates"]["ir_parity"]["passed"] and mv.meta["mode"] == "head" and mv.meta["backbone_id"] == backbone.id
     probe_ids = np.array(sorted(truth))[:16]
     with FeatureCache(settings, backbone) as cache:

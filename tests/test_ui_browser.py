@@ -456,7 +456,13 @@ def test_the_page_helps_the_expert_decide(workspace: Workspace, server: Server, 
 
             # Why this image: the queue item's reason, in words.
             _wait(lambda: page.is_visible("#guess-reason"), "the reason for the pick")
-            assert state()["reason"] in {"uncertain", "rare predicted class", "unlike anything labeled", "cold-start typical"}
+            assert state()["reason"] in {
+                "uncertain",
+                "rare predicted class",
+                "unlike anything labeled",
+                "cold-start typical",
+                "cold-start farthest",
+            }
             assert len(page.inner_text("#guess-reason-text")) > 10
 
             # Labeled examples of the guessed class, to compare against: each thumbnail is labeled that class.

@@ -13,7 +13,7 @@ Errors are ``ValueError`` with scikit-learn style messages
 """
 
 from .batch import rank_normalize, top_n
-from .coldstart import typical_diverse
+from .coldstart import COLD_START_FARTHEST_SHARE, typical_diverse
 from .embeddings import ArrayEmbeddings, EmbeddingSource, FileEmbeddings, half_to_float32
 from .novelty import fit_fre, fit_pca, knn_distance, l2_normalize
 from .strategies import (
@@ -36,6 +36,7 @@ from .strategies import (
 from .uncertainty import entropy, least_confidence, margin, uncertainty_scores
 
 __all__ = [
+    "COLD_START_FARTHEST_SHARE",
     "DEFAULT_STRATEGY",
     "STRATEGIES",
     "ArrayEmbeddings",

@@ -318,6 +318,8 @@ def _gate_figures(report: dict[str, Any]) -> dict[str, Any]:
     return {
         "agreement_passed": agree.get("passed"), "agreement": agree.get("top1_agreement"),
         "confident_agreement": agree.get("confident_agreement"), "confident_n": agree.get("confident_n"),
+        "confident_flips": agree.get("confident_flips"), "agreement_binomial_p": agree.get("binomial_p"),
+        "agreement_passed_confident_rule": agree.get("passed_confident_rule"),
         "accuracy_passed": acc.get("passed"), "accuracy_passed_plain_rule": acc.get("passed_plain_rule"),
         "val_n": acc.get("n"), "accuracy_drop": acc.get("accuracy_drop"), "lost": acc.get("lost"), "won": acc.get("won"),
         "sign_test_p": acc.get("sign_test_p"),
@@ -428,8 +430,9 @@ def _test_features(base: SimHome, cfg: SimConfig, images: np.ndarray) -> np.ndar
 
 
 def _cold_start_set(features: np.ndarray, pool_ids: np.ndarray, n: int, seed: int) -> list[int]:
-    """``n`` pool ids chosen with no labels at all: typical and diverse (TypiClust) on the features."""
-    sel = acquisition.typical_diverse(features, min(n, len(pool_ids)), seed=seed)
+    """``n`` pool ids chosen with no labels at all, as ``edge-al select`` does: typical and diverse
+    (TypiClust) on the features, a share farthest-first."""
+    sel = acquisition.typical_diverse(features, min(n, len(pool_ids)), seed=seed, farthest_share=acquisition.COLD_START_FARTHEST_SHARE)
     return sorted(int(i) for i in pool_ids[sel.indices])
 
 
@@ -989,7 +992,21 @@ def _gate_lines(points: list[dict[str, Any]]) -> list[str]:
         ]
         if n_val
         else [f"- INT8 gates over {len(gates)} round models: {len(gates) - len(fell)} passed both."]
-    )
+    ) + _agreement_line(gates)
+
+
+def _agreement_line(gates: list[dict[str, Any]]) -> list[str]:
+    """What the agreement gate's binomial test passed that 'every decided image agrees to min_agreement' would not."""
+    tested = [g for g in gates if g.get("agreement_passed_confident_rule") is not None]
+    if not tested:
+        return []
+    rescued = [g for g in tested if g["agreement_passed"] and not g["agreement_passed_confident_rule"]]
+    flips = ", ".join(f"{g['confident_flips']}/{g['confident_n']}" for g in rescued[:12]) + ("..." if len(rescued) > 12 else "")
+    low = sorted(g["agreement"] for g in tested)
+    return [
+        f"- Agreement gate: all-image agreement {low[0]:.3f} to {low[-1]:.3f}; {len(rescued)} models passed with decided-image "
+        f"flips above 1 - min_agreement that are no evidence of more (binomial p >= 0.05; flipped/decided: {flips or 'none'})."
+    ]
 
 
 def _summary_tables(results: dict[str, Any]) -> list[str]:
