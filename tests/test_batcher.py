@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from edge_al.serving.batcher import Batcher, Item, useful_batch
 
@@ -93,3 +96,38 @@ def test_the_cap_bounds_the_target() -> None:
     assert b.target(slots=2) == 4 and b.stats(2)["batch_cap"] == 4
     for it in items:
         it.future.cancel()
+
+
+def test_calibration_is_not_decided_by_one_quiet_moment() -> None:
+    """Batch 4 costs 0.9 of batch 1 per image (not worth waiting for), except in one lucky round (0.5);
+    rounds 3 and 4 run under a load burst that slows every size alike. The best run of each size
+    (the old rule) would choose 4; paired medians choose 1 and recover the true costs."""
+    from edge_al import dispatch
+
+    calls = {1: 0, 4: 0}
+
+    def run(size: int) -> float:  # seconds per image of one measurement (call 0 is the warm-up)
+        call = calls[size]
+        calls[size] += 1
+        load = 3.0 if call in (3, 4) else 1.0
+        lucky = 0.5 / 0.9 if (size == 4 and call == 2) else 1.0
+        return {1: 1e-3, 4: 0.9e-3}[size] * load * lucky
+
+    per_image = dispatch._time_per_image({1: None, 4: None}, rounds=7, budget_s=0.0, run=run)
+    assert calls == {1: 8, 4: 8}
+    assert per_image[1] == pytest.approx(1e-3) and per_image[4] == pytest.approx(0.9e-3)
+    assert useful_batch(per_image) == 1
+    assert useful_batch({1: 1e-3, 4: 0.5e-3}) == 4  # what the best run would have said
+
+
+def test_calibration_runs_every_infer_request_at_once(tmp_path: Path) -> None:
+    """The default measurement keeps all of a compiled model's infer requests busy, on the real runtime."""
+    from edge_al import dispatch
+    from edge_al.engine import Engine
+    from edge_al.registry import Registry
+    from tests.helpers import publish_tiny
+
+    mv = publish_tiny(Registry(tmp_path / "models"), ["a", "b"])
+    engines = {b: Engine(mv.xml, batch=b, nireq=2) for b in (1, 4)}
+    per_image = dispatch._time_per_image(engines, rounds=3, budget_s=0.0)
+    assert set(per_image) == {1, 4} and all(0 < t < 1 for t in per_image.values())
