@@ -17,6 +17,10 @@ and kept in ``--cache``. Each strategy is ``name`` or ``label=name:{json params}
         --strategy random --strategy margin --strategy hybrid \\
         --strategy 'coverage=hybrid:{"coverage_per_class": null}'
 
+``--flips 50,200,0`` compares instead the head fitted on the labeled images with one fitted on
+them and their horizontal, vertical and both-way flips, and that one with its logits averaged
+over the four flips of each test image (a test-time augmentation the line would pay 4x for).
+
 Prints, per strategy, the mean balanced accuracy at each budget, the area under that curve
 (mean over budgets) and the final figure with its standard error over seeds x splits. The
 initial set of a (split, seed) is one uniform draw shared by every strategy (paired).
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,18 +45,55 @@ from export.tools.machine import cpu_line
 from export.tools.simulate import read_dataset, read_groups, split_dataset
 from export.train import feature_stats, fit_linear_head, to_tensor
 
+# --flips: the image views a head is trained on and averaged over (u8 [H, W, 3] -> the same, flipped)
+VIEWS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "x": lambda a: a,
+    "x_h": lambda a: a[:, ::-1],
+    "x_v": lambda a: a[::-1],
+    "x_hv": lambda a: a[::-1, ::-1],
+}
+
 
 @torch.no_grad()
-def frozen_features(paths: list[Path], size: int, batch: int = 32) -> np.ndarray:
-    """float32 [N, 1280]: EfficientNet-Lite0's pooled embedding (what edge-al's backbone gives)."""
+def frozen_features(paths: list[Path], size: int, batch: int = 32, view: Callable[[np.ndarray], np.ndarray] = VIEWS["x"]) -> np.ndarray:
+    """float32 [N, 1280]: EfficientNet-Lite0's pooled embedding (what edge-al's backbone gives) of ``view`` of each image."""
     net = efficientnet_lite("efficientnet_lite0")
     load_imagenet(net, "efficientnet_lite0")
     net.eval()
     out = []
     for i in range(0, len(paths), batch):
-        x = torch.cat([to_tensor(resize_to(decode(p.read_bytes()), (size, size))[None]) for p in paths[i : i + batch]])
-        out.append(net.features(x).numpy())
+        views = [np.ascontiguousarray(view(resize_to(decode(p.read_bytes()), (size, size)))) for p in paths[i : i + batch]]
+        out.append(net.features(torch.cat([to_tensor(v[None]) for v in views])).numpy())
     return np.concatenate(out).astype(np.float32)
+
+
+def flips_table(
+    feats: dict[str, np.ndarray], y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]], budgets: list[int], seeds: int
+) -> None:
+    """Balanced accuracy of the head fitted on the labeled images (plain), on them and their three
+    flips (flip-trained), and the latter with its logits averaged over the four flips of each test
+    image (+ test-time flips): mean and SE over splits x seeds, and the paired difference to plain.
+    A budget of 0 means every pool image."""
+    classes = int(y.max()) + 1
+    print(f"{'labels':>6s} {'plain':>14s} {'flip-trained':>22s} {'+ test-time flips':>22s}")
+    for budget in budgets:
+        rows: list[tuple[float, float, float]] = []
+        for pool, test in splits:
+            stats = feature_stats(feats["x"][pool])
+            for seed in range(seeds if budget else 1):
+                lab = np.random.default_rng(seed).choice(pool, budget, replace=False) if budget else pool
+                w, b = fit_linear_head(feats["x"][lab], y[lab], classes, stats=stats)
+                w2, b2 = fit_linear_head(np.concatenate([feats[v][lab] for v in VIEWS]), np.tile(y[lab], len(VIEWS)), classes, stats=stats)
+                tta = np.mean([feats[v][test] @ w2.T for v in VIEWS], axis=0) + b2
+                rows.append((balanced_accuracy(y[test], (feats["x"][test] @ w.T + b).argmax(1)),
+                             balanced_accuracy(y[test], (feats["x"][test] @ w2.T + b2).argmax(1)),
+                             balanced_accuracy(y[test], tta.argmax(1))))  # fmt: skip
+        a = np.array(rows)
+        se = a.std(0, ddof=1) / np.sqrt(len(a)) if len(a) > 1 else np.zeros(3)
+        d = a[:, 1:] - a[:, :1]
+        dse = d.std(0, ddof=1) / np.sqrt(len(a)) if len(a) > 1 else np.zeros(2)
+        cells = [f"{a[:, k].mean():.3f} +- {se[k]:.3f} ({d[:, k - 1].mean():+.3f} +- {dse[k - 1]:.3f})" for k in (1, 2)]
+        print(f"{budget or 'all':>6} {a[:, 0].mean():.3f} +- {se[0]:.3f} {cells[0]:>22s} {cells[1]:>22s}", flush=True)
 
 
 def parse_strategy(text: str) -> tuple[str, str, dict]:
@@ -99,21 +141,30 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--strategy", action="append", default=[], help="name or label=name:{json params}; repeat")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--flips", default="", help="instead of strategies: the head with flipped views at these comma-separated "
+                    "budgets (0: every pool image), e.g. 50,200,0; needs the flipped images' features (cached beside x)")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     items = read_dataset(args.data)
     classes = sorted({c for _, c in items})
     y = np.array([classes.index(c) for _, c in items])
-    if args.cache and args.cache.is_file():
-        x = np.load(args.cache)["x"]
-    else:
-        t = time.time()
-        x = frozen_features([p for p, _ in items], args.size)
-        print(f"features of {len(items)} images at {args.size} px: {time.time() - t:.0f} s", flush=True)
-        if args.cache:
-            np.savez(args.cache, x=x)
+    feats = dict(np.load(args.cache)) if args.cache and args.cache.is_file() else {}
+    for view in VIEWS if args.flips else ["x"]:
+        if view not in feats:
+            t = time.time()
+            feats[view] = frozen_features([p for p, _ in items], args.size, view=VIEWS[view])
+            print(f"features ({view}) of {len(items)} images at {args.size} px: {time.time() - t:.0f} s", flush=True)
+            if args.cache:
+                np.savez(args.cache, **feats)
+    x = feats["x"]
     groups = read_groups(args.groups) if args.groups else None
     index = {p: i for i, (p, _) in enumerate(items)}
+    if args.flips:
+        splits = [split_dataset(items, groups, 0.3, int(s)) for s in args.splits.split(",")]
+        print(f"{args.data.name}, {args.size} px, splits {args.splits}, {args.seeds} seeds each; {cpu_line()}")
+        flips_table(feats, y, [(np.array([index[p] for p, _ in sp.pool]), np.array([index[p] for p, _ in sp.test])) for sp in splits],
+                    [int(b) for b in args.flips.split(",")], args.seeds)  # fmt: skip
+        return
     strategies = [parse_strategy(s) for s in (args.strategy or ["random", "margin", "hybrid"])]
     curves: dict[str, list[list[float]]] = {label: [] for label, _, _ in strategies}
     t = time.time()
