@@ -111,6 +111,7 @@ def _train_options(args: argparse.Namespace) -> dict[str, Any]:
         "arch": args.arch,
         "weights": args.weights,
         "mode": args.mode,
+        "augment": args.augment,
         "image_size": args.image_size,
         "epochs": args.epochs,
         "seed": args.seed,
@@ -485,6 +486,13 @@ def _add_train_args(p: argparse.ArgumentParser, retrain: bool = False) -> None:
         default=None,
         help="head: a linear head on the frozen pretrained backbone (seconds); finetune: the whole network for --epochs; "
         "auto (default): head where pretrained weights are packaged",
+    )
+    p.add_argument(
+        "--augment",
+        choices=["none", "flips"],
+        default=None,
+        help="flips: fit the head on each labeled image mirrored, upside down and turned as well, for images whose class "
+        "does not depend on orientation (surfaces, textures; not digits or text); default none",
     )
     p.add_argument("--image-size", type=positive_int, default=None,
                    help=f"square model input size in pixels (default 320 for efficientnet_lite0, 128 otherwise{keep})")  # fmt: skip

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from .scoring import EmbeddingFile
 from .storage import images_storage
 from .store import Store
 
-__all__ = ["BACKBONE_META", "Backbone", "FeatureCache", "backbone_dir", "find_backbone"]
+__all__ = ["BACKBONE_META", "VIEWS", "Backbone", "FeatureCache", "backbone_dir", "find_backbone"]
 
 BACKBONE_META = "meta.json"
 
@@ -92,16 +93,32 @@ def find_backbone(settings: Settings) -> Backbone | None:
     return Backbone.open(max(built, key=lambda p: (p / BACKBONE_META).stat().st_mtime))
 
 
-class FeatureCache:
-    """FP32 backbone embeddings of sample ids, computed on first request and kept on disk."""
+# Views of an image a head may be trained on (``train --augment flips``): u8 [N, H, W, 3] -> the same.
+VIEWS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "": lambda a: a,
+    "h": lambda a: a[:, :, ::-1],  # mirrored left-right
+    "v": lambda a: a[:, ::-1],  # upside down
+    "hv": lambda a: a[:, ::-1, ::-1],  # both: turned 180 degrees
+}
 
-    def __init__(self, settings: Settings, backbone: Backbone, *, device: str = "CPU", batch: int = 8) -> None:
+
+class FeatureCache:
+    """FP32 backbone embeddings of sample ids, computed on first request and kept on disk.
+
+    ``view`` (a key of ``VIEWS``): the embeddings of each image flipped that way, in files of their
+    own (``features-h.f16``, ...); the default is the image as it is."""
+
+    def __init__(self, settings: Settings, backbone: Backbone, *, device: str = "CPU", batch: int = 8, view: str = "") -> None:
+        if view not in VIEWS:
+            raise InvalidInput(f"The 'view' parameter must be one of {', '.join(repr(v) for v in VIEWS)}. Got {view!r} instead.")
         self.settings = settings
         self.backbone = backbone
         self.device = device
         self.batch = int(batch)
-        self._file = EmbeddingFile(backbone.path / "features.f16", backbone.embedding_dim)
-        self._ok_fd = os.open(backbone.path / "features.ok", os.O_RDWR | os.O_CREAT, 0o644)
+        self.view = view
+        stem = f"features-{view}" if view else "features"
+        self._file = EmbeddingFile(backbone.path / f"{stem}.f16", backbone.embedding_dim)
+        self._ok_fd = os.open(backbone.path / f"{stem}.ok", os.O_RDWR | os.O_CREAT, 0o644)
         self._engine: Any = None
 
     def close(self) -> None:
@@ -152,7 +169,7 @@ class FeatureCache:
                 good = np.array([s.id for s in samples], dtype=np.int64)[keep]
                 if len(good) == 0:
                     continue
-                _, emb = self._engine.infer(np.ascontiguousarray(images[keep]))
+                _, emb = self._engine.infer(np.ascontiguousarray(VIEWS[self.view](images[keep])))
                 order = np.argsort(good)
                 self._file.write(good[order], emb[order])
                 for sid in good.tolist():

@@ -644,9 +644,15 @@ def train_head(
     balance: str = "loss",
     seed: int = 0,
     pool_features: np.ndarray | None = None,
+    views: dict[str, np.ndarray] | None = None,
 ) -> TrainResult:
     """A classifier whose backbone is the pretrained one, unchanged, and whose head is fitted on
     its frozen float32 [N, D] ``features`` (the FP32 IR's embeddings of the labeled images).
+
+    ``views``: more float32 [N, D] embeddings of the same images, row for row (e.g. flipped:
+    ``edge_al.features.VIEWS``); the head is fitted on the training rows of each view as well, with
+    the same labels. On magnetic_tile this added about 0.03 balanced accuracy at 50-200 labels and
+    nothing at 400 (docs/benchmarks/features.md). Validation uses ``features`` only.
 
     The checkpoint has the same format as :func:`train`'s (the whole model's state dict), plus
     ``mode = "head"`` and ``backbone_id``: the export composes the head onto the workspace's
@@ -666,8 +672,13 @@ def train_head(
     reference = (
         features[train_idx] if pool_features is None or not len(pool_features) else np.concatenate([pool_features, features[train_idx]])
     )
-    weight, bias = fit_linear_head(features[train_idx], labels[train_idx], len(label_names), alpha=alpha, balance=balance,
-                                   stats=feature_stats(reference))  # fmt: skip
+    views = views or {}
+    for name, extra in views.items():
+        if np.shape(extra) != np.shape(features):
+            raise InvalidInput(f"The view {name!r} must have the features' shape {np.shape(features)}. Got {np.shape(extra)} instead.")
+    fit_x = np.concatenate([features[train_idx], *(np.asarray(v)[train_idx] for v in views.values())])
+    fit_y = np.tile(labels[train_idx], 1 + len(views))
+    weight, bias = fit_linear_head(fit_x, fit_y, len(label_names), alpha=alpha, balance=balance, stats=feature_stats(reference))
     fit_s = time.perf_counter() - t
     model = build_model(arch, len(label_names), "imagenet")
     with torch.no_grad():
@@ -688,7 +699,7 @@ def train_head(
         "label_names": list(label_names), "image_size": int(image_size), "input": "uint8 NHWC BGR",
         "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "embedding_dim": model.embedding_dim,
         "seed": int(seed), "epochs": 0, "batch_size": len(train_idx), "lr": 0.0, "head_alpha": float(alpha), "balance": balance,
-        "head_standardized": True, "head_stats_n": len(reference),
+        "head_standardized": True, "head_stats_n": len(reference), "head_views": ["", *views],
         "weights": "imagenet", "num_train": len(train_idx), "num_val": int(val_mask.sum()),
         "class_counts": [int(k) for k in np.bincount(labels[train_idx], minlength=len(label_names))],
         "train_metrics": {**metrics(train_mask), "fit_s": round(fit_s, 3)}, "val_metrics": metrics(val_mask),

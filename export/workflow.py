@@ -116,6 +116,7 @@ def train_from_store(
     out: str | Path | None = None,
     init: str | Path | None = None,
     mode: str | None = None,
+    augment: str | None = None,
     progress: bool = True,
 ) -> Path:
     """Train on the store's labeled samples; returns the checkpoint path (written atomically).
@@ -130,6 +131,10 @@ def train_from_store(
     per sample in the workspace's backbone folder: seconds per round, and the export reuses the
     backbone's INT8 IR); ``"finetune"`` trains the whole network for ``epochs``; ``None``/``"auto"``
     picks ``"head"`` for an architecture with packaged ImageNet weights and ``weights="imagenet"``.
+
+    ``augment``: ``"flips"`` fits a head on each labeled image mirrored, upside down and turned
+    as well (their features cached like the others'), for images whose class does not depend on
+    their orientation (surfaces, textures, cells; not digits or text). ``None``/``"none"``: off.
     """
     from .train import train
 
@@ -150,8 +155,14 @@ def train_from_store(
             f"{len(label_names)} class(es) ({', '.join(label_names) or 'none'}): annotate more samples first."
         )
     mode = resolve_mode(mode, arch, str(weights))
+    augment = augment or "none"
+    if augment not in AUGMENTS:
+        raise InvalidInput(f"The 'augment' parameter must be one of {', '.join(AUGMENTS)}. Got {augment!r} instead.")
+    if augment != "none" and mode != "head":
+        raise InvalidInput(f"augment {augment!r} applies to a head on frozen features (mode 'head'); mode is {mode!r}.")
     if mode == "head":
-        return _train_head_from_store(settings, store, ids, names, label_names, arch, size, val_fraction, out, seed, balance)
+        return _train_head_from_store(settings, store, ids, names, label_names, arch, size, val_fraction, out, seed, balance,
+                                      augment)  # fmt: skip
     images, loaded = _load_images(settings, store, ids.tolist(), size)
     name_of = dict(zip(ids.tolist(), names, strict=True))
     if len(loaded) < MIN_LABELED:
@@ -180,6 +191,7 @@ def train_from_store(
 
 
 MODES = ("auto", "head", "finetune")
+AUGMENTS = ("none", "flips")
 
 
 def resolve_mode(mode: str | None, arch: str, weights: str) -> str:
@@ -221,9 +233,9 @@ def workspace_backbone(
 
 def _train_head_from_store(
     settings: Settings, store: Store, ids: np.ndarray, names: Sequence[str], label_names: list[str], arch: str, size: int,
-    val_fraction: float, out: str | Path | None, seed: int, balance: str,
+    val_fraction: float, out: str | Path | None, seed: int, balance: str, augment: str = "none",
 ) -> Path:  # fmt: skip
-    from edge_al.features import FeatureCache
+    from edge_al.features import VIEWS, FeatureCache
 
     from .train import train_head
 
@@ -231,6 +243,14 @@ def _train_head_from_store(
     with FeatureCache(settings, backbone) as cache:
         feats, loaded = cache.get(store, ids)
         pool_feats, _ = cache.get(store, _pool_draw(store, HEAD_STATS_SAMPLES))  # the head's standardization (cached)
+    views: dict[str, np.ndarray] = {}
+    for view in [v for v in VIEWS if v] if augment == "flips" else []:
+        with FeatureCache(settings, backbone, view=view) as cache:
+            views[view], got = cache.get(store, loaded)
+        if not np.array_equal(got, loaded):  # an image that loaded a moment ago and not now: train without views
+            log.warning("flipped views incomplete (%d of %d images); training without them", len(got), len(loaded))
+            views = {}
+            break
     if len(loaded) < len(ids):
         log.warning("skipping %d labeled sample(s) whose image could not be loaded", len(ids) - len(loaded))
     name_of = dict(zip(ids.tolist(), names, strict=True))
@@ -247,7 +267,8 @@ def _train_head_from_store(
     sha_list = [shas[int(i)] for i in loaded]
     val_mask = val_mask_for(sha_list, labels.tolist(), val_fraction)
     result = train_head(feats, labels, label_names, arch=arch, image_size=size, backbone_id=backbone.id,
-                        val_mask=val_mask, seed=seed, balance="none" if balance == "none" else "loss", pool_features=pool_feats)  # fmt: skip
+                        val_mask=val_mask, seed=seed, balance="none" if balance == "none" else "loss", pool_features=pool_feats,
+                        views=views)  # fmt: skip
     ck = result.checkpoint
     _record_split(ck, loaded, labels, val_mask, training_fingerprint(sha_list, loaded_names), None)
     path = Path(out) if out else settings.checkpoints_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{arch}-head-{ck['train_fingerprint'][:8]}.pt"

@@ -202,3 +202,42 @@ def test_the_queue_serves_a_cold_start_before_the_first_model(tmp_path: Path) ->
         assert all(it["predicted"] == "" and "typicality" in it["scores"] for it in body["items"])
         other = check_response(c.get("/v1/queue?n=4&annotator=bob"), "/v1/queue", "GET")
         assert not {it["sample_id"] for it in body["items"]} & {it["sample_id"] for it in other["items"]}
+
+
+@pytest.mark.slow
+def test_flip_augmented_head_uses_the_flipped_views_features(digits_workspace) -> None:  # type: ignore[no-untyped-def]
+    """train --augment flips: the flipped views' features are the backbone's embeddings of the flipped
+    images, cached beside the plain ones, and the head is fitted on them as well."""
+    from edge_al.features import VIEWS
+    from edge_al.pool import ImageCache
+    from export.workflow import workspace_backbone
+
+    settings, store = digits_workspace
+    size = 64
+    backbone = workspace_backbone(settings, store, ARCH, size, calibration_size=32)
+    truth = {s.id: Path(s.path).parent.name for s in store.samples()}
+    ids = np.array(sorted(truth))[:40]
+    for sid in ids.tolist():
+        store.add_annotation(int(sid), "correct", truth[sid], "test", None)
+    with ImageCache(settings.cache_dir, (size, size)) as cache:
+        images, _ = cache.load_many(store.samples(ids[:8].tolist()))
+    engine = Engine(backbone.fp32_xml, precision="f32")
+    for view in ("h", "v", "hv"):
+        with FeatureCache(settings, backbone, view=view) as cache:
+            feats, got = cache.get(store, ids[:8])
+        assert np.array_equal(got, ids[:8])
+        _, expected = engine.infer(np.ascontiguousarray(VIEWS[view](images)))
+        np.testing.assert_allclose(feats, expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max())  # float16 on disk
+        _, plain = engine.infer(images)
+        assert np.abs(feats - plain).max() > 10 * np.abs(feats - expected).max()  # a flip is another image
+    plain_ck = load_checkpoint(train_from_store(settings, store, arch=ARCH, image_size=size, progress=False))
+    flip_ck = load_checkpoint(train_from_store(settings, store, arch=ARCH, image_size=size, augment="flips", progress=False))
+    assert plain_ck["head_views"] == [""] and flip_ck["head_views"] == ["", "h", "v", "hv"]
+    assert not torch.equal(plain_ck["state_dict"]["head.weight"], flip_ck["state_dict"]["head.weight"])
+    assert {"features-h.f16", "features-v.f16", "features-hv.f16"} <= {p.name for p in backbone.path.iterdir()}
+    with pytest.raises(InvalidInput, match="The 'augment' parameter must be one of none, flips"):
+        train_from_store(settings, store, arch=ARCH, image_size=size, augment="rotate", progress=False)
+    with pytest.raises(InvalidInput, match="applies to a head on frozen features"):
+        train_from_store(settings, store, arch=ARCH, image_size=size, mode="finetune", augment="flips", progress=False)
+    with pytest.raises(InvalidInput, match="The 'view' parameter must be one of"):
+        FeatureCache(settings, backbone, view="r90")

@@ -93,6 +93,7 @@ class SimConfig:
     arch: str = DEFAULT_ARCH
     weights: str | None = None  # None: imagenet where the train extra ships them, else none
     mode: str | None = None  # head | finetune | auto (export.workflow.resolve_mode)
+    augment: str | None = None  # none | flips (export.workflow.train_from_store)
     cold_start: bool = True  # a row that starts from a typical-and-diverse initial set instead of a random one
     train_batch_size: int = 32
     lr: float = 1e-3
@@ -337,7 +338,7 @@ def _train_export_score(
     ckpt_path = ws.settings.checkpoints_dir / f"{tag}.pt"
     ckpt = wf.train_from_store(
         ws.settings, ws.store, arch=cfg.arch, weights=cfg.weights, image_size=cfg.image_size, epochs=epochs, seed=seed,
-        batch_size=cfg.train_batch_size, lr=cfg.lr, out=ckpt_path, init=init, mode=cfg.mode, progress=False,
+        batch_size=cfg.train_batch_size, lr=cfg.lr, out=ckpt_path, init=init, mode=cfg.mode, augment=cfg.augment, progress=False,
     )  # fmt: skip
     timings["train_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -961,7 +962,7 @@ def _summary_header(results: dict[str, Any]) -> list[str]:
         f"- {len(seeds)} seeds ({', '.join(map(str, seeds))}), initial {cfg['initial']} random labels, batch {cfg['batch']}, "
         f"{rounds} rounds: {cfg['initial']} to {cfg['initial'] + rounds * cfg['batch']} labels.",
         f"- Model: {cfg['arch']} at {cfg['image_size'] or 'its default'} px, weights {cfg['weights'] or 'default'}, "
-        f"mode {cfg.get('mode') or 'auto'}, {cfg['epochs']} epochs when fine-tuning"
+        f"mode {cfg.get('mode') or 'auto'}, augment {cfg.get('augment') or 'none'}, {cfg['epochs']} epochs when fine-tuning"
         + (f" ({cfg['warm_epochs'] or cfg['epochs']} per warm-started round)" if cfg["warm_start"] else ", no warm start")
         + f"; export with INT8 gates, calibration {cfg['calibration_size']} pool images. Published precisions: "
         + ", ".join(f"{k} {v}" for k, v in sorted(results["precisions"].items()))

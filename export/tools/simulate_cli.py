@@ -57,6 +57,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--mode", choices=["auto", "head", "finetune"], default=None, help="training mode (default auto: head on a pretrained backbone)"
     )
+    p.add_argument("--augment", choices=["none", "flips"], default=None,
+                   help="flips: heads fitted on the labeled images' flipped views too (edge-al train --augment)")  # fmt: skip
     p.add_argument("--no-cold-start", action="store_true", help="skip the row that starts from a typical-and-diverse initial set")
     p.add_argument("--train-batch-size", type=positive_int, default=32, help="training batch size")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
@@ -91,7 +93,7 @@ def cmd_simulate(ctx: Any) -> int:
         data=a.data, out=a.out, groups=a.groups, strategies=a.strategies, seeds=a.seeds, first_seed=a.first_seed,
         initial=a.initial, batch=a.batch, rounds=a.rounds, test_fraction=a.test_fraction, split_seed=a.split_seed,
         image_size=a.image_size, epochs=a.epochs, warm_epochs=a.warm_epochs, warm_start=not a.no_warm_start, arch=a.arch,
-        weights=a.weights, mode=a.mode, cold_start=not a.no_cold_start, train_batch_size=a.train_batch_size, lr=a.lr, calibration_size=a.calibration_size,
+        weights=a.weights, mode=a.mode, augment=a.augment, cold_start=not a.no_cold_start, train_batch_size=a.train_batch_size, lr=a.lr, calibration_size=a.calibration_size,
         sample_size=a.sample_size, reference=not a.no_reference, reference_seeds=a.reference_seeds,
         reference_epochs=a.reference_epochs, work=a.work, keep_work=a.keep_work, device=a.device,
         accuracy_control=a.accuracy_control, exporter=a.exporter,
