@@ -27,5 +27,8 @@ def test_api_processes_and_workers_share_one_postgres_store(tmp_path: Path, post
     # pools are not guaranteed, but decisions, undos, retries and several retrains are
     assert report["annotations"]["acknowledged_writes"] >= 150, text
     assert report["counts"].get("undo 200", 0) > 0 and report["counts"].get("resend 200", 0) > 0, text
-    assert report["retrains"]["by_state"].get("succeeded", 0) >= 2, text
+    # several retrains, one after another: at least one finished and a later one at least started (the
+    # stand-in's 0.5 s can still be running when the 5 s of traffic end: seen once in a CI run)
+    states = report["retrains"]["by_state"]
+    assert states.get("succeeded", 0) >= 1 and states.get("succeeded", 0) + states.get("running", 0) >= 2, text
     assert report["leases"]["handed_to_another_holder"] > 0, text
