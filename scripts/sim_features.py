@@ -31,13 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from edge_al.acquisition import select
+from edge_al.features import VIEWS
 from edge_al.images import decode, resize_to
 from edge_al.lifecycle import balanced_accuracy
 from export.efficientnet_lite import efficientnet_lite, load_imagenet
@@ -45,25 +45,21 @@ from export.tools.machine import cpu_line
 from export.tools.simulate import read_dataset, read_groups, split_dataset
 from export.train import feature_stats, fit_linear_head, to_tensor
 
-# --flips: the image views a head is trained on and averaged over (u8 [H, W, 3] -> the same, flipped)
-VIEWS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "x": lambda a: a,
-    "x_h": lambda a: a[:, ::-1],
-    "x_v": lambda a: a[::-1],
-    "x_hv": lambda a: a[::-1, ::-1],
-}
+# --flips: the cache key of each view of edge_al.features.VIEWS (the views `train --augment flips` uses)
+VIEW_KEYS = {"x": "", "x_h": "h", "x_v": "v", "x_hv": "hv"}
 
 
 @torch.no_grad()
-def frozen_features(paths: list[Path], size: int, batch: int = 32, view: Callable[[np.ndarray], np.ndarray] = VIEWS["x"]) -> np.ndarray:
-    """float32 [N, 1280]: EfficientNet-Lite0's pooled embedding (what edge-al's backbone gives) of ``view`` of each image."""
+def frozen_features(paths: list[Path], size: int, batch: int = 32, view: str = "") -> np.ndarray:
+    """float32 [N, 1280]: EfficientNet-Lite0's pooled embedding (what edge-al's backbone gives) of each
+    image, flipped as ``edge_al.features.VIEWS[view]`` says."""
     net = efficientnet_lite("efficientnet_lite0")
     load_imagenet(net, "efficientnet_lite0")
     net.eval()
     out = []
     for i in range(0, len(paths), batch):
-        views = [np.ascontiguousarray(view(resize_to(decode(p.read_bytes()), (size, size)))) for p in paths[i : i + batch]]
-        out.append(net.features(torch.cat([to_tensor(v[None]) for v in views])).numpy())
+        images = np.stack([resize_to(decode(p.read_bytes()), (size, size)) for p in paths[i : i + batch]])
+        out.append(net.features(to_tensor(np.ascontiguousarray(VIEWS[view](images)))).numpy())
     return np.concatenate(out).astype(np.float32)
 
 
@@ -83,8 +79,10 @@ def flips_table(
             for seed in range(seeds if budget else 1):
                 lab = np.random.default_rng(seed).choice(pool, budget, replace=False) if budget else pool
                 w, b = fit_linear_head(feats["x"][lab], y[lab], classes, stats=stats)
-                w2, b2 = fit_linear_head(np.concatenate([feats[v][lab] for v in VIEWS]), np.tile(y[lab], len(VIEWS)), classes, stats=stats)
-                tta = np.mean([feats[v][test] @ w2.T for v in VIEWS], axis=0) + b2
+                w2, b2 = fit_linear_head(
+                    np.concatenate([feats[v][lab] for v in VIEW_KEYS]), np.tile(y[lab], len(VIEW_KEYS)), classes, stats=stats
+                )
+                tta = np.mean([feats[v][test] @ w2.T for v in VIEW_KEYS], axis=0) + b2
                 rows.append((balanced_accuracy(y[test], (feats["x"][test] @ w.T + b).argmax(1)),
                              balanced_accuracy(y[test], (feats["x"][test] @ w2.T + b2).argmax(1)),
                              balanced_accuracy(y[test], tta.argmax(1))))  # fmt: skip
@@ -149,10 +147,10 @@ def main() -> None:
     classes = sorted({c for _, c in items})
     y = np.array([classes.index(c) for _, c in items])
     feats = dict(np.load(args.cache)) if args.cache and args.cache.is_file() else {}
-    for view in VIEWS if args.flips else ["x"]:
+    for view in VIEW_KEYS if args.flips else ["x"]:
         if view not in feats:
             t = time.time()
-            feats[view] = frozen_features([p for p, _ in items], args.size, view=VIEWS[view])
+            feats[view] = frozen_features([p for p, _ in items], args.size, view=VIEW_KEYS[view])
             print(f"features ({view}) of {len(items)} images at {args.size} px: {time.time() - t:.0f} s", flush=True)
             if args.cache:
                 np.savez(args.cache, **feats)
