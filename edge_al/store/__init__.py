@@ -161,7 +161,8 @@ class Store:
 
     def find_sample(self, ref: str | int) -> Sample:
         """A sample by id (int or digits) or by path (as ingested, or resolved)."""
-        if isinstance(ref, int) or (isinstance(ref, str) and ref.strip().isdigit()):
+        # isdecimal, not isdigit: "³" is a digit that int() refuses (a fuzzed annotation found it: 500)
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.strip().isascii() and ref.strip().isdecimal()):
             return self.sample(int(ref))
         text = str(ref).strip()
         rows = self.query("SELECT * FROM samples WHERE path = ?", (text,))
