@@ -71,6 +71,8 @@ CASES: list[tuple[str, str, str, str, str | bytes | None, str | None, int, tuple
      _json({"annotations": [], "colour": 1}), "application/json", 422, ("colour",)),
     ("an item by an unknown path", "POST", "/v1/annotations", "/v1/annotations",
      _json({"path": "nowhere.png", "action": "reject"}), "application/json", 422, ("nowhere.png",)),
+    ("an item by a path of a superscript digit", "POST", "/v1/annotations", "/v1/annotations",
+     _json({"path": "\u00b3", "action": "reject"}), "application/json", 422, ("\u00b3",)),
     ("an item naming neither sample_id nor path", "POST", "/v1/annotations", "/v1/annotations",
      _json({"action": "reject"}), "application/json", 422, ("neither",)),
     ("extra property", "POST", "/v1/labels", "/v1/labels", _json({"name": "x", "colour": 1}), "application/json", 422, ("colour",)),

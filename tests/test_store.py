@@ -21,6 +21,11 @@ def test_samples_dedupe_by_hash(store: Store) -> None:
     assert store.find_sample(str(a)).id == a
     with pytest.raises(NotFound, match="ingest it first"):
         store.find_sample("/nope.png")
+    # digits int() refuses ("³" and "²" pass str.isdigit) and non-ASCII decimals are paths, not ids
+    for ref in ("³", "1²", "\u0661"):
+        with pytest.raises(NotFound, match="ingest it first"):
+            store.find_sample(ref)
+    assert store.find_sample(f" {a} ").id == a
 
 
 def test_annotations_history_idempotence_and_undo(store: Store) -> None:
