@@ -489,10 +489,11 @@ def _add_train_args(p: argparse.ArgumentParser, retrain: bool = False) -> None:
     )
     p.add_argument(
         "--augment",
-        choices=["none", "flips"],
+        choices=["none", "flips", "flips+tta"],
         default=None,
         help="flips: fit the head on each labeled image mirrored, upside down and turned as well, for images whose class "
-        "does not depend on orientation (surfaces, textures; not digits or text); default none",
+        "does not depend on orientation (surfaces, textures; not digits or text); flips+tta: that, and the published model "
+        "averages the four flipped views of each image (four backbone passes an image on the line); default none",
     )
     p.add_argument("--image-size", type=positive_int, default=None,
                    help=f"square model input size in pixels (default 320 for efficientnet_lite0, 128 otherwise{keep})")  # fmt: skip

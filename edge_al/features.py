@@ -32,7 +32,7 @@ from .scoring import EmbeddingFile
 from .storage import images_storage
 from .store import Store
 
-__all__ = ["BACKBONE_META", "VIEWS", "Backbone", "FeatureCache", "backbone_dir", "find_backbone"]
+__all__ = ["BACKBONE_META", "VIEWS", "VIEW_AXES", "Backbone", "FeatureCache", "backbone_dir", "find_backbone"]
 
 BACKBONE_META = "meta.json"
 
@@ -93,13 +93,21 @@ def find_backbone(settings: Settings) -> Backbone | None:
     return Backbone.open(max(built, key=lambda p: (p / BACKBONE_META).stat().st_mtime))
 
 
-# Views of an image a head may be trained on (``train --augment flips``): u8 [N, H, W, 3] -> the same.
-VIEWS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "": lambda a: a,
-    "h": lambda a: a[:, :, ::-1],  # mirrored left-right
-    "v": lambda a: a[:, ::-1],  # upside down
-    "hv": lambda a: a[:, ::-1, ::-1],  # both: turned 180 degrees
+# Views of an image a head may be trained on (``train --augment flips``) and a published model may
+# average (``--augment flips+tta``): the axes of a u8 [N, H, W, 3] batch each view reverses.
+VIEW_AXES: dict[str, tuple[int, ...]] = {
+    "": (),
+    "h": (2,),  # mirrored left-right
+    "v": (1,),  # upside down
+    "hv": (1, 2),  # both: turned 180 degrees
 }
+
+
+def _flipper(axes: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda a: np.flip(a, axes) if axes else a
+
+
+VIEWS: dict[str, Callable[[np.ndarray], np.ndarray]] = {name: _flipper(axes) for name, axes in VIEW_AXES.items()}
 
 
 class FeatureCache:

@@ -29,6 +29,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,15 +179,39 @@ def _with_dummy_probs(backbone: ov.Model) -> ov.Model:
     )
 
 
-def compose_head(backbone: ov.Model, weight: np.ndarray, bias: np.ndarray) -> ov.Model:
+def compose_head(backbone: ov.Model, weight: np.ndarray, bias: np.ndarray, views: Sequence[str] = ()) -> ov.Model:
     """A classifier IR: ``backbone`` (one ``embedding`` output) + Linear(weight f32 [C, D], bias [C]) + Softmax.
 
     Outputs ``probs`` f32 [N, C] and ``embedding`` f32 [N, D], the model contract. The head stays
     FP32 inside an INT8 backbone (C x D multiply-adds: nothing next to the backbone).
+
+    ``views`` (names of ``edge_al.features.VIEW_AXES``, e.g. ``("", "h", "v", "hv")``): test-time
+    augmentation inside the IR: each image goes through the backbone once per view (its u8 NHWC
+    input flipped in the graph), and the embedding is the mean of the views' embeddings (so the
+    linear head's logits are the mean of the views' logits). The line pays one backbone pass per view.
     """
+    from edge_al.features import VIEW_AXES
+
+    views = list(views)
+    unknown = [v for v in views if v not in VIEW_AXES]
+    if unknown or len(set(views)) != len(views):
+        raise InvalidInput(f"The 'views' parameter must name distinct views of {sorted(VIEW_AXES)}. Got {views!r} instead.")
     model = backbone.clone()
     emb_result = model.get_results()[0]
     emb = emb_result.input_value(0)
+    if len(views) > 1:
+        param = model.get_parameters()[0]
+        targets = list(param.output(0).get_target_inputs())
+        x = param.output(0)
+        parts = [x if not VIEW_AXES[v] else _flipped(x, VIEW_AXES[v]) for v in views]
+        batch = ops.concat(parts, 0)
+        for target in targets:
+            target.replace_source_output(batch.output(0))
+        model.validate_nodes_and_infer_types()  # the backbone's shapes now follow the views' batch
+        dim = emb.get_partial_shape()[1].get_length()
+        stacked = ops.reshape(emb, ops.constant(np.array([len(views), -1, dim], np.int64)), False)
+        emb = ops.reduce_mean(stacked, ops.constant(np.array([0], np.int64)), False).output(0)
+        emb_result.input(0).replace_source_output(emb)
     w = ops.constant(np.ascontiguousarray(np.asarray(weight, dtype=np.float32).T))
     b = ops.constant(np.asarray(bias, dtype=np.float32)[None, :])
     probs = ops.softmax(ops.add(ops.matmul(emb, w, False, False), b), 1)
@@ -195,6 +220,13 @@ def compose_head(backbone: ov.Model, weight: np.ndarray, bias: np.ndarray) -> ov
     out.output(0).get_tensor().set_names({"probs"})
     out.output(1).get_tensor().set_names({"embedding"})
     return out
+
+
+def _flipped(x: ov.Output, axes: Sequence[int]) -> ov.Output:
+    """``x`` reversed along ``axes`` (a Slice from the last element back past the first, step -1)."""
+    n = len(axes)
+    const = [ops.constant(np.array(v, np.int64)) for v in ([-1] * n, [-(2**62)] * n, [-1] * n, list(axes))]
+    return ops.slice(x, *const).output(0)
 
 
 def head_arrays(state_dict: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

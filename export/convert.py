@@ -46,6 +46,7 @@ from .train import (
     EmbeddingClassifier,
     model_from_checkpoint,
     predict,
+    predict_checkpoint,
     save_checkpoint,
     to_tensor,
 )
@@ -376,10 +377,11 @@ def _head_reference(b: _Build) -> _Reference:
     assert b.backbone is not None
     t = time.time()
     weight, bias = head_arrays(b.checkpoint["state_dict"])
-    reference = compose_head(read_ir(b.backbone.fp32_xml), weight, bias)
+    views = _test_views(b)
+    reference = compose_head(read_ir(b.backbone.fp32_xml), weight, bias, views)
     ref_f32 = b.engine(reference, f32=True)
     probe = slice(0, min(HEAD_PARITY_IMAGES, len(b.sample_images)))
-    key = (b.backbone.id, hashlib.sha256(np.ascontiguousarray(b.sample_images).tobytes()).hexdigest())
+    key = (f"{b.backbone.id}|{','.join(views)}", hashlib.sha256(np.ascontiguousarray(b.sample_images).tobytes()).hexdigest())
     kept = _SAMPLE_EMBEDDINGS.get(key)
     probe_probs, probe_emb = ref_f32.infer(b.sample_images[probe])
     scale = max(1.0, float(np.max(np.abs(probe_emb))))
@@ -395,7 +397,7 @@ def _head_reference(b: _Build) -> _Reference:
         _SAMPLE_EMBEDDINGS.clear()  # one set of samples at a time: 200 x 1,280 floats
         _SAMPLE_EMBEDDINGS[key] = ir_emb
     b.report["sample_embeddings"] = "kept from an earlier export" if reused else "computed"
-    torch_probs, torch_emb = predict(model_from_checkpoint(b.checkpoint), b.sample_images[probe])
+    torch_probs, torch_emb = predict_checkpoint(b.checkpoint, b.sample_images[probe])
     b.report["gates"]["ir_parity"] = parity_gate("ir_parity", torch_probs, torch_emb, ir_probs[probe], ir_emb[probe], b.parity_tol)
     b.report["exporter"] = f"backbone {b.backbone.id} ({b.backbone.meta.get('exporter')}) + head"
     b.report["backbone"] = {"id": b.backbone.id, "parity": b.backbone.meta.get("parity")}
@@ -403,7 +405,7 @@ def _head_reference(b: _Build) -> _Reference:
     return _Reference(reference, ref_f32, ir_probs, ir_emb)
 
 
-# (backbone id, sha256 of the sample images) -> their FP32 f32 embeddings: see _head_reference
+# (backbone id | test-time views, sha256 of the sample images) -> their FP32 f32 embeddings: see _head_reference
 _SAMPLE_EMBEDDINGS: dict[tuple[str, str], np.ndarray] = {}
 
 
@@ -509,7 +511,12 @@ def _int8_candidate(b: _Build, reference: ov.Model, qsettings: dict[str, Any]) -
     from .backbone import compose_head, head_arrays
 
     weight, bias = head_arrays(b.checkpoint["state_dict"])
-    return compose_head(read_ir(b.backbone.int8_xml), weight, bias)
+    return compose_head(read_ir(b.backbone.int8_xml), weight, bias, _test_views(b))
+
+
+def _test_views(b: _Build) -> list[str]:
+    """The views a head checkpoint's published IR averages (``train_head(test_time_views=True)``); [""]: none."""
+    return list(b.checkpoint.get("test_views") or [""])
 
 
 def _model_info(b: _Build, embedding_dim: int, created_at: float) -> dict[str, Any]:
@@ -526,6 +533,7 @@ def _model_info(b: _Build, embedding_dim: int, created_at: float) -> dict[str, A
         "input": {"name": "image", "dtype": "u8", "layout": "NHWC", "color": "BGR"},
         "outputs": {"probs": "f32 [N, C] softmax", "embedding": f"f32 [N, {embedding_dim}]"},
         "embedding_dim": str(embedding_dim),
+        "test_time_views": ",".join(v or "plain" for v in b.checkpoint.get("test_views") or [""]),
         "resize_mode": RESIZE_MODE,
         "interpolation": INTERPOLATION,
         "normalization": {"mean": b.mean, "std": b.std, "color": "RGB", "range": "0-1", "embedded": True},

@@ -295,6 +295,22 @@ def predict(model: EmbeddingClassifier, images: np.ndarray, batch_size: int = 64
     return np.concatenate(probs), np.concatenate(embs)
 
 
+def predict_checkpoint(checkpoint: dict[str, Any], images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`predict` of the model a checkpoint describes, as its published IR computes it: with
+    ``test_views`` (``train_head(test_time_views=True)``), the embedding is the mean over the
+    flipped views of each image and the probabilities are the head's on that mean."""
+    from edge_al.features import VIEWS
+
+    model = model_from_checkpoint(checkpoint)
+    views = checkpoint.get("test_views") or [""]
+    if len(views) == 1:
+        return predict(model, images)
+    emb = np.mean([predict(model, np.ascontiguousarray(VIEWS[v](images)))[1] for v in views], axis=0)
+    with torch.no_grad():
+        probs = torch.softmax(model.head(torch.from_numpy(emb)), 1).numpy()
+    return probs.astype(np.float32), emb.astype(np.float32)
+
+
 # -- training ----------------------------------------------------------------------------------
 @dataclass
 class TrainResult:
@@ -645,6 +661,7 @@ def train_head(
     seed: int = 0,
     pool_features: np.ndarray | None = None,
     views: dict[str, np.ndarray] | None = None,
+    test_time_views: bool = False,
 ) -> TrainResult:
     """A classifier whose backbone is the pretrained one, unchanged, and whose head is fitted on
     its frozen float32 [N, D] ``features`` (the FP32 IR's embeddings of the labeled images).
@@ -652,7 +669,10 @@ def train_head(
     ``views``: more float32 [N, D] embeddings of the same images, row for row (e.g. flipped:
     ``edge_al.features.VIEWS``); the head is fitted on the training rows of each view as well, with
     the same labels. On magnetic_tile this added about 0.03 balanced accuracy at 50-200 labels and
-    nothing at 400 (docs/benchmarks/features.md). Validation uses ``features`` only.
+    nothing at 400 (docs/benchmarks/features.md). Validation uses ``features`` only, unless
+    ``test_time_views``: then the published model averages the views' embeddings of each image
+    (``export.backbone.compose_head``; one backbone pass per view on the line), the checkpoint's
+    ``test_views`` name them, and validation scores the same mean.
 
     The checkpoint has the same format as :func:`train`'s (the whole model's state dict), plus
     ``mode = "head"`` and ``backbone_id``: the export composes the head onto the workspace's
@@ -677,6 +697,8 @@ def train_head(
         if np.shape(extra) != np.shape(features):
             raise InvalidInput(f"The view {name!r} must have the features' shape {np.shape(features)}. Got {np.shape(extra)} instead.")
     fit_x = np.concatenate([features[train_idx], *(np.asarray(v)[train_idx] for v in views.values())])
+    if test_time_views and not views:
+        raise InvalidInput("Test-time views need the views' features: pass 'views' (e.g. the flipped images' embeddings).")
     fit_y = np.tile(labels[train_idx], 1 + len(views))
     weight, bias = fit_linear_head(fit_x, fit_y, len(label_names), alpha=alpha, balance=balance, stats=feature_stats(reference))
     fit_s = time.perf_counter() - t
@@ -686,10 +708,12 @@ def train_head(
         model.head.bias.copy_(torch.from_numpy(bias))
     model.eval()
 
+    scored = np.mean([features, *(np.asarray(v) for v in views.values())], axis=0) if test_time_views else features
+
     def metrics(mask: np.ndarray) -> dict[str, Any]:
         if not mask.any():
             return {"n": 0}
-        pred = (features[mask] @ weight.T + bias).argmax(1)
+        pred = (scored[mask] @ weight.T + bias).argmax(1)
         return classification_metrics(labels[mask], pred)
 
     train_mask = ~val_mask
@@ -700,6 +724,7 @@ def train_head(
         "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "embedding_dim": model.embedding_dim,
         "seed": int(seed), "epochs": 0, "batch_size": len(train_idx), "lr": 0.0, "head_alpha": float(alpha), "balance": balance,
         "head_standardized": True, "head_stats_n": len(reference), "head_views": ["", *views],
+        "test_views": ["", *views] if test_time_views else [""],
         "weights": "imagenet", "num_train": len(train_idx), "num_val": int(val_mask.sum()),
         "class_counts": [int(k) for k in np.bincount(labels[train_idx], minlength=len(label_names))],
         "train_metrics": {**metrics(train_mask), "fit_s": round(fit_s, 3)}, "val_metrics": metrics(val_mask),

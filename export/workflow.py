@@ -134,7 +134,10 @@ def train_from_store(
 
     ``augment``: ``"flips"`` fits a head on each labeled image mirrored, upside down and turned
     as well (their features cached like the others'), for images whose class does not depend on
-    their orientation (surfaces, textures, cells; not digits or text). ``None``/``"none"``: off.
+    their orientation (surfaces, textures, cells; not digits or text). ``"flips+tta"``: that head,
+    and the published model averages each image's four flipped views as well (test-time
+    augmentation: four backbone passes an image on the line; docs/benchmarks/features.md).
+    ``None``/``"none"``: off.
     """
     from .train import train
 
@@ -191,7 +194,7 @@ def train_from_store(
 
 
 MODES = ("auto", "head", "finetune")
-AUGMENTS = ("none", "flips")
+AUGMENTS = ("none", "flips", "flips+tta")
 
 
 def resolve_mode(mode: str | None, arch: str, weights: str) -> str:
@@ -244,7 +247,7 @@ def _train_head_from_store(
         feats, loaded = cache.get(store, ids)
         pool_feats, _ = cache.get(store, _pool_draw(store, HEAD_STATS_SAMPLES))  # the head's standardization (cached)
     views: dict[str, np.ndarray] = {}
-    for view in [v for v in VIEWS if v] if augment == "flips" else []:
+    for view in [v for v in VIEWS if v] if augment in ("flips", "flips+tta") else []:
         with FeatureCache(settings, backbone, view=view) as cache:
             views[view], got = cache.get(store, loaded)
         if not np.array_equal(got, loaded):  # an image that loaded a moment ago and not now: train without views
@@ -268,7 +271,7 @@ def _train_head_from_store(
     val_mask = val_mask_for(sha_list, labels.tolist(), val_fraction)
     result = train_head(feats, labels, label_names, arch=arch, image_size=size, backbone_id=backbone.id,
                         val_mask=val_mask, seed=seed, balance="none" if balance == "none" else "loss", pool_features=pool_feats,
-                        views=views)  # fmt: skip
+                        views=views, test_time_views=augment == "flips+tta" and bool(views))  # fmt: skip
     ck = result.checkpoint
     _record_split(ck, loaded, labels, val_mask, training_fingerprint(sha_list, loaded_names), None)
     path = Path(out) if out else settings.checkpoints_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{arch}-head-{ck['train_fingerprint'][:8]}.pt"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge_al.engine import Engine
+from edge_al.engine import Engine, read_ir
 from edge_al.errors import InvalidInput, MissingDependency
 from edge_al.features import FeatureCache, find_backbone
 from edge_al.pool import ingest
@@ -241,3 +241,53 @@ def test_flip_augmented_head_uses_the_flipped_views_features(digits_workspace) -
         train_from_store(settings, store, arch=ARCH, image_size=size, mode="finetune", augment="flips", progress=False)
     with pytest.raises(InvalidInput, match="The 'view' parameter must be one of"):
         FeatureCache(settings, backbone, view="r90")
+
+
+@pytest.mark.slow
+def test_test_time_flips_publish_one_ir_that_averages_the_four_views(digits_workspace) -> None:  # type: ignore[no-untyped-def]
+    """train --augment flips+tta: the published IR (one input, the same two outputs) runs each image
+    mirrored, upside down and turned as well; its embedding is the mean of the backbone's four, and
+    its probabilities are the head's on that mean, in the reference IR and the published INT8 one."""
+    from edge_al.features import VIEWS
+    from edge_al.pool import ImageCache
+    from export.backbone import compose_head
+    from export.workflow import workspace_backbone
+
+    settings, store = digits_workspace
+    size = 64
+    backbone = workspace_backbone(settings, store, ARCH, size, calibration_size=32)
+    truth = {s.id: Path(s.path).parent.name for s in store.samples()}
+    ids = np.array(sorted(truth))
+    for sid in ids[:40].tolist():
+        store.add_annotation(int(sid), "correct", truth[sid], "test", None)
+    ckpt_path = train_from_store(settings, store, arch=ARCH, image_size=size, augment="flips+tta", progress=False)
+    ck = load_checkpoint(ckpt_path)
+    assert ck["test_views"] == ["", "h", "v", "hv"] and ck["head_views"] == ["", "h", "v", "hv"]
+    flips_only = train_from_store(
+        settings, store, arch=ARCH, image_size=size, augment="flips", out=settings.home / "flips.pt", progress=False
+    )
+    assert load_checkpoint(flips_only)["test_views"] == [""]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExportGateWarning)  # 64 px digits: whether INT8 passes is not the point
+        mv, report = export_from_store(settings, store, ckpt_path, calibration_size=32, sample_size=64, progress=False)
+    assert report["gates"]["ir_parity"]["passed"]  # torch's mean over the views equals the IR's
+    with ImageCache(settings.cache_dir, (size, size)) as cache:
+        images, _ = cache.load_many(store.samples(ids[40:52].tolist()))
+    w = ck["state_dict"]["head.weight"].numpy()
+    b = ck["state_dict"]["head.bias"].numpy()
+    published_backbone = backbone.int8_xml if report["precision"] == "int8" else backbone.fp32_xml  # FP32 when a gate failed
+    for published, backbone_xml in ((mv.reference_xml, backbone.fp32_xml), (mv.path / "model.xml", published_backbone)):
+        engine = Engine(backbone_xml, precision="f32")
+        views = [engine.infer(np.ascontiguousarray(VIEWS[v](images)))[1] for v in ("", "h", "v", "hv")]
+        expected = np.mean(views, axis=0)
+        probs, emb = Engine(published, precision="f32").infer(images)
+        assert emb.shape == expected.shape and probs.shape == (len(images), len(ck["label_names"]))
+        scale = np.abs(expected).max()
+        assert np.abs(emb - expected).max() < 1e-3 * scale, published
+        assert np.abs(emb - views[0]).max() > 10 * np.abs(emb - expected).max()  # not the plain view's
+        logits = expected @ w.T + b
+        soft = np.exp(logits - logits.max(1, keepdims=True))
+        assert np.abs(probs - soft / soft.sum(1, keepdims=True)).max() < 1e-3
+    assert Engine(mv.path / "model.xml").info.raw["test_time_views"] == "plain,h,v,hv"
+    with pytest.raises(InvalidInput, match="The 'views' parameter must name distinct views"):
+        compose_head(read_ir(backbone.fp32_xml), w, b, ["", "r90"])

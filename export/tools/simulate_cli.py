@@ -57,8 +57,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--mode", choices=["auto", "head", "finetune"], default=None, help="training mode (default auto: head on a pretrained backbone)"
     )
-    p.add_argument("--augment", choices=["none", "flips"], default=None,
-                   help="flips: heads fitted on the labeled images' flipped views too (edge-al train --augment)")  # fmt: skip
+    p.add_argument("--augment", choices=["none", "flips", "flips+tta"], default=None,
+                   help="flips: heads fitted on the labeled images' flipped views too; flips+tta: and the published models "
+                        "average each image's four flips (edge-al train --augment)")  # fmt: skip
     p.add_argument("--no-cold-start", action="store_true", help="skip the row that starts from a typical-and-diverse initial set")
     p.add_argument("--train-batch-size", type=positive_int, default=32, help="training batch size")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
