@@ -26,7 +26,7 @@ import numpy as np
 
 from . import __version__, acquisition
 from .argtypes import positive_int
-from .config import ARCHS, DEFAULT_ARCH, PACKAGED_WEIGHTS, Settings, load_settings
+from .config import ARCHS, AUGMENTS, DEFAULT_ARCH, PACKAGED_WEIGHTS, Settings, load_settings
 from .errors import EdgeALError
 from .figures import gate_summary, validation_note
 from .registry import Registry, headline_metrics
@@ -489,11 +489,11 @@ def _add_train_args(p: argparse.ArgumentParser, retrain: bool = False) -> None:
     )
     p.add_argument(
         "--augment",
-        choices=["none", "flips", "flips+tta"],
+        choices=list(AUGMENTS),
         default=None,
         help="flips: fit the head on each labeled image mirrored, upside down and turned as well, for images whose class "
         "does not depend on orientation (surfaces, textures; not digits or text); flips+tta: that, and the published model "
-        "averages the four flipped views of each image (four backbone passes an image on the line); default none",
+        "averages the four flipped views of each image (four backbone passes an image on the line); default: EDGE_AL_AUGMENT, else none",
     )
     p.add_argument("--image-size", type=positive_int, default=None,
                    help=f"square model input size in pixels (default 320 for efficientnet_lite0, 128 otherwise{keep})")  # fmt: skip

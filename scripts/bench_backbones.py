@@ -13,6 +13,10 @@ default precision (bf16 where the CPU has it), and the INT8 IR edge-al publishes
 Calibration images are generated textures (speed does not depend on them either). Prints a table
 with ratios measured in this run, and the CPU's ISA flags; writes JSON with ``--out``.
 
+``--tta``: also efficientnet_lite0's INT8 backbone with a 6-class head as a round publishes it,
+plain and with test-time flips (``train --augment flips+tta``: four views an image in one IR), so
+the line's cost of the option is a ratio measured in the same run.
+
     .venv/bin/python scripts/bench_backbones.py --size 224 --seconds 15 --out docs/benchmarks/backbones.json
 """
 
@@ -54,12 +58,26 @@ def _torchvision_irs(arch: str, size: int, folder: Path, calibration: np.ndarray
     return fp32_xml, int8_xml
 
 
+def _with_head(backbone_xml: Path, out: Path, views: tuple[str, ...]) -> Path:
+    """The backbone with a random 6-class head (what a round publishes; speed does not depend on the weights)."""
+    import openvino as ov
+
+    from edge_al.engine import read_ir
+    from export.backbone import compose_head
+
+    rng = np.random.default_rng(0)
+    weight, bias = rng.normal(size=(6, 1280)).astype(np.float32), np.zeros(6, np.float32)
+    ov.save_model(compose_head(read_ir(backbone_xml), weight, bias, views), str(out), compress_to_fp16=False)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--archs", default="efficientnet_lite0,resnet18,mobilenet_v3_small")
+    ap.add_argument("--tta", action="store_true", help="also lite0's published INT8 IR without and with test-time flips")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     calibration = _calibration(args.size)
@@ -80,6 +98,9 @@ def main() -> None:
                 "fp32_default": benchmark_app(fp32_xml, **kw),
                 "int8": benchmark_app(int8_xml, **kw),
             }
+            if args.tta and arch == "efficientnet_lite0":
+                for name, views in (("int8_head", ()), ("int8_head_tta", ("", "h", "v", "hv"))):
+                    rows[arch][name] = benchmark_app(_with_head(int8_xml, folder / f"{name}.xml", views), **kw)
             for row in rows[arch].values():  # the report names no folder of this machine
                 row["command"] = row["command"].replace(str(folder), "TMPDIR")
     machine = machine_info()
@@ -89,6 +110,13 @@ def main() -> None:
     for arch, r in rows.items():
         f32, dflt, i8 = (r[k]["images_per_s"] for k in ("fp32_f32", "fp32_default", "int8"))
         print(f"{arch:<20} {f32:>9.0f} {dflt:>9.0f} ({r['fp32_default']['precision']}) {i8:>8.0f} {i8 / f32:>8.2f}x {i8 / dflt:>12.2f}x")
+    tta = rows.get("efficientnet_lite0", {})
+    if "int8_head_tta" in tta:
+        plain, flipped = tta["int8_head"]["images_per_s"], tta["int8_head_tta"]["images_per_s"]
+        print(
+            f"\nefficientnet_lite0 INT8 + head: {plain:.0f} img/s; with test-time flips (4 views): {flipped:.0f} img/s "
+            f"({flipped / plain:.2f}x)"
+        )
     if "efficientnet_lite0" in rows and "resnet18" in rows:
         ratio = rows["efficientnet_lite0"]["int8"]["images_per_s"] / rows["resnet18"]["int8"]["images_per_s"]
         print(f"\nefficientnet_lite0 INT8 / resnet18 INT8 at {args.size} px: {ratio:.2f}x")

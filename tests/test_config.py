@@ -27,6 +27,15 @@ def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert load_settings(home=tmp_path / "from-arg").home == (tmp_path / "from-arg").resolve()  # the argument wins
 
 
+def test_workspace_augment_comes_from_the_environment_and_a_bad_one_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(home=tmp_path).augment is None
+    monkeypatch.setenv("EDGE_AL_AUGMENT", "flips+tta")
+    assert load_settings(home=tmp_path).augment == "flips+tta"
+    monkeypatch.setenv("EDGE_AL_AUGMENT", "rotate")
+    with pytest.raises(ValueError, match=r"EDGE_AL_AUGMENT must be one of none, flips, flips\+tta\. Got 'rotate'"):
+        load_settings(home=tmp_path)
+
+
 def test_service_config_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGE_AL_MAX_BATCH", "3")
     monkeypatch.setenv("EDGE_AL_LEASE_SECONDS", "60")

@@ -233,9 +233,16 @@ def test_flip_augmented_head_uses_the_flipped_views_features(digits_workspace) -
     plain_ck = load_checkpoint(train_from_store(settings, store, arch=ARCH, image_size=size, progress=False))
     flip_ck = load_checkpoint(train_from_store(settings, store, arch=ARCH, image_size=size, augment="flips", progress=False))
     assert plain_ck["head_views"] == [""] and flip_ck["head_views"] == ["", "h", "v", "hv"]
+    # a workspace whose images are orientation-free says so once (EDGE_AL_AUGMENT): every training that
+    # names no augment (the service's auto-retrain among them) uses it; an explicit one still wins
+    flippable = settings.with_(augment="flips")
+    assert load_checkpoint(train_from_store(flippable, store, arch=ARCH, image_size=size, out=settings.home / "ws.pt",
+                                            progress=False))["head_views"] == ["", "h", "v", "hv"]  # fmt: skip
+    assert load_checkpoint(train_from_store(flippable, store, arch=ARCH, image_size=size, augment="none",
+                                            out=settings.home / "off.pt", progress=False))["head_views"] == [""]  # fmt: skip
     assert not torch.equal(plain_ck["state_dict"]["head.weight"], flip_ck["state_dict"]["head.weight"])
     assert {"features-h.f16", "features-v.f16", "features-hv.f16"} <= {p.name for p in backbone.path.iterdir()}
-    with pytest.raises(InvalidInput, match="The 'augment' parameter must be one of none, flips"):
+    with pytest.raises(InvalidInput, match="The 'augment' parameter must be one of none, flips, flips\\+tta"):
         train_from_store(settings, store, arch=ARCH, image_size=size, augment="rotate", progress=False)
     with pytest.raises(InvalidInput, match="applies to a head on frozen features"):
         train_from_store(settings, store, arch=ARCH, image_size=size, mode="finetune", augment="flips", progress=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_al.argtypes import positive_int
-from edge_al.config import ARCHS, DEFAULT_ARCH
+from edge_al.config import ARCHS, AUGMENTS, DEFAULT_ARCH
 
 __all__ = ["register"]
 
@@ -57,7 +57,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--mode", choices=["auto", "head", "finetune"], default=None, help="training mode (default auto: head on a pretrained backbone)"
     )
-    p.add_argument("--augment", choices=["none", "flips", "flips+tta"], default=None,
+    p.add_argument("--augment", choices=list(AUGMENTS), default=None,
                    help="flips: heads fitted on the labeled images' flipped views too; flips+tta: and the published models "
                         "average each image's four flips (edge-al train --augment)")  # fmt: skip
     p.add_argument("--no-cold-start", action="store_true", help="skip the row that starts from a typical-and-diverse initial set")
