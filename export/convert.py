@@ -585,6 +585,7 @@ def _version_meta(b: _Build, choice: _Choice, fp32_val: dict[str, Any], embeddin
         "train_fingerprint": b.train_fingerprint,
         "mode": b.checkpoint.get("mode", "finetune"),
         "backbone_id": b.backbone.id if b.backbone is not None else None,
+        "test_time_views": _test_views(b),  # [""]: one pass an image; four views: four backbone passes
         "created_at": created_at,
         **b.extra_meta,
     }

@@ -296,5 +296,6 @@ def test_test_time_flips_publish_one_ir_that_averages_the_four_views(digits_work
         soft = np.exp(logits - logits.max(1, keepdims=True))
         assert np.abs(probs - soft / soft.sum(1, keepdims=True)).max() < 1e-3
     assert Engine(mv.path / "model.xml").info.raw["test_time_views"] == "plain,h,v,hv"
+    assert mv.meta["test_time_views"] == ["", "h", "v", "hv"]
     with pytest.raises(InvalidInput, match="The 'views' parameter must name distinct views"):
         compose_head(read_ir(backbone.fp32_xml), w, b, ["", "r90"])
