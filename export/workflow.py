@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -187,10 +188,16 @@ def train_from_store(
     )  # fmt: skip
     ck = result.checkpoint
     _record_split(ck, loaded, labels, val_mask, fingerprint, init)
-    path = Path(out) if out else settings.checkpoints_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{arch}-{fingerprint[:8]}.pt"
+    path = Path(out) if out else _checkpoint_path(settings, f"{arch}-{fingerprint[:8]}")
     result.save_checkpoint(path)
     log.info("checkpoint %s: val %s", path, ck["val_metrics"])
     return path
+
+
+def _checkpoint_path(settings: Settings, name: str) -> Path:
+    """A new checkpoint's path: time, ``name`` and a random suffix, so two trainings of the same labels
+    in the same second (another option, another process) never write one file."""
+    return settings.checkpoints_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{secrets.token_hex(3)}.pt"
 
 
 MODES = ("auto", "head", "finetune")
@@ -273,7 +280,7 @@ def _train_head_from_store(
                         views=views, test_time_views=augment == "flips+tta" and bool(views))  # fmt: skip
     ck = result.checkpoint
     _record_split(ck, loaded, labels, val_mask, training_fingerprint(sha_list, loaded_names), None)
-    path = Path(out) if out else settings.checkpoints_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{arch}-head-{ck['train_fingerprint'][:8]}.pt"
+    path = Path(out) if out else _checkpoint_path(settings, f"{arch}-head-{ck['train_fingerprint'][:8]}")
     result.save_checkpoint(path)
     log.info("checkpoint %s (head on frozen %s): val %s", path, backbone.id, ck["val_metrics"])
     return path

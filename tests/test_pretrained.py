@@ -251,7 +251,7 @@ def test_flip_augmented_head_uses_the_flipped_views_features(digits_workspace) -
 
 
 @pytest.mark.slow
-def test_test_time_flips_publish_one_ir_that_averages_the_four_views(digits_workspace) -> None:  # type: ignore[no-untyped-def]
+def test_test_time_flips_publish_one_ir_that_averages_the_four_views(digits_workspace, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """train --augment flips+tta: the published IR (one input, the same two outputs) runs each image
     mirrored, upside down and turned as well; its embedding is the mean of the backbone's four, and
     its probabilities are the head's on that mean, in the reference IR and the published INT8 one."""
@@ -267,13 +267,16 @@ def test_test_time_flips_publish_one_ir_that_averages_the_four_views(digits_work
     ids = np.array(sorted(truth))
     for sid in ids[:40].tolist():
         store.add_annotation(int(sid), "correct", truth[sid], "test", None)
+    from export import workflow
+
+    monkeypatch.setattr(workflow.time, "strftime", lambda *_: "20261201-120000")  # both trainings below in one second
     ckpt_path = train_from_store(settings, store, arch=ARCH, image_size=size, augment="flips+tta", progress=False)
     ck = load_checkpoint(ckpt_path)
     assert ck["test_views"] == ["", "h", "v", "hv"] and ck["head_views"] == ["", "h", "v", "hv"]
-    flips_only = train_from_store(
-        settings, store, arch=ARCH, image_size=size, augment="flips", out=settings.home / "flips.pt", progress=False
-    )
-    assert load_checkpoint(flips_only)["test_views"] == [""]
+    # another option on the same labels in the same second: its own checkpoint file (one file once, overwritten)
+    flips_only = train_from_store(settings, store, arch=ARCH, image_size=size, augment="flips", progress=False)
+    assert flips_only != ckpt_path and load_checkpoint(flips_only)["test_views"] == [""]
+    assert load_checkpoint(ckpt_path)["test_views"] == ["", "h", "v", "hv"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExportGateWarning)  # 64 px digits: whether INT8 passes is not the point
         mv, report = export_from_store(settings, store, ckpt_path, calibration_size=32, sample_size=64, progress=False)
