@@ -199,7 +199,7 @@ def compose_head(backbone: ov.Model, weight: np.ndarray, bias: np.ndarray, views
     model = backbone.clone()
     emb_result = model.get_results()[0]
     emb = emb_result.input_value(0)
-    if len(views) > 1:
+    if views not in ([], [""]):  # a single flipped view is applied too
         param = model.get_parameters()[0]
         targets = list(param.output(0).get_target_inputs())
         x = param.output(0)

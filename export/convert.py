@@ -533,7 +533,7 @@ def _model_info(b: _Build, embedding_dim: int, created_at: float) -> dict[str, A
         "input": {"name": "image", "dtype": "u8", "layout": "NHWC", "color": "BGR"},
         "outputs": {"probs": "f32 [N, C] softmax", "embedding": f"f32 [N, {embedding_dim}]"},
         "embedding_dim": str(embedding_dim),
-        "test_time_views": ",".join(v or "plain" for v in b.checkpoint.get("test_views") or [""]),
+        "test_time_views": ",".join(v or "plain" for v in _test_views(b)),
         "resize_mode": RESIZE_MODE,
         "interpolation": INTERPOLATION,
         "normalization": {"mean": b.mean, "std": b.std, "color": "RGB", "range": "0-1", "embedded": True},

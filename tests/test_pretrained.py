@@ -300,5 +300,14 @@ def test_test_time_flips_publish_one_ir_that_averages_the_four_views(digits_work
         assert np.abs(probs - soft / soft.sum(1, keepdims=True)).max() < 1e-3
     assert Engine(mv.path / "model.xml").info.raw["test_time_views"] == "plain,h,v,hv"
     assert mv.meta["test_time_views"] == ["", "h", "v", "hv"]
+    # one view alone is that view, not the plain image
+    rng = np.random.default_rng(0)
+    probe = rng.integers(0, 255, (2, size, size, 3), dtype=np.uint8)
+    plain_engine = Engine(backbone.fp32_xml, precision="f32")
+    for view in ("", "h"):
+        single = Engine(compose_head(read_ir(backbone.fp32_xml), w, b, [view]), precision="f32")
+        np.testing.assert_allclose(
+            single.infer(probe)[1], plain_engine.infer(np.ascontiguousarray(VIEWS[view](probe)))[1], rtol=1e-4, atol=1e-4
+        )
     with pytest.raises(InvalidInput, match="The 'views' parameter must name distinct views"):
         compose_head(read_ir(backbone.fp32_xml), w, b, ["", "r90"])
