@@ -44,6 +44,7 @@ from edge_al.registry import ModelVersion, Registry, atomic_write_json
 
 from .train import (
     EmbeddingClassifier,
+    checkpoint_test_views,
     model_from_checkpoint,
     predict,
     predict_checkpoint,
@@ -377,7 +378,7 @@ def _head_reference(b: _Build) -> _Reference:
     assert b.backbone is not None
     t = time.time()
     weight, bias = head_arrays(b.checkpoint["state_dict"])
-    views = _test_views(b)
+    views = checkpoint_test_views(b.checkpoint)
     reference = compose_head(read_ir(b.backbone.fp32_xml), weight, bias, views)
     ref_f32 = b.engine(reference, f32=True)
     probe = slice(0, min(HEAD_PARITY_IMAGES, len(b.sample_images)))
@@ -511,12 +512,7 @@ def _int8_candidate(b: _Build, reference: ov.Model, qsettings: dict[str, Any]) -
     from .backbone import compose_head, head_arrays
 
     weight, bias = head_arrays(b.checkpoint["state_dict"])
-    return compose_head(read_ir(b.backbone.int8_xml), weight, bias, _test_views(b))
-
-
-def _test_views(b: _Build) -> list[str]:
-    """The views a head checkpoint's published IR averages (``train_head(test_time_views=True)``); [""]: none."""
-    return list(b.checkpoint.get("test_views") or [""])
+    return compose_head(read_ir(b.backbone.int8_xml), weight, bias, checkpoint_test_views(b.checkpoint))
 
 
 def _model_info(b: _Build, embedding_dim: int, created_at: float) -> dict[str, Any]:
@@ -533,7 +529,7 @@ def _model_info(b: _Build, embedding_dim: int, created_at: float) -> dict[str, A
         "input": {"name": "image", "dtype": "u8", "layout": "NHWC", "color": "BGR"},
         "outputs": {"probs": "f32 [N, C] softmax", "embedding": f"f32 [N, {embedding_dim}]"},
         "embedding_dim": str(embedding_dim),
-        "test_time_views": ",".join(v or "plain" for v in _test_views(b)),
+        "test_time_views": ",".join(v or "plain" for v in checkpoint_test_views(b.checkpoint)),
         "resize_mode": RESIZE_MODE,
         "interpolation": INTERPOLATION,
         "normalization": {"mean": b.mean, "std": b.std, "color": "RGB", "range": "0-1", "embedded": True},
@@ -585,7 +581,7 @@ def _version_meta(b: _Build, choice: _Choice, fp32_val: dict[str, Any], embeddin
         "train_fingerprint": b.train_fingerprint,
         "mode": b.checkpoint.get("mode", "finetune"),
         "backbone_id": b.backbone.id if b.backbone is not None else None,
-        "test_time_views": _test_views(b),  # [""]: one pass an image; four views: four backbone passes
+        "test_time_views": checkpoint_test_views(b.checkpoint),  # [""]: one pass an image; four views: four backbone passes
         "created_at": created_at,
         **b.extra_meta,
     }

@@ -295,6 +295,11 @@ def predict(model: EmbeddingClassifier, images: np.ndarray, batch_size: int = 64
     return np.concatenate(probs), np.concatenate(embs)
 
 
+def checkpoint_test_views(checkpoint: dict[str, Any]) -> list[str]:
+    """The views a checkpoint's published IR averages (``train_head(test_time_views=True)``); [""]: the image alone."""
+    return list(checkpoint.get("test_views") or [""])
+
+
 def predict_checkpoint(checkpoint: dict[str, Any], images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`predict` of the model a checkpoint describes, as its published IR computes it: with
     ``test_views`` (``train_head(test_time_views=True)``), the embedding is the mean over the
@@ -302,8 +307,8 @@ def predict_checkpoint(checkpoint: dict[str, Any], images: np.ndarray) -> tuple[
     from edge_al.features import VIEWS
 
     model = model_from_checkpoint(checkpoint)
-    views = checkpoint.get("test_views") or [""]
-    if len(views) == 1:
+    views = checkpoint_test_views(checkpoint)
+    if views == [""]:  # a single flipped view is applied, as export.backbone.compose_head does
         return predict(model, images)
     emb = np.mean([predict(model, np.ascontiguousarray(VIEWS[v](images)))[1] for v in views], axis=0)
     with torch.no_grad():
