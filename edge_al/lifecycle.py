@@ -20,7 +20,7 @@ import numpy as np
 from .config import Settings
 from .errors import MissingDependency
 from .pool import ImageCache
-from .registry import ModelVersion, Registry, headline_metrics
+from .registry import ModelVersion, Registry, headline_metrics, headline_source
 from .scoring import ScoreReport, score_pool
 from .storage import images_storage
 from .store import Store
@@ -96,8 +96,13 @@ def evaluate_version(
     keep = np.setdiff1d(np.arange(len(sample_ids)), np.array(failed, dtype=np.int64))
     probs, _ = eng.infer(images[keep])
     names = eng.labels or mv.labels
-    pred = np.array([names[i] for i in probs.argmax(1)]) if len(keep) else np.array([])
-    truth = np.array([labels[i] for i in keep])
+    return label_metrics([labels[i] for i in keep], [names[i] for i in probs.argmax(1)] if len(keep) else [])
+
+
+def label_metrics(labels: list[str], predicted: list[str]) -> dict[str, float]:
+    """Accuracy, balanced accuracy and ``n`` of predicted label names against the true ones."""
+    pred = np.array(predicted)
+    truth = np.array(labels)
     all_names = sorted(set(truth.tolist()) | set(pred.tolist()))
     idx = {n: i for i, n in enumerate(all_names)}
     t = np.array([idx[x] for x in truth], dtype=np.int64)
@@ -137,7 +142,7 @@ def _split_note(meta: dict[str, Any], remeasured: float) -> str:
     shown = headline_metrics(meta)["balanced_accuracy"]
     if shown is None or abs(shown - remeasured) < 5e-4:
         return ""
-    n = ((meta.get("metrics") or {}).get("published") or {}).get("n")
+    n = (headline_source(meta) or {}).get("n")
     on = f"its own {n} validation samples" if n else "its own validation samples"
     return (
         f"; `status` showed {shown:.3f} for it, measured at its export on {on}: the held-out split grows with "
@@ -176,8 +181,20 @@ def retrain(
     val_ids = [i for i in val_ids if i in current and current[i].label is not None]
     val_labels = [current[i].label or "" for i in val_ids]
     result = RetrainResult(version=mv.version, promoted=False, reason="", previous=active.version if active else None, export_report=report)
+    holdout = mv.meta.get("holdout_predictions")
+    if isinstance(holdout, dict):
+        # a head refitted on its validation samples has seen them: compare its hold-out head's predictions with the
+        # active model on the validation samples neither was fitted on (a version without train_sample_ids held
+        # its validation samples out, and they are the same samples: the split is by content hash)
+        seen = {int(i) for i in (active.meta.get("train_sample_ids") or [] if active is not None else [])}
+        keep = [k for k, i in enumerate(val_ids) if i not in seen and str(i) in holdout]
+        val_ids, val_labels = [val_ids[k] for k in keep], [val_labels[k] for k in keep]
     if val_ids:
-        result.metrics_new = evaluate_version(settings, store, mv, val_ids, val_labels, device)
+        result.metrics_new = (
+            label_metrics(val_labels, [str(holdout[str(i)]) for i in val_ids])
+            if isinstance(holdout, dict)
+            else evaluate_version(settings, store, mv, val_ids, val_labels, device)
+        )
     if active is None:
         result.promoted, result.reason = True, "first model"
     elif not val_ids:
@@ -189,6 +206,7 @@ def retrain(
             result.promoted = True
             result.reason = (
                 f"balanced accuracy {new:.3f} vs active {active.version} {old:.3f} on the same {len(val_ids)} validation samples"
+                + (" (neither model fitted on them; the new one's hold-out head)" if isinstance(holdout, dict) else "")
             )
         else:
             result.reason = f"kept {active.version}: new balanced accuracy {new:.3f} < active {old:.3f} - {tolerance}"

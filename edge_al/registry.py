@@ -63,14 +63,22 @@ def _num(value: Any) -> float | None:
     return float(value) if math.isfinite(float(value)) else None
 
 
-def headline_metrics(meta: dict[str, Any]) -> dict[str, float | None]:
-    """``{"accuracy", "balanced_accuracy"}`` of a version's meta: the published model's figures
-    when export recorded them (``metrics.published``), else FP32's, else flat ones."""
+def headline_source(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The metrics dict of a version's meta that its headline figures come from: the hold-out head's
+    for a head refitted on its validation samples (``metrics.holdout``: the published model has
+    seen them), else the published model's when export recorded them (``metrics.published``), else
+    FP32's, else the torch model's, else flat ones; None when none holds figures."""
     metrics = meta.get("metrics") or {}
-    for src in (metrics.get("published"), metrics.get("fp32"), metrics.get("torch"), metrics):
+    for src in (metrics.get("holdout"), metrics.get("published"), metrics.get("fp32"), metrics.get("torch"), metrics):
         if isinstance(src, dict) and ("balanced_accuracy" in src or "accuracy" in src):
-            return {"accuracy": _num(src.get("accuracy")), "balanced_accuracy": _num(src.get("balanced_accuracy"))}
-    return {"accuracy": None, "balanced_accuracy": None}
+            return src
+    return None
+
+
+def headline_metrics(meta: dict[str, Any]) -> dict[str, float | None]:
+    """``{"accuracy", "balanced_accuracy"}`` of a version's meta (from :func:`headline_source`)."""
+    src = headline_source(meta) or {}
+    return {"accuracy": _num(src.get("accuracy")), "balanced_accuracy": _num(src.get("balanced_accuracy"))}
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

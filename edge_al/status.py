@@ -9,7 +9,7 @@ from collections import Counter
 from typing import Any
 
 from .figures import validation_summary
-from .registry import Registry, headline_metrics
+from .registry import Registry, headline_metrics, headline_source
 from .store import Store
 
 __all__ = ["status_doc", "validation_of"]
@@ -48,6 +48,4 @@ def status_doc(store: Store, registry: Registry) -> dict[str, Any]:
 
 def validation_of(meta: dict[str, Any]) -> dict[str, Any]:
     """``{"n", "trusted", "note"}`` of a version's headline figures (see :mod:`edge_al.figures`)."""
-    metrics = meta.get("metrics") or {}
-    src = next((m for m in (metrics.get("published"), metrics.get("fp32"), metrics.get("torch")) if isinstance(m, dict)), None)
-    return validation_summary(src, len(meta.get("labels") or []))
+    return validation_summary(headline_source(meta), len(meta.get("labels") or []))

@@ -570,7 +570,13 @@ def _version_meta(b: _Build, choice: _Choice, fp32_val: dict[str, Any], embeddin
         "precision": choice.precision,
         "fallback": b.report["fallback"],
         "embedding_dim": embedding_dim,
-        "metrics": {"fp32": fp32_val, "published": choice.metrics, "torch": b.checkpoint.get("val_metrics", {})},
+        "metrics": {
+            "fp32": fp32_val,
+            "published": choice.metrics,
+            "torch": b.checkpoint.get("val_metrics", {}),
+            # a refitted head has seen its validation images: the hold-out head's figures are the honest ones
+            **({"holdout": b.checkpoint.get("val_metrics", {})} if b.checkpoint.get("refit") else {}),
+        },
         "gates": {
             k: {"passed": v["passed"], **{m: v[m] for m in ("max_abs_prob_diff", "top1_agreement", "accuracy_drop") if m in v}}
             for k, v in b.report["gates"].items()

@@ -118,6 +118,7 @@ def train_from_store(
     init: str | Path | None = None,
     mode: str | None = None,
     augment: str | None = None,
+    refit: bool | None = None,
     progress: bool = True,
 ) -> Path:
     """Train on the store's labeled samples; returns the checkpoint path (written atomically).
@@ -139,6 +140,11 @@ def train_from_store(
     and the published model averages each image's four flipped views as well (test-time
     augmentation: four backbone passes an image on the line; docs/benchmarks/features.md).
     ``"none"``: off; ``None``: the workspace's ``settings.augment`` (``EDGE_AL_AUGMENT``), else off.
+
+    ``refit`` (mode ``"head"``; None or True by default): the published head is fitted on every
+    labeled sample after a head fitted without the validation samples has measured them
+    (``export.train.train_head``); ``val_ids`` stay the held-out ones (the export's gates and the
+    retrain's comparison use them), ``train_ids`` name every sample the published head saw.
     """
     from .train import train
 
@@ -166,7 +172,7 @@ def train_from_store(
         raise InvalidInput(f"augment {augment!r} applies to a head on frozen features (mode 'head'); mode is {mode!r}.")
     if mode == "head":
         return _train_head_from_store(settings, store, ids, names, label_names, arch, size, val_fraction, out, seed, balance,
-                                      augment)  # fmt: skip
+                                      augment, refit is not False)  # fmt: skip
     images, loaded = _load_images(settings, store, ids.tolist(), size)
     name_of = dict(zip(ids.tolist(), names, strict=True))
     if len(loaded) < MIN_LABELED:
@@ -242,7 +248,7 @@ def workspace_backbone(
 
 def _train_head_from_store(
     settings: Settings, store: Store, ids: np.ndarray, names: Sequence[str], label_names: list[str], arch: str, size: int,
-    val_fraction: float, out: str | Path | None, seed: int, balance: str, augment: str = "none",
+    val_fraction: float, out: str | Path | None, seed: int, balance: str, augment: str = "none", refit: bool = True,
 ) -> Path:  # fmt: skip
     from edge_al.features import VIEWS, FeatureCache
 
@@ -277,7 +283,7 @@ def _train_head_from_store(
     val_mask = val_mask_for(sha_list, labels.tolist(), val_fraction)
     result = train_head(feats, labels, label_names, arch=arch, image_size=size, backbone_id=backbone.id,
                         val_mask=val_mask, seed=seed, balance="none" if balance == "none" else "loss", pool_features=pool_feats,
-                        views=views, test_time_views=augment == "flips+tta" and bool(views))  # fmt: skip
+                        views=views, test_time_views=augment == "flips+tta" and bool(views), refit=refit)  # fmt: skip
     ck = result.checkpoint
     _record_split(ck, loaded, labels, val_mask, training_fingerprint(sha_list, loaded_names), None)
     path = Path(out) if out else _checkpoint_path(settings, f"{arch}-head-{ck['train_fingerprint'][:8]}")
@@ -286,11 +292,20 @@ def _train_head_from_store(
     return path
 
 
+def _holdout_meta(ck: dict[str, Any]) -> dict[str, Any]:
+    """A refitted head's version meta: ``holdout_predictions`` (validation sample id -> the class the
+    hold-out head predicted), so a retrain can compare it with the active model on samples neither saw."""
+    if not ck.get("refit"):
+        return {}
+    names = list(ck["label_names"])
+    return {"holdout_predictions": {str(int(i)): names[int(k)] for i, k in zip(ck["val_ids"], ck["val_pred"], strict=True)}}
+
+
 def _record_split(ck: dict[str, Any], loaded: np.ndarray, labels: np.ndarray, val_mask: np.ndarray, fingerprint: str,
                   init: str | Path | None) -> None:  # fmt: skip
     ck["val_ids"] = [int(i) for i in loaded[val_mask]]
     ck["val_labels"] = [int(v) for v in labels[val_mask]]
-    ck["train_ids"] = [int(i) for i in loaded[~val_mask]]
+    ck["train_ids"] = [int(i) for i in (loaded if ck.get("refit") else loaded[~val_mask])]  # what the published model saw
     ck["train_fingerprint"] = fingerprint
     ck["num_train_labels"] = len(loaded)
     ck["init"] = str(init) if init else None
@@ -378,7 +393,12 @@ def export_from_store(
         min_agreement=min_agreement,
         train_fingerprint=str(ck.get("train_fingerprint", "")),
         num_train_labels=int(ck.get("num_train_labels", 0)),
-        extra_meta={"checkpoint": workspace_ref(settings, checkpoint_path), "val_sample_ids": [int(i) for i in val_loaded]},
+        extra_meta={
+            "checkpoint": workspace_ref(settings, checkpoint_path),
+            "val_sample_ids": [int(i) for i in val_loaded],
+            "train_sample_ids": [int(i) for i in ck.get("train_ids", [])],
+            **_holdout_meta(ck),
+        },
         precision_fallback=precision_fallback,
         exporter=exporter,
         accuracy_control=accuracy_control,
