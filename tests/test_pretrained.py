@@ -311,3 +311,92 @@ def test_test_time_flips_publish_one_ir_that_averages_the_four_views(digits_work
         )
     with pytest.raises(InvalidInput, match="The 'views' parameter must name distinct views"):
         compose_head(read_ir(backbone.fp32_xml), w, b, ["", "r90"])
+
+
+def test_a_refitted_heads_validation_figures_are_the_hold_out_heads() -> None:
+    """A validation sample whose label its features contradict: the refitted head, fitted on it, learns
+    its label; the validation figures must come from the head that did not see it."""
+    from export.train import train_head
+
+    rng = np.random.default_rng(0)
+    mu = np.zeros(1280)
+    mu[:300] = 1.0
+    x = np.concatenate([rng.normal(size=(6, 1280)) + mu, rng.normal(size=(6, 1280)) - mu, rng.normal(size=(1, 1280)) + mu])
+    y = np.array([0] * 6 + [1] * 7)  # the last: class 0's features, labeled 1
+    val = np.isin(np.arange(13), [0, 6, 12])
+    out = {}
+    for refit in (True, False):
+        ck = train_head(
+            x.astype(np.float32), y, ["a", "b"], arch=ARCH, image_size=64, backbone_id="t", val_mask=val, refit=refit
+        ).checkpoint
+        w, b = ck["state_dict"]["head.weight"].numpy(), ck["state_dict"]["head.bias"].numpy()
+        out[refit] = ck, (x[val] @ w.T + b).argmax(1).tolist()
+    (refitted, published), (held, held_published) = out[True], out[False]
+    assert published == [0, 1, 1] and held_published == [0, 1, 0]  # only the head fitted on it learns the wrong label
+    assert refitted["val_pred"] == held["val_pred"] == [0, 1, 0] and refitted["val_metrics"] == held["val_metrics"]
+    assert refitted["val_metrics"]["accuracy"] == pytest.approx(2 / 3) and refitted["num_train"] == 13 and held["num_train"] == 10
+
+
+@pytest.mark.slow
+def test_a_refitted_head_learns_from_every_label_and_is_judged_on_samples_it_did_not_see(digits_workspace) -> None:  # type: ignore[no-untyped-def]
+    from edge_al.lifecycle import label_metrics, retrain
+    from edge_al.registry import headline_metrics
+    from export.workflow import HEAD_STATS_SAMPLES, _pool_draw, workspace_backbone
+
+    settings, store = digits_workspace
+    registry = Registry(settings.registry_dir)
+    size = 64
+    backbone = workspace_backbone(settings, store, ARCH, size, calibration_size=64)
+    truth = {s.id: Path(s.path).parent.name for s in store.samples()}
+    ids = sorted(truth)
+    N = 30
+    for sid in ids[:N]:
+        store.add_annotation(sid, "correct", truth[sid], "test", None)
+    refitted = load_checkpoint(train_from_store(settings, store, arch=ARCH, image_size=size, progress=False))
+    held = load_checkpoint(train_from_store(settings, store, arch=ARCH, image_size=size, refit=False, progress=False))
+
+    # the published head is fitted on every label, the validation samples among them
+    val_ids = refitted["val_ids"]
+    assert refitted["refit"] is True and held["refit"] is False and val_ids == held["val_ids"] and len(val_ids) >= 5
+    assert sorted(refitted["train_ids"]) == ids[:N] and refitted["num_train"] == N and held["num_train"] == N - len(val_ids)
+    with FeatureCache(settings, backbone) as cache:
+        feats, loaded = cache.get(store, np.array(ids[:N]))
+        pool_feats, _ = cache.get(store, _pool_draw(store, HEAD_STATS_SAMPLES))
+    names = refitted["label_names"]
+    y = np.array([names.index(truth[int(i)]) for i in loaded])
+    is_val = np.isin(loaded, val_ids)
+    stats = feature_stats(np.concatenate([pool_feats, feats[~is_val]]))
+    w_all, _ = fit_linear_head(feats, y, len(names), stats=stats)
+    w_held, b_held = fit_linear_head(feats[~is_val], y[~is_val], len(names), stats=stats)
+    assert np.allclose(refitted["state_dict"]["head.weight"].numpy(), w_all, atol=1e-4)
+    assert np.allclose(held["state_dict"]["head.weight"].numpy(), w_held, atol=1e-4)
+    assert np.abs(w_all - w_held).max() > 1e-2
+    # ... while its validation figures are the hold-out head's: its predictions on samples it had not seen
+    val_rows = np.array([int(np.flatnonzero(loaded == i)[0]) for i in val_ids])
+    assert refitted["val_pred"] == (feats[val_rows] @ w_held.T + b_held).argmax(1).tolist() == held["val_pred"]
+    assert refitted["val_metrics"] == held["val_metrics"] and refitted["val_metrics"]["n"] == len(val_ids)
+
+    # the version says so: hold-out figures as its headline, every id it saw, the hold-out predictions
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExportGateWarning)
+        first = retrain(settings, store, registry, train_options={"arch": ARCH, "image_size": size},
+                        export_options={"calibration_size": 32, "sample_size": 64}, rescore=False)  # fmt: skip
+    meta = registry.get(first.version).meta
+    assert first.promoted and sorted(meta["train_sample_ids"]) == ids[:N]
+    assert meta["metrics"]["holdout"]["n"] == meta["metrics"]["published"]["n"] == len(val_ids)
+    assert headline_metrics(meta)["balanced_accuracy"] == meta["metrics"]["holdout"]["balanced_accuracy"]
+    assert sorted(int(k) for k in meta["holdout_predictions"]) == sorted(val_ids)
+
+    # the next round is compared with the active model on the validation samples neither was fitted on:
+    # the new labels' held-out ones, scored by the new hold-out head's predictions
+    for sid in ids[N:120]:
+        store.add_annotation(sid, "correct", truth[sid], "test", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExportGateWarning)
+        second = retrain(settings, store, registry, train_options={"arch": ARCH, "image_size": size},
+                         export_options={"calibration_size": 32, "sample_size": 64}, rescore=False)  # fmt: skip
+    meta2 = registry.get(second.version).meta
+    fresh = sorted(i for i in meta2["val_sample_ids"] if i not in set(meta["train_sample_ids"]))
+    assert fresh and all(i >= ids[N] for i in fresh) and len(fresh) < len(meta2["val_sample_ids"])
+    assert second.metrics_new == label_metrics([truth[i] for i in fresh], [meta2["holdout_predictions"][str(i)] for i in fresh])
+    assert second.metrics_previous["n"] == len(fresh) and "neither model fitted on them" in second.reason
