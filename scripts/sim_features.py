@@ -21,6 +21,9 @@ and kept in ``--cache``. Each strategy is ``name`` or ``label=name:{json params}
 them and their horizontal, vertical and both-way flips, and that one with its logits averaged
 over the four flips of each test image (a test-time augmentation the line would pay 4x for).
 
+``--holdout 0.2`` fits each head without the labels the product's validation split holds out (its
+head before it was refitted on every label), to measure what the hold-out costs.
+
 Prints, per strategy, the mean balanced accuracy at each budget, the area under that curve
 (mean over budgets) and the final figure with its standard error over seeds x splits. The
 initial set of a (split, seed) is one uniform draw shared by every strategy (paired).
@@ -29,6 +32,7 @@ initial set of a (split, seed) is one uniform draw shared by every strategy (pai
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -44,6 +48,7 @@ from export.efficientnet_lite import efficientnet_lite, load_imagenet
 from export.tools.machine import cpu_line
 from export.tools.simulate import read_dataset, read_groups, split_dataset
 from export.train import feature_stats, fit_linear_head, to_tensor
+from export.workflow import val_mask_for
 
 # --flips: the cache key of each view of edge_al.features.VIEWS (the views `train --augment flips` uses)
 VIEW_KEYS = {"x": "", "x_h": "h", "x_v": "v", "x_hv": "hv"}
@@ -107,14 +112,20 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def run_loop(x: np.ndarray, y: np.ndarray, pool: np.ndarray, test: np.ndarray, init: np.ndarray, strategy: str, params: dict,
-             batch: int, rounds: int, seed: int) -> list[float]:  # fmt: skip
-    """Balanced accuracy on ``test`` after each round (round 0 = the initial set)."""
+             batch: int, rounds: int, seed: int, holdout: float = 0.0, shas: list[str] | None = None) -> list[float]:  # fmt: skip
+    """Balanced accuracy on ``test`` after each round (round 0 = the initial set). ``holdout`` > 0:
+    the head is fitted without the labels ``export.workflow.val_mask_for`` holds out (by the images'
+    ``shas``), as the product did before it refitted on every label."""
     classes = int(y.max()) + 1
     stats = feature_stats(x[pool])
     labeled = [int(i) for i in init]
     curve = []
     for rnd in range(rounds + 1):
-        w, b = fit_linear_head(x[pool[labeled]], y[pool[labeled]], classes, stats=stats)
+        fit = np.array([pool[i] for i in labeled])
+        if holdout > 0:
+            assert shas is not None
+            fit = fit[~val_mask_for([shas[i] for i in fit], y[fit].tolist(), holdout)]
+        w, b = fit_linear_head(x[fit], y[fit], classes, stats=stats)
         curve.append(balanced_accuracy(y[test], (x[test] @ w.T + b).argmax(1)))
         if rnd == rounds:
             break
@@ -139,6 +150,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--strategy", action="append", default=[], help="name or label=name:{json params}; repeat")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--holdout", type=float, default=0.0, help="fit each head without this fraction of the labels "
+                    "(export.workflow.val_mask_for, by content hash): the product before its head was refitted on every label")  # fmt: skip
     ap.add_argument("--flips", default="", help="instead of strategies: the head with flipped views at these comma-separated "
                     "budgets (0: every pool image), e.g. 50,200,0; needs the flipped images' features (cached beside x)")  # fmt: skip
     args = ap.parse_args()
@@ -155,6 +168,7 @@ def main() -> None:
             if args.cache:
                 np.savez(args.cache, **feats)
     x = feats["x"]
+    shas = [hashlib.sha256(p.read_bytes()).hexdigest() for p, _ in items] if args.holdout else None
     groups = read_groups(args.groups) if args.groups else None
     index = {p: i for i, (p, _) in enumerate(items)}
     if args.flips:
@@ -176,9 +190,11 @@ def main() -> None:
             while len(np.unique(y[pool[init]])) < 2:
                 init = rng.choice(len(pool), args.initial, replace=False)
             for label, name, params in strategies:
-                curves[label].append(run_loop(x, y, pool, test, init, name, params, args.batch, args.rounds, seed))
+                curves[label].append(run_loop(x, y, pool, test, init, name, params, args.batch, args.rounds, seed, args.holdout, shas))
     budgets = [args.initial + r * args.batch for r in range(args.rounds + 1)]
-    print(f"{args.data.name}, {args.size} px, splits {args.splits}, {args.seeds} seeds each; {cpu_line()}; {time.time() - t:.0f} s")
+    print(
+        f"{args.data.name}, {args.size} px, splits {args.splits}, {args.seeds} seeds each, holdout {args.holdout:g}; {cpu_line()}; {time.time() - t:.0f} s"
+    )
     print(f"{'strategy':34s} " + " ".join(f"{b:>6d}" for b in budgets) + "    AULC   final +- SE")
     for label, c in curves.items():
         a = np.array(c)
