@@ -112,6 +112,7 @@ def _train_options(args: argparse.Namespace) -> dict[str, Any]:
         "weights": args.weights,
         "mode": args.mode,
         "augment": args.augment,
+        "refit": False if args.no_refit else None,
         "image_size": args.image_size,
         "epochs": args.epochs,
         "seed": args.seed,
@@ -495,6 +496,9 @@ def _add_train_args(p: argparse.ArgumentParser, retrain: bool = False) -> None:
         "does not depend on orientation (surfaces, textures; not digits or text); flips+tta: that, and the published model "
         "averages the four flipped views of each image (four backbone passes an image on the line); default: EDGE_AL_AUGMENT, else none",
     )
+    p.add_argument("--no-refit", action="store_true",
+                   help="publish the head fitted without the validation samples (default: after measuring them, the head is "
+                   "fitted again on every label; head mode)")  # fmt: skip
     p.add_argument("--image-size", type=positive_int, default=None,
                    help=f"square model input size in pixels (default 320 for efficientnet_lite0, 128 otherwise{keep})")  # fmt: skip
     if retrain:

@@ -173,6 +173,22 @@ def test_train_next_hint_keeps_home_and_models(tmp_path: Path, capsys: pytest.Ca
     assert f"next: edge-al --home {tmp_path / 'h'} --models {tmp_path / 'm'} export {ckpt}" in out
 
 
+def test_train_no_refit_reaches_the_workflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge_al.lifecycle as lifecycle
+
+    seen: list[object] = []
+
+    class FakeWorkflow:
+        def train_from_store(self, *a: object, **kw: object) -> Path:
+            seen.append(kw["refit"])
+            return tmp_path / "c.pt"
+
+    monkeypatch.setattr(lifecycle, "workflow", lambda: FakeWorkflow())
+    for extra in ([], ["--no-refit"]):
+        assert main(["train", "--home", str(tmp_path / "h"), "-q", *extra]) == 0
+    assert seen == [None, False]  # None: the workflow's default, a head refitted on every label
+
+
 def test_unknown_labels_in_a_first_round_say_what_to_do(scored: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     f = tmp_path / "first.csv"
     f.write_text("sample_id,label,action\n100,Blowhole,correct\n")
