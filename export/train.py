@@ -677,9 +677,10 @@ def train_head(
     row, in row order); then the published head is fitted again on every row, validation rows
     included. With few labels the hold-out costs more than it tells: a fifth of 50 labels, and a
     rare class's third label, are a large share of what the head can learn from. Measured with
-    the workspace head on frozen features (magnetic_tile group split 0, 5 seeds, budget-aware hybrid;
-    docs/benchmarks/features.md): at 200 labels 0.573 balanced accuracy refitted vs 0.499 held out
-    (random's labels: 0.455 vs 0.415); digits at 110 labels 0.892 vs 0.865. ``val_metrics`` stay an
+    the workspace head on frozen features (``scripts/sim_features.py --holdout``; magnetic_tile group
+    split 0, 5 seeds; docs/benchmarks/features.md): hybrid's labels at 200, 0.573 balanced accuracy
+    refitted vs 0.506 held out (random's: 0.455 vs 0.427); digits at 50 labels 0.784 vs 0.726 (random's:
+    0.687 vs 0.582). ``val_metrics`` stay an
     honest estimate (of a head with a fifth fewer labels, so slightly pessimistic); figures measured
     on the validation rows with the published head are not (it has seen them), which is why the
     export records ``val_metrics`` as the version's hold-out figures. ``refit=False``: the
