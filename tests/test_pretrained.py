@@ -100,14 +100,22 @@ def digits_workspace(settings, store, tmp_path: Path):  # type: ignore[no-untype
     return settings, store
 
 
-@pytest.mark.slow
-def test_cold_start_then_a_head_round_publishes_an_ir_that_is_the_head(digits_workspace) -> None:  # type: ignore[no-untyped-def]
-    settings, store = digits_workspace
-    registry = Registry(settings.registry_dir)
-    size = 64
+HEAD_SIZE = 64  # px: the digits workspace's backbone input size in the head-round tests
+
+
+@pytest.fixture
+def digits_backbone(digits_workspace):  # type: ignore[no-untyped-def]
+    """(settings, store, registry, backbone): the digits workspace with its backbone built at HEAD_SIZE."""
     from export.workflow import workspace_backbone
 
-    backbone = workspace_backbone(settings, store, ARCH, size, calibration_size=64)
+    settings, store = digits_workspace
+    return settings, store, Registry(settings.registry_dir), workspace_backbone(settings, store, ARCH, HEAD_SIZE, calibration_size=64)
+
+
+@pytest.mark.slow
+def test_cold_start_then_a_head_round_publishes_an_ir_that_is_the_head(digits_backbone) -> None:  # type: ignore[no-untyped-def]
+    settings, store, registry, backbone = digits_backbone
+    size = HEAD_SIZE
     assert find_backbone(settings) is not None and backbone.int8_xml.is_file() and backbone.meta["parity"]["passed"]
     # the two IRs and what is built from them; no ONNX export left behind (its external weights were, once)
     assert {p.name for p in backbone.fp32_xml.parent.iterdir()} <= {"fp32.xml", "fp32.bin", "int8.xml", "int8.bin", "meta.json",
@@ -338,15 +346,13 @@ def test_a_refitted_heads_validation_figures_are_the_hold_out_heads() -> None:
 
 
 @pytest.mark.slow
-def test_a_refitted_head_learns_from_every_label_and_is_judged_on_samples_it_did_not_see(digits_workspace) -> None:  # type: ignore[no-untyped-def]
+def test_a_refitted_head_learns_from_every_label_and_is_judged_on_samples_it_did_not_see(digits_backbone) -> None:  # type: ignore[no-untyped-def]
     from edge_al.lifecycle import label_metrics, retrain
     from edge_al.registry import headline_metrics
-    from export.workflow import HEAD_STATS_SAMPLES, _pool_draw, workspace_backbone
+    from export.workflow import HEAD_STATS_SAMPLES, _pool_draw
 
-    settings, store = digits_workspace
-    registry = Registry(settings.registry_dir)
-    size = 64
-    backbone = workspace_backbone(settings, store, ARCH, size, calibration_size=64)
+    settings, store, registry, backbone = digits_backbone
+    size = HEAD_SIZE
     truth = {s.id: Path(s.path).parent.name for s in store.samples()}
     ids = sorted(truth)
     N = 30
