@@ -46,7 +46,7 @@ from edge_al.features import BACKBONE_META, Backbone, backbone_dir
 from .convert import build_reference_ir, export_onnx
 from .efficientnet_lite import LITE_WEIGHTS
 from .gates import parity_gate
-from .quantize import nncf_output, quantize_int8
+from .quantize import OVERFLOW_FIX, nncf_output, quantize_int8
 from .quantize import quiet as _quiet
 from .train import IMAGENET_MEAN, IMAGENET_STD, build_model, predict
 
@@ -55,7 +55,7 @@ __all__ = ["compose_head", "ensure_backbone", "head_arrays", "weights_digest"]
 log = logging.getLogger(__name__)
 
 PARITY_TOL = 1e-3
-BACKBONE_FORMAT = "edge-al-backbone/1"
+BACKBONE_FORMAT = "edge-al-backbone/2"  # /2: INT8 weights in 7 bits (quantize.OVERFLOW_FIX)
 
 
 def weights_digest(arch: str) -> str:
@@ -139,7 +139,7 @@ def _build(arch: str, size: int, calibration: np.ndarray, out: Path, parity_imag
     convs = [op.get_friendly_name() for op in reference.get_ordered_ops() if op.get_type_name() in ("Convolution", "GroupConvolution")]
     qsettings = {"tool": "nncf", "preset": "mixed", "fast_bias_correction": False,
                  "subset_size": int(min(300, len(calibration))), "calibration": "pool images",
-                 "ignored_names": [convs[0], convs[-1]]}  # fmt: skip
+                 "ignored_names": [convs[0], convs[-1]], "overflow_fix": OVERFLOW_FIX}  # fmt: skip
     t = time.time()
     nncf.set_log_level(logging.WARNING)  # its INFO lines list every ignored node
     # NNCF's progress bars: on stderr when watching, nowhere with -q (never between the verb's stdout lines)

@@ -35,3 +35,21 @@ class SpySource(ArrayEmbeddings):
     def take(self, indices: np.ndarray) -> np.ndarray:
         self.taken += len(indices)
         return super().take(indices)
+
+
+def int8_weight_range(model: object) -> tuple[int, int]:
+    """``(number of INT8 weight constants, their largest |value|)`` of an OpenVINO model's full
+    convolutions and matrix products: with NNCF's overflow fix those weights fit 7 bits (<= 64), so
+    u8 x s8 pair sums cannot saturate on CPUs without VNNI. Depthwise weights ([G, 1, 1, k, k]),
+    which NNCF leaves at 8 bits (no pair sums there), are not counted."""
+    import openvino as ov
+
+    tops = []
+    for op in model.get_ordered_ops():  # type: ignore[attr-defined]
+        if op.get_type_name() != "Constant" or op.get_output_element_type(0) != ov.Type.i8:
+            continue
+        data = op.get_data()
+        if data.ndim == 5 and data.shape[1:3] == (1, 1):
+            continue
+        tops.append(int(np.abs(data.astype(np.int64)).max()))
+    return len(tops), max(tops, default=0)

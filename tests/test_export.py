@@ -22,6 +22,7 @@ from edge_al.registry import Registry
 from export.convert import ExportGateWarning, export_checkpoint
 from export.train import build_model, imagenet_weights_path, load_checkpoint, save_checkpoint, train
 from export.workflow import export_from_store, train_from_store, training_fingerprint, val_mask_for
+from tests.helpers import int8_weight_range
 
 SIZE = 32
 CLASSES = [0, 1, 2, 3]
@@ -189,6 +190,8 @@ def test_export_publishes_an_int8_ir_that_passes_the_gates(trained: dict, pool: 
     assert info["labels"] == LABELS and info["model_version"] == mv.version and info["precision"] == "int8"
     assert info["normalization"]["mean"] == [0.485, 0.456, 0.406] and info["resize_mode"] == "stretch"
     assert info["quantization"]["preset"] == "mixed" and info["quantization"]["fast_bias_correction"] is False
+    n_weights, top = int8_weight_range(model)  # 7-bit weights: no int16 saturation on AVX2-only CPUs
+    assert n_weights > 10 and top <= 64 and info["quantization"]["overflow_fix"] == "enable"
     # Reshape to a static batch, the way the line runs it.
     model.reshape({0: [8, SIZE, SIZE, 3]})
     req = core.compile_model(model, "CPU").create_infer_request()
