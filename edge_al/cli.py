@@ -218,16 +218,21 @@ def cmd_score(ctx: Context) -> int:
         from .predict_ray import score_pool_ray
 
         score = functools.partial(score_pool_ray, address=ctx.args.ray or None, quiet=ctx.json or ctx.args.quiet)
+    if ctx.args.ray is None:
+        score = functools.partial(score, reuse=not ctx.args.full_pass)
     report = score(
         ctx.settings, ctx.store, ctx.registry, device=ctx.args.device, batch=ctx.args.batch, progress=ctx.progress(), limit=ctx.args.limit
     )
 
     def human() -> None:
         e = report.engine
-        print(
-            f"scored {report.scored} with {report.version} ({report.already} already scored) in {report.seconds:.1f} s, "
-            f"{report.images_per_s:.0f} img/s on {e.get('device')} [{e.get('inference_precision')}, batch {e.get('batch')}, streams {e.get('streams')}]"
-        )
+        line = f"scored {report.scored} with {report.version} ({report.already} already scored) in {report.seconds:.1f} s"
+        if report.reused:
+            line += f"; {report.reused} by its head from {report.reused_from}'s stored embeddings (same backbone)"
+        if e:
+            line += (f", {(report.scored - report.reused) / max(report.seconds, 1e-9):.0f} img/s on {e.get('device')} "
+                     f"[{e.get('inference_precision')}, batch {e.get('batch')}, streams {e.get('streams')}]")  # fmt: skip
+        print(line)
         for sid, reason in report.failed:
             print(f"  failed sample {sid}: {reason}")
 
@@ -543,6 +548,8 @@ def _add_core_verbs(sub: Any) -> None:
     p.add_argument("--limit", type=positive_int, default=None, help="score at most this many samples now (default: all)")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="score on a Ray cluster (install edge-al[ray]; image paths on a shared filesystem); default address: RAY_ADDRESS or a local one")  # fmt: skip
+    p.add_argument("--full-pass", action="store_true",
+                   help="run every image through the model, even where a head-only version could reuse the stored embeddings of an earlier version with the same backbone")  # fmt: skip
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("embed", help="embed the pool with the pretrained backbone: a cold-start selection before any label")

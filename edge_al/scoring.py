@@ -13,10 +13,18 @@ engine. Three kinds of threads keep the engine busy:
   and never trusts a half-written row.
 
 Embeddings live in ``<home>/embeddings/<version>.f16``: float16 rows at the sample id.
+
+A version that is a linear head on a frozen backbone (``head.npz`` beside its IR) rescores the
+samples an earlier version with the same backbone IR already embedded without running the
+backbone: its probabilities are its head applied to those stored embeddings (``head_probs``),
+which is what its IR computes from the same embedding (the head is the IR's last MatMul + Add +
+Softmax; test-time views average embeddings before it). A retrain of the head then rescores a
+pool in a matrix product instead of a backbone pass per image.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import threading
@@ -42,13 +50,28 @@ from .registry import ModelVersion, Registry
 from .storage import images_storage
 from .store import Store
 
-__all__ = ["EmbeddingFile", "IdEmbeddings", "ScoreReport", "labeled_reference", "novelty_cache", "prediction_cache", "score_pool"]
+__all__ = [
+    "HEAD_FILE",
+    "EmbeddingFile",
+    "IdEmbeddings",
+    "ScoreReport",
+    "embedding_key",
+    "embedding_source",
+    "head_probs",
+    "labeled_reference",
+    "load_head",
+    "novelty_cache",
+    "prediction_cache",
+    "score_pool",
+]
 
 _CHUNK_IMAGES = 64  # images loaded per worker task: a few engine batches, one read per run of cached ids
 # Infer requests per optimal request: with only the optimal number (one per stream), a stream idles
 # whenever the producer thread is busy; x3 measured +20% cached throughput (2 cores, batch 8).
 _QUEUED_PER_REQUEST = 3
 _READ_BLOCK = 16384  # ids per positioned read or mapped gather in EmbeddingFile.read
+HEAD_FILE = "head.npz"  # a head-mode version's linear head: weight f32 [C, D], bias f32 [C]
+_HEAD_CHUNK = 8192  # stored embeddings rescored per step by a head
 
 
 class EmbeddingFile:
@@ -143,6 +166,54 @@ def novelty_cache(settings: Settings, mv: ModelVersion) -> NoveltyCache:
     return NoveltyCache(settings.embeddings_dir / f"{mv.version}.novelty")
 
 
+def load_head(mv: ModelVersion) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(weight f32 [C, D], bias f32 [C])`` of a head-mode version, or None (no ``head.npz``, or
+    one that does not fit the version's labels and embedding size)."""
+    path = mv.path / HEAD_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            weight, bias = np.asarray(z["weight"], np.float32), np.asarray(z["bias"], np.float32)
+    except (OSError, KeyError, ValueError):
+        return None
+    dim = int(mv.meta.get("embedding_dim") or 0)
+    if weight.shape != (len(mv.labels), dim) or bias.shape != (len(mv.labels),):
+        return None
+    return weight, bias
+
+
+def head_probs(weight: np.ndarray, bias: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+    """f32 [N, C]: softmax(embeddings @ weight.T + bias), computed in float64."""
+    logits = np.asarray(embeddings, np.float64) @ weight.T.astype(np.float64) + bias.astype(np.float64)
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def embedding_key(mv: ModelVersion) -> str | None:
+    """What a version's embeddings depend on: the backbone IR it runs (backbone id and published
+    precision), its runtime settings, test-time views and input size. None for a version that is
+    not a head on a workspace backbone."""
+    meta = mv.meta
+    if not meta.get("backbone_id"):
+        return None
+    parts = [meta.get("backbone_id"), meta.get("precision"), meta.get("runtime_config") or {},
+             meta.get("test_time_views") or [""], meta.get("image_size")]  # fmt: skip
+    return json.dumps(parts, sort_keys=True)
+
+
+def embedding_source(settings: Settings, registry: Registry, mv: ModelVersion) -> ModelVersion | None:
+    """The newest other version whose stored embeddings ``mv``'s IR would reproduce (same backbone
+    IR, precision, runtime settings, views and input size; its embedding file on disk), or None."""
+    key = embedding_key(mv)
+    if key is None:
+        return None
+    for other in reversed(registry.versions()):
+        if other.version != mv.version and embedding_key(other) == key and (settings.embeddings_dir / f"{other.version}.f16").is_file():
+            return other
+    return None
+
+
 @dataclass
 class ScoreReport:
     version: str
@@ -151,6 +222,10 @@ class ScoreReport:
     failed: list[tuple[int, str]] = field(default_factory=list)
     seconds: float = 0.0
     engine: dict[str, Any] = field(default_factory=dict)
+    # of ``scored``: samples whose probabilities came from this version's head on the stored
+    # embeddings of ``reused_from`` (no backbone pass)
+    reused: int = 0
+    reused_from: str | None = None
 
     @property
     def images_per_s(self) -> float:
@@ -165,6 +240,8 @@ class ScoreReport:
             "seconds": round(self.seconds, 3),
             "images_per_s": round(self.images_per_s, 1),
             "engine": self.engine,
+            "reused_embeddings": self.reused,
+            "reused_from": self.reused_from,
         }
 
 
@@ -299,31 +376,90 @@ def score_pool(
     progress: Callable[..., Any] | None = None,
     limit: int | None = None,
     engine: Any = None,
+    reuse: bool = True,
 ) -> ScoreReport:
-    """Score every sample that has no prediction for the active version (resumable)."""
-    from .engine import Engine  # the only import of openvino, kept lazy for light CLI verbs
+    """Score every sample that has no prediction for the active version (resumable).
 
+    With ``reuse`` (and no ``engine`` passed in), a head-mode version first rescores what an
+    earlier version with the same backbone IR embedded (``embedding_source``), from those stored
+    embeddings; only the rest goes through the engine.
+    """
     mv = registry.active()
     if mv is None:
         raise NoActiveModel("No model version is active: run `edge-al train` and `edge-al export` first.")
     t0 = time.perf_counter()
-    eng = engine or Engine(mv.xml, device=device, batch=batch)
-    report = ScoreReport(version=mv.version, engine=eng.describe())
+    report = ScoreReport(version=mv.version)
     all_ids = store.sample_ids()
     done_ids = store.scored_ids(mv.version)
     todo_ids = np.setdiff1d(all_ids, done_ids, assume_unique=True)
     report.already = len(done_ids)
     if limit is not None:
         todo_ids = todo_ids[:limit]
-    cache = ImageCache(settings.cache_dir, eng.size, images_storage(settings))
-    emb_file = EmbeddingFile(settings.embeddings_dir / f"{mv.version}.f16", eng.embedding_dim)
+    dim = int(mv.meta.get("embedding_dim") or 0)
+    if dim <= 0:  # a version whose meta.json predates embedding_dim: the compiled model says
+        engine = engine or _engine(mv, device, batch)
+        dim = int(engine.embedding_dim)
+    emb_file = EmbeddingFile(settings.embeddings_dir / f"{mv.version}.f16", dim)
     bar = progress(total=len(todo_ids), unit="img", desc=f"score {mv.version}") if progress else None
+    try:
+        with _Writer(store, mv.version, emb_file, commit_every) as writer:
+            head = load_head(mv) if reuse and engine is None and len(todo_ids) else None
+            source = embedding_source(settings, registry, mv) if head is not None else None
+            if head is not None and source is not None:
+                todo_ids = _rescore_from(settings, store, source, head, todo_ids, writer, report, bar)
+            if len(todo_ids) or engine is not None:
+                _score_with_engine(settings, store, mv, todo_ids, writer, report, bar, device, batch, workers, engine)
+    finally:
+        if bar is not None:
+            bar.close()
+    report.seconds = time.perf_counter() - t0
+    update_novelty(settings, store, mv, emb_file)
+    emb_file.close()
+    return report
+
+
+def _engine(mv: ModelVersion, device: str, batch: int) -> Any:
+    from .engine import Engine  # the only import of openvino, kept lazy for light CLI verbs
+
+    return Engine(mv.xml, device=device, batch=batch)
+
+
+def _rescore_from(
+    settings: Settings, store: Store, source: ModelVersion, head: tuple[np.ndarray, np.ndarray], todo_ids: np.ndarray,
+    writer: _Writer, report: ScoreReport, bar: Any,
+) -> np.ndarray:  # fmt: skip
+    """Queue ``head``'s probabilities on ``source``'s stored embeddings of the ``todo_ids`` it scored;
+    returns the ids left for the engine."""
+    ids = np.intersect1d(todo_ids, store.scored_ids(source.version), assume_unique=True)
+    src = embedding_file(settings, source)
+    try:
+        for start in range(0, len(ids), _HEAD_CHUNK):
+            part = ids[start : start + _HEAD_CHUNK]
+            emb = src.read(part)
+            writer.put(part, head_probs(*head, emb), emb)
+            if bar is not None:
+                bar.update(len(part))
+    finally:
+        src.close()
+    report.scored += len(ids)
+    report.reused, report.reused_from = len(ids), source.version
+    return np.setdiff1d(todo_ids, ids, assume_unique=True)
+
+
+def _score_with_engine(
+    settings: Settings, store: Store, mv: ModelVersion, todo_ids: np.ndarray, writer: _Writer, report: ScoreReport, bar: Any,
+    device: str, batch: int, workers: int | None, engine: Any,
+) -> None:  # fmt: skip
+    """Run ``todo_ids`` through the engine (compiled here unless passed in) into ``writer``."""
+    eng = engine or _engine(mv, device, batch)
+    report.engine = eng.describe()
+    cache = ImageCache(settings.cache_dir, eng.size, images_storage(settings))
     n_workers = workers or max(1, min(4, os.cpu_count() or 1))
     nireq = _QUEUED_PER_REQUEST * int(eng.nireq)
     report.engine["infer_requests"] = nireq
     chunk = eng.batch * max(1, _CHUNK_IMAGES // eng.batch)
     try:
-        with _Writer(store, mv.version, emb_file, commit_every) as writer, ThreadPoolExecutor(max_workers=n_workers) as ex:
+        with ThreadPoolExecutor(max_workers=n_workers) as ex:
             chunks = _prefetch(todo_ids, store, cache, chunk, ex, depth=n_workers + 2)
             for (ids, failed), probs, embs in eng.stream(_batches(chunks, eng.batch), nireq=nireq):
                 keep = np.ones(len(ids), dtype=bool)
@@ -338,13 +474,7 @@ def score_pool(
                 if bar is not None:
                     bar.update(len(ids))
     finally:
-        if bar is not None:
-            bar.close()
         cache.close()
-    report.seconds = time.perf_counter() - t0
-    update_novelty(settings, store, mv, emb_file)
-    emb_file.close()
-    return report
 
 
 def labeled_reference(

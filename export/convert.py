@@ -336,6 +336,8 @@ def _build_and_publish(b: _Build) -> tuple[ModelVersion, dict[str, Any]]:
     b.report["precision"] = choice.precision
     b.report["metrics"]["published"] = choice.metrics
     created_at = _save_irs(b, ref, choice, fp32_val)  # 4. metadata into the IRs, files, report, publish
+    if b.backbone is not None:  # the head alone: a later score rescores stored embeddings with it
+        _save_head(b)
     save_checkpoint(b.checkpoint, b.staging / "checkpoint.pt")
     b.timings["total_s"] = time.time() - b.started
     b.report["timings"] = b.timings
@@ -366,38 +368,19 @@ def _head_reference(b: _Build) -> _Reference:
     """A head-only checkpoint: its head composed onto the workspace's FP32 backbone IR (the backbone
     passed torch -> ONNX -> IR parity when it was built); torch vs IR on the first sample images.
 
-    The backbone is frozen, so its f32 embeddings of the gate's sample images are the same every
-    round: they are kept per process (``_SAMPLE_EMBEDDINGS``, keyed by the backbone and the images'
-    bytes) and the reference's probabilities are its head applied to them. Each export still runs
-    the composed IR at f32 on the parity probe, and uses the kept embeddings only when the IR
-    reproduces them there; a retrain loop saves the f32 pass over the other samples (about 1 s of
-    a 3 s export at 320 px on 2 cores).
+    The backbone is frozen, so its embeddings of the gate's sample images are the same every round:
+    ``_sample_outputs`` keeps them per process and applies each new head to them once the composed
+    IR reproduces them on the parity probe (about 1 s of a 3 s export at 320 px on 2 cores at f32).
     """
     from .backbone import compose_head, head_arrays
 
     assert b.backbone is not None
     t = time.time()
     weight, bias = head_arrays(b.checkpoint["state_dict"])
-    views = checkpoint_test_views(b.checkpoint)
-    reference = compose_head(read_ir(b.backbone.fp32_xml), weight, bias, views)
+    reference = compose_head(read_ir(b.backbone.fp32_xml), weight, bias, checkpoint_test_views(b.checkpoint))
     ref_f32 = b.engine(reference, f32=True)
+    ir_probs, ir_emb = _sample_outputs(b, ref_f32, "fp32", weight, bias)
     probe = slice(0, min(HEAD_PARITY_IMAGES, len(b.sample_images)))
-    key = (f"{b.backbone.id}|{','.join(views)}", hashlib.sha256(np.ascontiguousarray(b.sample_images).tobytes()).hexdigest())
-    kept = _SAMPLE_EMBEDDINGS.get(key)
-    probe_probs, probe_emb = ref_f32.infer(b.sample_images[probe])
-    scale = max(1.0, float(np.max(np.abs(probe_emb))))
-    reused = kept is not None and float(np.max(np.abs(kept[probe] - probe_emb))) <= b.parity_tol * scale
-    if reused:
-        assert kept is not None
-        rest_emb = kept[probe.stop :]
-        rest_probs = _softmax(rest_emb.astype(np.float64) @ weight.T.astype(np.float64) + bias).astype(np.float32)
-    else:
-        rest_probs, rest_emb = ref_f32.infer(b.sample_images[probe.stop :])
-    ir_probs, ir_emb = np.concatenate([probe_probs, rest_probs]), np.concatenate([probe_emb, rest_emb])
-    if not reused:
-        _SAMPLE_EMBEDDINGS.clear()  # one set of samples at a time: 200 x 1,280 floats
-        _SAMPLE_EMBEDDINGS[key] = ir_emb
-    b.report["sample_embeddings"] = "kept from an earlier export" if reused else "computed"
     torch_probs, torch_emb = predict_checkpoint(b.checkpoint, b.sample_images[probe])
     b.report["gates"]["ir_parity"] = parity_gate("ir_parity", torch_probs, torch_emb, ir_probs[probe], ir_emb[probe], b.parity_tol)
     b.report["exporter"] = f"backbone {b.backbone.id} ({b.backbone.meta.get('exporter')}) + head"
@@ -406,7 +389,41 @@ def _head_reference(b: _Build) -> _Reference:
     return _Reference(reference, ref_f32, ir_probs, ir_emb)
 
 
-# (backbone id | test-time views, sha256 of the sample images) -> their FP32 f32 embeddings: see _head_reference
+def _sample_outputs(b: _Build, engine: Engine, backbone_ir: str, weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(probs, embeddings)`` of a head composed onto the workspace backbone's ``backbone_ir`` ("fp32"
+    or "int8") on the gate's sample images.
+
+    The engine always runs the first ``HEAD_PARITY_IMAGES`` images. When embeddings of the same
+    images through the same backbone IR are kept from an earlier export of this process
+    (``_SAMPLE_EMBEDDINGS``, keyed by backbone id, IR, views and the images' bytes) and the engine
+    reproduces them there, the rest are the kept embeddings with this head applied (the composed
+    IR's MatMul + Add + Softmax, in float64); otherwise the engine runs them all and they are kept.
+    ``report["sample_embeddings"][backbone_ir]`` says which.
+    """
+    assert b.backbone is not None
+    probe = slice(0, min(HEAD_PARITY_IMAGES, len(b.sample_images)))
+    digest = hashlib.sha256(np.ascontiguousarray(b.sample_images).tobytes()).hexdigest()
+    key = (f"{b.backbone.id}|{backbone_ir}|{','.join(checkpoint_test_views(b.checkpoint))}", digest)
+    kept = _SAMPLE_EMBEDDINGS.get(key)
+    probe_probs, probe_emb = engine.infer(b.sample_images[probe])
+    scale = max(1.0, float(np.max(np.abs(probe_emb))))
+    reused = kept is not None and float(np.max(np.abs(kept[probe] - probe_emb))) <= b.parity_tol * scale
+    if reused:
+        assert kept is not None
+        rest_emb = kept[probe.stop :]
+        rest_probs = _softmax(rest_emb.astype(np.float64) @ weight.T.astype(np.float64) + bias).astype(np.float32)
+    else:
+        rest_probs, rest_emb = engine.infer(b.sample_images[probe.stop :])
+    probs, emb = np.concatenate([probe_probs, rest_probs]), np.concatenate([probe_emb, rest_emb])
+    if not reused:
+        for other in [k for k in _SAMPLE_EMBEDDINGS if k[0] == key[0] or k[1] != digest]:
+            del _SAMPLE_EMBEDDINGS[other]  # one set of samples at a time: 200 x 1,280 floats per IR
+        _SAMPLE_EMBEDDINGS[key] = emb
+    b.report.setdefault("sample_embeddings", {})[backbone_ir] = "kept from an earlier export" if reused else "computed"
+    return probs, emb
+
+
+# (backbone id | backbone IR | test-time views, sha256 of the sample images) -> their embeddings: see _sample_outputs
 _SAMPLE_EMBEDDINGS: dict[tuple[str, str], np.ndarray] = {}
 
 
@@ -476,8 +493,14 @@ def _int8_attempts(
     t = time.time()
     with nncf_output(b.progress):
         candidate = _int8_candidate(b, ref.model, qsettings)
-    agreement, accuracy, metrics = int8_gates(b.engine(candidate), ref.probs, fp32_val, ref.val_pred, b.sample_images, b.val_images,
-                                              b.val_labels, b.min_agreement, b.max_drop)  # fmt: skip
+    engine = b.engine(candidate)
+    sample_probs = None
+    if b.backbone is not None:  # a head on the INT8 backbone: its kept sample embeddings, as for FP32
+        from .backbone import head_arrays
+
+        sample_probs, _ = _sample_outputs(b, engine, "int8", *head_arrays(b.checkpoint["state_dict"]))
+    agreement, accuracy, metrics = int8_gates(engine, ref.probs, fp32_val, ref.val_pred, b.sample_images, b.val_images,
+                                              b.val_labels, b.min_agreement, b.max_drop, sample_probs=sample_probs)  # fmt: skip
     attempts.append({"method": "quantize", "int8_agreement": agreement, "int8_accuracy": accuracy, "metrics": metrics})
     b.timings["int8_s"] = time.time() - t
     b.say(int8_line("quantize", agreement, accuracy))
@@ -559,6 +582,18 @@ def _save_irs(b: _Build, ref: _Reference, choice: _Choice, fp32_val: dict[str, A
         ov.save_model(choice.model, str(b.staging / "model.xml"), compress_to_fp16=choice.precision == "fp16")
     _verify_saved(b.staging, b.size, len(b.labels), b.sample_images[: b.batch])
     return created_at
+
+
+def _save_head(b: _Build) -> None:
+    """``head.npz`` (weight f32 [C, D], bias f32 [C]) into the staging folder: the MatMul + Add the
+    composed IRs end with, for ``edge_al.scoring`` to rescore stored embeddings without a backbone pass."""
+    from edge_al.scoring import HEAD_FILE
+
+    from .backbone import head_arrays
+
+    weight, bias = head_arrays(b.checkpoint["state_dict"])
+    with open(b.staging / HEAD_FILE, "wb") as fh:
+        np.savez(fh, weight=weight, bias=bias)
 
 
 def _version_meta(b: _Build, choice: _Choice, fp32_val: dict[str, Any], embedding_dim: int, created_at: float) -> dict[str, Any]:

@@ -67,8 +67,11 @@ def int8_gates(
     val_labels: np.ndarray,
     min_agreement: float,
     max_drop: float,
+    sample_probs: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    probs, _ = int8.infer(sample_images)
+    """The agreement gate on the sample images (``sample_probs``: the INT8 model's probabilities on them
+    when the caller has them) and the accuracy gate on the validation images; and INT8's val metrics."""
+    probs = int8.infer(sample_images)[0] if sample_probs is None else sample_probs
     agreement = _agreement_gate(fp32_sample_probs, probs, min_agreement)
     pred = val_predictions(int8, val_images)
     metrics = val_metrics(int8, val_images, val_labels, pred)

@@ -98,3 +98,39 @@ def test_score_killed_mid_run_resumes_and_matches_a_clean_run(tmp_path: Path) ->
     assert np.abs(emb_a - emb_b).max() < 0.05
     for s in stores:
         s.close()
+
+
+def test_stored_embeddings_are_reused_only_from_a_version_with_the_same_backbone_ir(tmp_path: Path) -> None:
+    """``embedding_source``: the newest other version with the same backbone id, precision, runtime
+    settings, views and input size whose embedding file exists; ``load_head`` checks the head's shape."""
+    from edge_al.config import Settings
+    from edge_al.registry import Registry
+    from edge_al.scoring import HEAD_FILE, embedding_source, load_head
+
+    settings = Settings(home=tmp_path / "home")
+    registry = Registry(settings.registry_dir)
+    base = {"labels": ["a", "b"], "embedding_dim": 4, "backbone_id": "bb1", "precision": "int8", "runtime_config": {},
+            "test_time_views": [""], "image_size": 64}  # fmt: skip
+    variants = [{}, {"backbone_id": "bb2"}, {"precision": "fp32"}, {"runtime_config": {"INFERENCE_PRECISION_HINT": "f32"}},
+                {"test_time_views": ["", "h"]}, {"image_size": 96}, {"backbone_id": None}, {}, {}]  # fmt: skip
+    published = []
+    for change in variants:
+        staging = registry.staging()
+        (staging / "model.xml").write_text("<net/>")
+        published.append(registry.publish(staging, {**base, **change}))
+    settings.embeddings_dir.mkdir(parents=True, exist_ok=True)
+    for mv in published[:7]:
+        (settings.embeddings_dir / f"{mv.version}.f16").write_bytes(b"\0" * 16)
+    target = published[-1]
+    # the newest match with its embeddings on disk: version 0 (7 has none; 1-6 differ in one way each)
+    assert embedding_source(settings, registry, target) == published[0]
+    (settings.embeddings_dir / f"{published[7].version}.f16").write_bytes(b"\0" * 16)
+    assert embedding_source(settings, registry, target) == published[7]
+    assert embedding_source(settings, registry, published[6]) is None  # not a head on a workspace backbone
+    # the head must fit the version's labels and embedding size
+    assert load_head(target) is None
+    np.savez(target.path / HEAD_FILE, weight=np.ones((2, 4), np.float32), bias=np.zeros(2, np.float32))
+    w, b = load_head(target)  # type: ignore[misc]
+    assert w.shape == (2, 4) and b.shape == (2,)
+    np.savez(target.path / HEAD_FILE, weight=np.ones((3, 4), np.float32), bias=np.zeros(3, np.float32))
+    assert load_head(target) is None

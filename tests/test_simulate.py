@@ -152,6 +152,10 @@ def test_simulation_end_to_end_on_a_tiny_digits_pool(tmp_path: Path) -> None:
         assert (out / name).stat().st_size > 0, name
     assert not (out / "work").exists()
     assert "- INT8 gates over " in (out / "summary.md").read_text()
+    # 17 versions (2 seeds x (round 0 + cold round 0 + 3 rows x 2 rounds) + the reference); heads on a
+    # backbone IR already run on the test set are evaluated on its embeddings
+    ev = results["test_evaluations"]
+    assert ev["ir"] + ev["head"] == 17 and ev["head"] >= 1 and "- Test set: " in (out / "summary.md").read_text()
 
     points = results["points"]
     assert len(points) == 3 * 2 * 3  # (strategies + the cold-start row) x seeds x (round 0 + 2 rounds)

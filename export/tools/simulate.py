@@ -359,16 +359,7 @@ def _train_export_score(
     return RoundResult(mv.version, str(mv.meta.get("precision", "?")), bool(report.get("fallback")), timings, _gate_figures(report))
 
 
-def _evaluate(mv: ModelVersion, images: np.ndarray, truth: np.ndarray, classes: list[str], device: str) -> dict[str, Any]:
-    """Accuracy, balanced accuracy and per-class recall of a published version on the test set.
-
-    ``truth`` int64 [N] indices into ``classes``; a class the model was never taught has recall 0.
-    """
-    from edge_al.engine import Engine
-
-    eng = Engine(mv.xml, device=device, batch=8)
-    probs, _ = eng.infer(images)
-    names = eng.labels or mv.labels
+def _test_metrics(probs: np.ndarray, names: Sequence[str], truth: np.ndarray, classes: list[str]) -> dict[str, Any]:
     index = {c: i for i, c in enumerate(classes)}
     to_global = np.array([index.get(n, -1) for n in names], dtype=np.int64)
     pred = to_global[probs.argmax(1)] if len(probs) else np.zeros(0, np.int64)
@@ -378,6 +369,34 @@ def _evaluate(mv: ModelVersion, images: np.ndarray, truth: np.ndarray, classes: 
         "balanced_accuracy": float(np.mean(list(recall.values()))),
         "recall": recall,
     }
+
+
+class _TestEvaluator:
+    """The test-set figures of each published version. A head on a workspace backbone is evaluated
+    as ``edge-al score`` rescores a pool: the first version of each backbone IR (backbone, published
+    precision, runtime settings, views, size: ``scoring.embedding_key``) runs the test images through
+    its IR, and later ones apply their head (``head.npz``) to those embeddings (float32 here)."""
+
+    def __init__(self, images: np.ndarray, truth: np.ndarray, classes: list[str], device: str) -> None:
+        self.images, self.truth, self.classes, self.device = images, truth, classes, device
+        self.embeddings: dict[str, np.ndarray] = {}
+        self.passes = 0  # versions whose IR ran the test images
+        self.heads = 0  # versions evaluated by their head on kept embeddings
+
+    def __call__(self, mv: ModelVersion) -> dict[str, Any]:
+        from edge_al.engine import Engine
+        from edge_al.scoring import embedding_key, head_probs, load_head
+
+        head, key = load_head(mv), embedding_key(mv)
+        if head is not None and key is not None and key in self.embeddings:
+            self.heads += 1
+            return _test_metrics(head_probs(*head, self.embeddings[key]), mv.labels, self.truth, self.classes)
+        eng = Engine(mv.xml, device=self.device, batch=8)
+        probs, emb = eng.infer(self.images)
+        self.passes += 1
+        if head is not None and key is not None:
+            self.embeddings[key] = emb
+        return _test_metrics(probs, eng.labels or mv.labels, self.truth, self.classes)
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -552,6 +571,7 @@ class _Simulation:
         )
         self.cold = _pool_features(workflow, data.base, cfg, data.pool_ids) if cfg.cold_start else None
         self.test_features = _test_features(data.base, cfg, data.test_images) if self.cold is not None else None
+        self.evaluator = _TestEvaluator(data.test_images, data.test_truth, data.classes, cfg.device)
         rows = (*cfg.strategies, *((COLD_ROW,) if self.cold is not None else ()))
         self.rare_first: dict[str, dict[str, int | None]] = {s: {} for s in rows}
         self.points: list[dict[str, Any]] = []
@@ -562,7 +582,7 @@ class _Simulation:
         self.bar = _progress(cfg, len(cfg.seed_list) * per_seed + len(self.ref_seeds))
 
     def evaluate(self, mv: ModelVersion) -> dict[str, Any]:
-        return _evaluate(mv, self.data.test_images, self.data.test_truth, self.data.classes, self.cfg.device)
+        return self.evaluator(mv)
 
     def point(self, strategy: str, seed: int, rnd: int, ws: SimHome, res: RoundResult, metrics: dict[str, Any], sel_s: float) -> None:
         _, names = ws.store.labeled()
@@ -686,6 +706,7 @@ class _Simulation:
             "precisions": self.precisions,
             "baselines": baselines,
             "points": self.points,
+            "test_evaluations": {"ir": self.evaluator.passes, "head": self.evaluator.heads},
             "elapsed_s": round(elapsed, 1),
         }  # fmt: skip
 
@@ -968,10 +989,21 @@ def _summary_header(results: dict[str, Any]) -> list[str]:
         + ", ".join(f"{k} {v}" for k, v in sorted(results["precisions"].items()))
         + ".",
         *_gate_lines(results["points"]),
+        *_evaluation_line(results),
         f"- Wall time: {results['elapsed_s'] / 60:.1f} min.",
         "",
     ]
     return lines
+
+
+def _evaluation_line(results: dict[str, Any]) -> list[str]:
+    """How the published versions were run on the test set (absent from runs before it was counted)."""
+    ev = results.get("test_evaluations")
+    if not ev:
+        return []
+    return [f"- Test set: {ev['ir']} published versions ran it through their IR; {ev['head']} others, each a head on the "
+            "same backbone IR as one of those, were evaluated as `edge-al score` rescores a pool (the head on that "
+            "IR's test-image embeddings)."]  # fmt: skip
 
 
 def _gate_lines(points: list[dict[str, Any]]) -> list[str]:
