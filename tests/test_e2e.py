@@ -27,7 +27,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
 
 def test_core_loop_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     home = str(tmp_path / "home")
-    items = write_shape_images(tmp_path / "pool", 400, size=32)
+    items = write_shape_images(tmp_path / "pool", 400, size=64)
     truth = {str(p): lab for p, lab in items}
     seed_list = tmp_path / "seed.txt"
     # 10 labels for each of the four classes
@@ -42,7 +42,7 @@ def test_core_loop_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert run(capsys, *g, "ingest", "--labels-from-dirs", str(seed_list))["labeled"] == 40
     assert run(capsys, *g, "ingest", str(tmp_path / "pool"))["added"] == 360
 
-    ckpt = run(capsys, *g, "train", "--image-size", "32", "--epochs", "6", "--seed", "1")["checkpoint"]
+    ckpt = run(capsys, *g, "train", "--image-size", "64", "--epochs", "6", "--seed", "1")["checkpoint"]
     exp = run(capsys, *g, "export", ckpt)
     assert exp["active"] == exp["version"] == "v0001"
     report = exp["report"]
