@@ -29,6 +29,7 @@ import os
 import queue
 import threading
 import time
+import zipfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -175,7 +176,7 @@ def load_head(mv: ModelVersion) -> tuple[np.ndarray, np.ndarray] | None:
     try:
         with np.load(path) as z:
             weight, bias = np.asarray(z["weight"], np.float32), np.asarray(z["bias"], np.float32)
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):  # unreadable: score with the engine
         return None
     dim = int(mv.meta.get("embedding_dim") or 0)
     if weight.shape != (len(mv.labels), dim) or bias.shape != (len(mv.labels),):

@@ -132,5 +132,9 @@ def test_stored_embeddings_are_reused_only_from_a_version_with_the_same_backbone
     np.savez(target.path / HEAD_FILE, weight=np.ones((2, 4), np.float32), bias=np.zeros(2, np.float32))
     w, b = load_head(target)  # type: ignore[misc]
     assert w.shape == (2, 4) and b.shape == (2,)
+    good = (target.path / HEAD_FILE).read_bytes()
     np.savez(target.path / HEAD_FILE, weight=np.ones((3, 4), np.float32), bias=np.zeros(3, np.float32))
     assert load_head(target) is None
+    for broken in (good[: len(good) // 2], b"", b"not a zip"):  # unreadable: the engine scores instead
+        (target.path / HEAD_FILE).write_bytes(broken)
+        assert load_head(target) is None
