@@ -400,6 +400,8 @@ def _sample_outputs(b: _Build, engine: Engine, backbone_ir: str, weight: np.ndar
     IR's MatMul + Add + Softmax, in float64); otherwise the engine runs them all and they are kept.
     ``report["sample_embeddings"][backbone_ir]`` says which.
     """
+    from edge_al.scoring import head_probs
+
     assert b.backbone is not None
     probe = slice(0, min(HEAD_PARITY_IMAGES, len(b.sample_images)))
     digest = hashlib.sha256(np.ascontiguousarray(b.sample_images).tobytes()).hexdigest()
@@ -411,7 +413,7 @@ def _sample_outputs(b: _Build, engine: Engine, backbone_ir: str, weight: np.ndar
     if reused:
         assert kept is not None
         rest_emb = kept[probe.stop :]
-        rest_probs = _softmax(rest_emb.astype(np.float64) @ weight.T.astype(np.float64) + bias).astype(np.float32)
+        rest_probs = head_probs(weight, bias, rest_emb)
     else:
         rest_probs, rest_emb = engine.infer(b.sample_images[probe.stop :])
     probs, emb = np.concatenate([probe_probs, rest_probs]), np.concatenate([probe_emb, rest_emb])
@@ -425,11 +427,6 @@ def _sample_outputs(b: _Build, engine: Engine, backbone_ir: str, weight: np.ndar
 
 # (backbone id | backbone IR | test-time views, sha256 of the sample images) -> their embeddings: see _sample_outputs
 _SAMPLE_EMBEDDINGS: dict[tuple[str, str], np.ndarray] = {}
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
 
 
 def _onnx_reference(b: _Build) -> _Reference:
