@@ -234,9 +234,9 @@ def test_queue_leases_are_exclusive_and_expire(app: Flask, client: FlaskClient) 
         conn.execute("UPDATE leases SET expires_at = ? WHERE holder = 'alice'", (time.time() - 1,))
     c = check_response(client.get("/v1/queue?n=30&annotator=dave"), "/v1/queue", "GET")
     assert ids_a <= {it["sample_id"] for it in c["items"]}
-    for bad in ("n=0", "n=abc", "n=100000", "strategy=nope"):
+    for bad in ("n=0", "n=abc", "n=100000", "strategy=nope", "annotator=a%00b"):
         resp = client.get(f"/v1/queue?{bad}")
-        assert resp.status_code == 422 and check_response(resp, "/v1/queue", "GET")["detail"]
+        assert resp.status_code == 422 and bad.split("=")[0] in check_response(resp, "/v1/queue", "GET")["detail"]
 
 
 def test_annotations_flow(app: Flask, client: FlaskClient) -> None:

@@ -64,6 +64,8 @@ QUEUE_N_MAX = 200  # the default MAX_QUEUE_N
 
 Id = Annotated[int, Field(ge=1, le=ID_MAX, description=f"1 .. {ID_MAX} (a SQLite rowid)")]
 Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
+# Text the store keeps (annotator and label names): PostgreSQL's text refuses NUL, so the schema does too.
+NO_NUL = r"^[^\x00]*$"
 Time = Annotated[float, Field(description="Unix time, seconds")]
 Action = Literal["accept", "correct", "reject"]
 Strategy = Literal[acquisition.STRATEGIES]  # type: ignore[valid-type]
@@ -166,11 +168,13 @@ class ImageQuery(_Query):
 class QueueQuery(_Query):
     n: int = Field(20, ge=1, le=QUEUE_N_MAX, description="how many")
     strategy: Strategy = Field(acquisition.DEFAULT_STRATEGY)
-    annotator: str = Field("", max_length=NAME_MAX, description="lease holder (default: the key's name)")
+    annotator: str = Field("", max_length=NAME_MAX, pattern=NO_NUL, description="lease holder (default: the key's name)")
 
 
 class LabelExamplesQuery(_Query):
-    label: str = Field(min_length=1, max_length=NAME_MAX, pattern=r"\S", description="the class whose labeled examples to show")
+    label: str = Field(
+        min_length=1, max_length=NAME_MAX, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$", description="the class whose labeled examples to show"
+    )
     n: int = Field(6, ge=1, le=24, description="how many")
 
 
@@ -184,11 +188,13 @@ class AnnotationItem(_Body):
 
     sample_id: Id | None = Field(None, description="the sample (or give path)")
     path: str | None = Field(
-        None, min_length=1, max_length=4096, pattern=r"^[^\x00]*$", description="the sample's path as ingested (instead of sample_id)"
+        None, min_length=1, max_length=4096, pattern=NO_NUL, description="the sample's path as ingested (instead of sample_id)"
     )
     action: Action
-    label: str | None = Field(None, max_length=NAME_MAX, description="needed for correct; accept defaults to the model's guess")
-    annotator: str | None = Field(None, max_length=NAME_MAX, description="default: the key's name")
+    label: str | None = Field(
+        None, max_length=NAME_MAX, pattern=NO_NUL, description="needed for correct; accept defaults to the model's guess"
+    )
+    annotator: str | None = Field(None, max_length=NAME_MAX, pattern=NO_NUL, description="default: the key's name")
 
 
 AnnotationItems = Annotated[list[AnnotationItem], Field(max_length=1000, description="at most MAX_ANNOTATIONS_PER_REQUEST (1000)")]
@@ -205,7 +211,7 @@ class AnnotationsRequest(RootModel[AnnotationsEnvelope | AnnotationItems | Annot
 
 class UndoRequest(_Body):
     sample_id: Id
-    annotator: str | None = Field(None, max_length=NAME_MAX)
+    annotator: str | None = Field(None, max_length=NAME_MAX, pattern=NO_NUL)
 
 
 class LabelCreate(_Body):
