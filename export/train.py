@@ -62,7 +62,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ARCHS = ("efficientnet_lite0", "mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "resnet34", "resnet50")
+ARCHS = (
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = "edge-al-checkpoint/1"

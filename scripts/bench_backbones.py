@@ -4,7 +4,7 @@
 For each architecture at one input size: the FP32 IR at f32, the FP32 IR at the CPU plugin's
 default precision (bf16 where the CPU has it), and the INT8 IR edge-al publishes:
 
-- efficientnet_lite0: the workspace backbone (ImageNet weights from the train extra; NNCF MIXED,
+- efficientnet_lite0 (lite1, lite2): the workspace backbone (ImageNet weights from the train extra; NNCF MIXED,
   full bias correction, stem and embedding convolutions kept float), exactly what head-only
   versions run on;
 - resnet18 and mobilenet_v3_small: the regular export path (random init: speed does not depend
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_al.config import Settings
+from edge_al.config import PACKAGED_WEIGHTS, Settings
 from export.backbone import ensure_backbone
 from export.convert import build_reference_ir, export_onnx
 from export.quantize import quantization_settings, quantize_int8
@@ -86,7 +86,7 @@ def main() -> None:
         folder = Path(tmp)
         for arch in args.archs.split(","):
             t = time.time()
-            if arch == "efficientnet_lite0":
+            if arch in PACKAGED_WEIGHTS:  # the backbone IRs edge-al builds (the workspace cache's recipe)
                 bb = ensure_backbone(Settings(home=folder / "home"), arch, args.size, calibration, progress=False)
                 fp32_xml, int8_xml = bb.fp32_xml, bb.int8_xml
             else:

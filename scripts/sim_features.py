@@ -44,7 +44,7 @@ from edge_al.acquisition import select
 from edge_al.features import VIEWS
 from edge_al.images import decode, resize_to
 from edge_al.lifecycle import balanced_accuracy
-from export.efficientnet_lite import efficientnet_lite, load_imagenet
+from export.efficientnet_lite import LITE_WEIGHTS, efficientnet_lite, load_imagenet
 from export.tools.machine import cpu_line
 from export.tools.simulate import read_dataset, read_groups, split_dataset
 from export.train import feature_stats, fit_linear_head, to_tensor
@@ -55,11 +55,11 @@ VIEW_KEYS = {"x": "", "x_h": "h", "x_v": "v", "x_hv": "hv"}
 
 
 @torch.no_grad()
-def frozen_features(paths: list[Path], size: int, batch: int = 32, view: str = "") -> np.ndarray:
-    """float32 [N, 1280]: EfficientNet-Lite0's pooled embedding (what edge-al's backbone gives) of each
+def frozen_features(paths: list[Path], size: int, batch: int = 32, view: str = "", arch: str = "efficientnet_lite0") -> np.ndarray:
+    """float32 [N, 1280]: the EfficientNet-Lite's pooled embedding (what edge-al's backbone gives) of each
     image, flipped as ``edge_al.features.VIEWS[view]`` says."""
-    net = efficientnet_lite("efficientnet_lite0")
-    load_imagenet(net, "efficientnet_lite0")
+    net = efficientnet_lite(arch)
+    load_imagenet(net, arch)
     net.eval()
     out = []
     for i in range(0, len(paths), batch):
@@ -142,6 +142,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="a folder with one sub-folder per class")
     ap.add_argument("--groups", type=Path, help="CSV class,filename,group (near-duplicates stay on one side)")
     ap.add_argument("--size", type=int, default=320)
+    ap.add_argument("--arch", default="efficientnet_lite0", choices=sorted(LITE_WEIGHTS), help="the frozen backbone")
     ap.add_argument("--cache", type=Path, help="features file (.npz; computed and written when missing)")
     ap.add_argument("--splits", default="0", help="comma-separated split seeds (30%% of each class's groups held out)")
     ap.add_argument("--seeds", type=int, default=5)
@@ -163,8 +164,8 @@ def main() -> None:
     for view in VIEW_KEYS if args.flips else ["x"]:
         if view not in feats:
             t = time.time()
-            feats[view] = frozen_features([p for p, _ in items], args.size, view=VIEW_KEYS[view])
-            print(f"features ({view}) of {len(items)} images at {args.size} px: {time.time() - t:.0f} s", flush=True)
+            feats[view] = frozen_features([p for p, _ in items], args.size, view=VIEW_KEYS[view], arch=args.arch)
+            print(f"{args.arch} features ({view}) of {len(items)} images at {args.size} px: {time.time() - t:.0f} s", flush=True)
             if args.cache:
                 np.savez(args.cache, **feats)
     x = feats["x"]

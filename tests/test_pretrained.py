@@ -27,17 +27,19 @@ from tests.helpers import int8_weight_range, write_digit_images
 ARCH = "efficientnet_lite0"
 
 
-def test_imagenet_weights_load_strictly_and_change_the_features() -> None:
-    path = imagenet_weights_file(ARCH)
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == efficientnet_lite.LITE_WEIGHTS[ARCH].sha256
+@pytest.mark.parametrize("arch", sorted(efficientnet_lite.LITE_WEIGHTS))
+def test_imagenet_weights_load_strictly_and_change_the_features(arch: str) -> None:
+    path = imagenet_weights_file(arch)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == efficientnet_lite.LITE_WEIGHTS[arch].sha256
     state = torch.load(path, map_location="cpu", weights_only=True)
-    net = EfficientNetLite()
-    assert set(net.state_dict()) == set(state)  # the identity key map covers every tensor, both ways
-    load_imagenet(net, ARCH)
+    net = EfficientNetLite(arch=arch)
+    # the identity key map covers every tensor, both ways, with the packaged shapes
+    assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in state.items()}
+    load_imagenet(net, arch)
     assert torch.equal(net._conv_stem.weight, state["_conv_stem.weight"])
     img = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
-    pretrained = build_model(ARCH, 3, "imagenet")
-    random_init = build_model(ARCH, 3, "none")
+    pretrained = build_model(arch, 3, "imagenet")
+    random_init = build_model(arch, 3, "none")
     _, e1 = predict(pretrained, img)
     _, e2 = predict(random_init, img)
     assert e1.shape == (2, 1280)
