@@ -299,7 +299,10 @@ def test_a_real_retrain_job_is_served_and_rescored(tmp_path: Path, db_url: str |
     try:
         for who in ("alice", "bob", "carol", "dave"):
             _annotate_from_queue(srv, 15, who)
-        params = {"train_options": {"arch": "mobilenet_v3_small", "epochs": 2, "image_size": 32, "batch_size": 16}, "tolerance": 1.0}
+        # a 2-epoch model's near-tied outputs fail the INT8 gates; NNCF's accuracy control would spend a minute
+        # retrying them (tests/test_export.py covers it): this test is about the job, the swap and the rescore
+        params = {"train_options": {"arch": "mobilenet_v3_small", "epochs": 2, "image_size": 32, "batch_size": 16}, "tolerance": 1.0,
+                  "export_options": {"accuracy_control": False, "calibration_size": 32}}  # fmt: skip
         job = srv.call("POST", "/v1/jobs", json_body={"kind": "retrain", "params": params})
         assert job.status == 202, job.body
         done = srv.wait_job(job.body["id"], timeout=600)
