@@ -30,6 +30,7 @@ import shutil
 import sys
 import time
 import warnings
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ import numpy as np
 from edge_al.engine import Engine, read_ir
 from edge_al.errors import GateFailed, InvalidInput, MissingDependency
 from edge_al.features import Backbone
+from edge_al.fsutil import atomic_write
 from edge_al.registry import ModelVersion, Registry, atomic_write_json
 
 from .train import (
@@ -394,19 +396,25 @@ def _sample_outputs(b: _Build, engine: Engine, backbone_ir: str, weight: np.ndar
     or "int8") on the gate's sample images.
 
     The engine always runs the first ``HEAD_PARITY_IMAGES`` images. When embeddings of the same
-    images through the same backbone IR are kept from an earlier export of this process
-    (``_SAMPLE_EMBEDDINGS``, keyed by backbone id, IR, views and the images' bytes) and the engine
-    reproduces them there, the rest are the kept embeddings with this head applied (the composed
-    IR's MatMul + Add + Softmax, in float64); otherwise the engine runs them all and they are kept.
-    ``report["sample_embeddings"][backbone_ir]`` says which.
+    images through the same backbone IR are kept from an earlier export (of this process:
+    ``_SAMPLE_EMBEDDINGS``, keyed by backbone id, IR, views and the images' bytes; or of another, in
+    the backbone's folder: ``_KEPT_FILE``, so each ``edge-al train`` and each retrain job does not
+    embed the same 200 images again) and the engine reproduces them there, the rest are the kept
+    embeddings with this head applied (the composed IR's MatMul + Add + Softmax, in float64);
+    otherwise the engine runs them all and they are kept. ``report["sample_embeddings"][backbone_ir]``
+    says which.
     """
     from edge_al.scoring import head_probs
 
     assert b.backbone is not None
     probe = slice(0, min(HEAD_PARITY_IMAGES, len(b.sample_images)))
     digest = hashlib.sha256(np.ascontiguousarray(b.sample_images).tobytes()).hexdigest()
-    key = (f"{b.backbone.id}|{backbone_ir}|{','.join(checkpoint_test_views(b.checkpoint))}", digest)
+    views = ",".join(checkpoint_test_views(b.checkpoint))
+    key = (f"{b.backbone.id}|{backbone_ir}|{views}", digest)
+    kept_file = b.backbone.path / _KEPT_FILE.format(ir=backbone_ir, views=views.replace(",", "-") or "plain")
     kept = _SAMPLE_EMBEDDINGS.get(key)
+    if kept is None:
+        kept = _read_kept(kept_file, digest, len(b.sample_images))
     probe_probs, probe_emb = engine.infer(b.sample_images[probe])
     scale = max(1.0, float(np.max(np.abs(probe_emb))))
     reused = kept is not None and float(np.max(np.abs(kept[probe] - probe_emb))) <= b.parity_tol * scale
@@ -417,16 +425,38 @@ def _sample_outputs(b: _Build, engine: Engine, backbone_ir: str, weight: np.ndar
     else:
         rest_probs, rest_emb = engine.infer(b.sample_images[probe.stop :])
     probs, emb = np.concatenate([probe_probs, rest_probs]), np.concatenate([probe_emb, rest_emb])
+    for other in [k for k in _SAMPLE_EMBEDDINGS if (k[0] == key[0] or k[1] != digest) and k != key]:
+        del _SAMPLE_EMBEDDINGS[other]  # one set of samples at a time: 200 x 1,280 floats per IR
+    _SAMPLE_EMBEDDINGS[key] = emb
     if not reused:
-        for other in [k for k in _SAMPLE_EMBEDDINGS if k[0] == key[0] or k[1] != digest]:
-            del _SAMPLE_EMBEDDINGS[other]  # one set of samples at a time: 200 x 1,280 floats per IR
-        _SAMPLE_EMBEDDINGS[key] = emb
+        _write_kept(kept_file, digest, emb)
     b.report.setdefault("sample_embeddings", {})[backbone_ir] = "kept from an earlier export" if reused else "computed"
     return probs, emb
 
 
 # (backbone id | backbone IR | test-time views, sha256 of the sample images) -> their embeddings: see _sample_outputs
 _SAMPLE_EMBEDDINGS: dict[tuple[str, str], np.ndarray] = {}
+# the same, in the backbone's folder (one file per IR and views: the last sample set written)
+_KEPT_FILE = "gate-samples-{ir}-{views}.npz"
+
+
+def _read_kept(path: Path, digest: str, n: int) -> np.ndarray | None:
+    """The embeddings kept in ``path`` when they are of the images with this ``digest``, else None
+    (also for a file that cannot be read: it is only ever a shortcut, and the probe checks it)."""
+    try:
+        with np.load(path, allow_pickle=False) as kept:
+            if str(kept["digest"]) != digest or kept["embeddings"].shape[0] != n:
+                return None
+            return np.asarray(kept["embeddings"], np.float32)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def _write_kept(path: Path, digest: str, embeddings: np.ndarray) -> None:
+    try:
+        atomic_write(path, lambda f: np.savez(f, digest=np.array(digest), embeddings=embeddings.astype(np.float32)))
+    except OSError as exc:  # a read-only workspace: the next export computes them again
+        log.warning("could not keep the gate samples' embeddings in %s: %s", path.parent, exc)
 
 
 def _onnx_reference(b: _Build) -> _Reference:

@@ -169,6 +169,23 @@ def test_cold_start_then_a_head_round_publishes_an_ir_that_is_the_head(digits_ba
         assert again["gates"]["int8_agreement"]["max_abs_prob_diff"] == pytest.approx(
             report["gates"]["int8_agreement"]["max_abs_prob_diff"], abs=5e-3
         )
+    # another process (the next `edge-al train`, a retrain job) finds them in the backbone's folder; a file
+    # that cannot be read, or holds other images' embeddings, means computing them, not a failed export
+    kept_files = sorted(backbone.path.glob("gate-samples-*.npz"))
+    assert [f.name for f in kept_files] == ["gate-samples-fp32-plain.npz", "gate-samples-int8-plain.npz"]
+    for spoil, expected in ((None, "kept from an earlier export"), (b"not a zip", "computed"), ("other", "computed")):
+        convert._SAMPLE_EMBEDDINGS.clear()
+        for f in kept_files:
+            if isinstance(spoil, bytes):
+                f.write_bytes(spoil)
+            elif spoil == "other":
+                with np.load(f) as z:
+                    np.savez(f, digest=np.array("0" * 64), embeddings=z["embeddings"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExportGateWarning)
+            _, again = export_from_store(settings, store, ckpt_path, calibration_size=32, sample_size=64, progress=False)
+        assert again["sample_embeddings"] == {"fp32": expected, "int8": expected}, spoil
+        assert again["gates"]["int8_agreement"]["passed"] == report["gates"]["int8_agreement"]["passed"]
     assert report["gates"]["ir_parity"]["passed"] and mv.meta["mode"] == "head" and mv.meta["backbone_id"] == backbone.id
     probe_ids = np.array(sorted(truth))[:16]
     with FeatureCache(settings, backbone) as cache:
