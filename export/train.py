@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_al.config import ARCHS  # the line side's list: one source for the CLI and training
 from edge_al.errors import InvalidInput, MissingDependency
 from edge_al.fsutil import atomic_write
 from edge_al.lifecycle import balanced_accuracy
@@ -62,16 +63,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ARCHS = (
-    "efficientnet_lite0",
-    "efficientnet_lite1",
-    "efficientnet_lite2",
-    "mobilenet_v3_small",
-    "mobilenet_v3_large",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = "edge-al-checkpoint/1"

@@ -44,3 +44,15 @@ def test_service_config_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert app.config["MAX_BATCH"] == 3  # environment over the default
     assert app.config["LEASE_SECONDS"] == 30  # test_config over the environment
     assert app.config["MAX_QUEUE_N"] == DEFAULTS["MAX_QUEUE_N"]
+
+
+def test_line_side_architecture_tables_agree_with_the_build_side() -> None:
+    # edge_al.config restates what export/ knows, because a scoring box cannot import export/ (no
+    # torch there). A new architecture or weights package added on one side only fails here.
+    from edge_al import config
+    from export.efficientnet_lite import LITE_WEIGHTS
+
+    assert set(config.PACKAGED_WEIGHTS) == set(LITE_WEIGHTS)
+    assert set(config.ARCH_IMAGE_SIZE) == set(LITE_WEIGHTS)
+    assert set(LITE_WEIGHTS) <= set(config.ARCHS)
+    assert config.DEFAULT_ARCH in config.PACKAGED_WEIGHTS
