@@ -19,6 +19,7 @@ that each backend spells in its own dialect (:meth:`Backend.ddl`).
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -114,7 +115,7 @@ class SqliteBackend:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
+        _wal(conn)
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=30000")
@@ -128,6 +129,27 @@ class SqliteBackend:
 
     def tables(self, conn: Conn) -> set[str]:
         return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _wal(conn: sqlite3.Connection, wait_s: float = 30.0) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another connection holds the lock it needs.
+
+    Switching a new file to WAL takes an exclusive lock, and SQLite answers "database is locked" at
+    once, without its busy handler, when another connection is switching it too: six threads opening
+    a fresh store together failed 7 of 900 opens so. The mode is persistent, so this is a race of the
+    first opens only; the retries wait as long as the busy timeout would.
+    """
+    deadline = time.monotonic() + wait_s
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)  # back off: the other connection's switch takes microseconds
+        delay = min(2 * delay, 0.05)
 
 
 class PostgresBackend:
