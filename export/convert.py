@@ -62,7 +62,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise MissingDependency(f"Export needs openvino, nncf and torch ({exc}): install edge-al[train].") from exc
 
-from .gates import int8_gates, int8_line, parity_gate, val_metrics, val_predictions
+from .gates import holdout_predictions, int8_gates, int8_line, parity_gate, val_metrics, val_outputs
 from .quantize import nncf_output, quantization_settings, quantize_int8, quantize_with_accuracy_control
 from .quantize import quiet as _quiet
 
@@ -249,6 +249,7 @@ class _Reference:
     probs: np.ndarray
     emb: np.ndarray
     val_pred: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # top-1 on the validation images
+    val_judged: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # the same by the accuracy gate's judge
 
 
 @dataclass
@@ -331,7 +332,10 @@ def _build_and_publish(b: _Build) -> tuple[ModelVersion, dict[str, Any]]:
                      "gates": {}, "fallback": False, "warnings": []})  # fmt: skip
     ref = _head_reference(b) if b.backbone is not None else _onnx_reference(b)  # 1-2. the FP32 reference IR, checked against torch
     _check_parity(b)
-    ref.val_pred = val_predictions(ref.f32, b.val_images)
+    val_probs, val_emb = val_outputs(ref.f32, b.val_images)
+    ref.val_pred = val_probs.argmax(1).astype(np.int64)
+    holdout = _holdout_head(b.checkpoint)
+    ref.val_judged = ref.val_pred if holdout is None or not len(b.val_images) else holdout_predictions(holdout, val_emb)
     fp32_val = val_metrics(ref.f32, b.val_images, b.val_labels, ref.val_pred)
     b.report["metrics"] = {"torch": b.checkpoint.get("val_metrics", {}), "fp32": fp32_val}
     choice = _choose_precision(b, ref, fp32_val)  # 3. INT8 and its gates, or the fallback
@@ -490,7 +494,7 @@ def _choose_precision(b: _Build, ref: _Reference, fp32_val: dict[str, Any]) -> _
         qsettings = {**b.backbone.meta.get("quantization", {}), "backbone": b.backbone.id, "head": "fp32"}
     attempts: list[dict[str, Any]] = []
     if b.int8:
-        passed = _int8_attempts(b, ref, fp32_val, qsettings, attempts)
+        passed = _int8_attempts(b, ref, qsettings, attempts)
         b.report["int8_attempts"] = attempts
         b.report["quantization"] = qsettings
         if passed is not None:
@@ -513,7 +517,7 @@ def _choose_precision(b: _Build, ref: _Reference, fp32_val: dict[str, Any]) -> _
 
 
 def _int8_attempts(
-    b: _Build, ref: _Reference, fp32_val: dict[str, Any], qsettings: dict[str, Any], attempts: list[dict[str, Any]]
+    b: _Build, ref: _Reference, qsettings: dict[str, Any], attempts: list[dict[str, Any]]
 ) -> tuple[ov.Model, dict[str, Any]] | None:
     """Quantize and gate; on failure, NNCF accuracy control and gate again. The passing INT8 model and
     its metrics, or None. Each try is appended to ``attempts``; the last gates land in the report."""
@@ -526,8 +530,9 @@ def _int8_attempts(
         from .backbone import head_arrays
 
         sample_probs, _ = _sample_outputs(b, engine, "int8", *head_arrays(b.checkpoint["state_dict"]))
-    agreement, accuracy, metrics = int8_gates(engine, ref.probs, fp32_val, ref.val_pred, b.sample_images, b.val_images,
-                                              b.val_labels, b.min_agreement, b.max_drop, sample_probs=sample_probs)  # fmt: skip
+    holdout = _holdout_head(b.checkpoint)
+    agreement, accuracy, metrics = int8_gates(engine, ref.probs, ref.val_judged, b.sample_images, b.val_images, b.val_labels,
+                                              b.min_agreement, b.max_drop, sample_probs=sample_probs, holdout_head=holdout)  # fmt: skip
     attempts.append({"method": "quantize", "int8_agreement": agreement, "int8_accuracy": accuracy, "metrics": metrics})
     b.timings["int8_s"] = time.time() - t
     b.say(int8_line("quantize", agreement, accuracy))
@@ -539,8 +544,9 @@ def _int8_attempts(
                 calib_ref, _ = ref.f32.infer(calib)
                 with nncf_output(b.progress):
                     candidate = quantize_with_accuracy_control(ref.model, calib, calib_ref.argmax(1), qsettings, b.min_agreement)
-                agreement, accuracy, metrics = int8_gates(b.engine(candidate), ref.probs, fp32_val, ref.val_pred, b.sample_images,
-                                                          b.val_images, b.val_labels, b.min_agreement, b.max_drop)  # fmt: skip
+                agreement, accuracy, metrics = int8_gates(b.engine(candidate), ref.probs, ref.val_judged, b.sample_images,
+                                                          b.val_images, b.val_labels, b.min_agreement, b.max_drop,
+                                                          holdout_head=holdout)  # fmt: skip
                 attempts.append({"method": "quantize_with_accuracy_control", "int8_agreement": agreement,
                                  "int8_accuracy": accuracy, "metrics": metrics})  # fmt: skip
                 b.say(int8_line("accuracy control", agreement, accuracy))
@@ -553,6 +559,15 @@ def _int8_attempts(
     b.report["gates"]["int8_agreement"] = agreement
     b.report["gates"]["int8_accuracy"] = accuracy
     return (candidate, metrics) if agreement["passed"] and accuracy["passed"] else None
+
+
+def _holdout_head(checkpoint: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(weight f32 [C, D], bias f32 [C]) of the head a refitted head-only checkpoint was fitted
+    without its validation images (``export.train.train_head``), else None."""
+    head = checkpoint.get("holdout_head")
+    if not head:
+        return None
+    return np.asarray(head["weight"], np.float32), np.asarray(head["bias"], np.float32)
 
 
 def _int8_candidate(b: _Build, reference: ov.Model, qsettings: dict[str, Any]) -> ov.Model:

@@ -683,8 +683,10 @@ def train_head(
     0.687 vs 0.582). ``val_metrics`` stay an
     honest estimate (of a head with a fifth fewer labels, so slightly pessimistic); figures measured
     on the validation rows with the published head are not (it has seen them), which is why the
-    export records ``val_metrics`` as the version's hold-out figures. ``refit=False``: the
-    published head is the hold-out head (as before this option).
+    export records ``val_metrics`` as the version's hold-out figures, and its INT8 accuracy gate
+    judges both precisions by the hold-out head (``checkpoint["holdout_head"]``: weight, bias), on
+    the images that head has not seen. ``refit=False``: the published head is the hold-out head (as
+    before this option).
 
     ``views``: more float32 [N, D] embeddings of the same images, row for row (e.g. flipped:
     ``edge_al.features.VIEWS``); the head is fitted on the training rows of each view as well, with
@@ -759,4 +761,7 @@ def train_head(
         "val_metrics": metrics(val_mask, held_w, held_b), "val_pred": [int(k) for k in val_pred],
         "created_at": time.time(), "torch_version": str(torch.__version__), "extra": {},
     }  # fmt: skip
+    if refitted:  # the export's INT8 accuracy gate judges both precisions with it, on images it has not seen
+        checkpoint["holdout_head"] = {"weight": torch.from_numpy(np.asarray(held_w, np.float32)).clone(),
+                                      "bias": torch.from_numpy(np.asarray(held_b, np.float32)).clone()}  # fmt: skip
     return TrainResult(model, checkpoint, [])

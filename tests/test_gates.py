@@ -11,7 +11,18 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from export.gates import ACCURACY_ALPHA, AGREEMENT_FLOOR, GATE_ALPHA, _accuracy_gate, _agreement_gate, binomial_tail, sign_test
+from edge_al.engine import Engine
+from export.gates import (
+    ACCURACY_ALPHA,
+    AGREEMENT_FLOOR,
+    GATE_ALPHA,
+    _accuracy_gate,
+    _agreement_gate,
+    binomial_tail,
+    holdout_predictions,
+    int8_gates,
+    sign_test,
+)
 
 
 @pytest.mark.parametrize(("lost", "won"), [(0, 0), (1, 0), (1, 1), (3, 0), (4, 0), (5, 0), (7, 2), (40, 10), (2, 9)])
@@ -32,7 +43,7 @@ def _case(n: int, fp32_right: int, lost: int, won: int) -> tuple[np.ndarray, np.
 
 def _gate(n: int, fp32_right: int, lost: int, won: int, max_drop: float = 0.01) -> dict:
     labels, fp32, int8 = _case(n, fp32_right, lost, won)
-    return _accuracy_gate({"accuracy": float(np.mean(fp32 == labels))}, fp32, int8, labels, max_drop)
+    return _accuracy_gate(fp32, int8, labels, max_drop)
 
 
 def test_one_flipped_image_on_a_small_validation_set_is_no_evidence_of_a_loss() -> None:
@@ -95,3 +106,45 @@ def test_near_tie_flips_are_held_to_the_floor() -> None:
     assert g["passed"] and g["top1_agreement"] == pytest.approx(0.85) and not g["passed_plain_rule"]
     g = _agreement_gate(*_probs(100, 0, 100, 45), 0.99)  # 77.5% on all: below AGREEMENT_FLOOR
     assert not g["passed"] and g["top1_agreement"] < AGREEMENT_FLOOR and g["confident_flips"] == 0
+
+
+def _tiny_classifier(head: tuple[np.ndarray, np.ndarray], shift: float) -> Engine:
+    """A real compiled classifier on 4x4 images: the embedding is the mean (B, G, R) of an image, plus
+    ``shift`` on G (how far a stand-in "INT8" backbone is off), then ``head`` (compose_head)."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from export.backbone import compose_head
+
+    image = ops.parameter(ov.PartialShape([-1, 4, 4, 3]), ov.Type.u8, name="image")
+    mean = ops.reduce_mean(ops.convert(image, "f32"), ops.constant(np.array([1, 2], np.int64)), False)
+    emb = ops.add(mean, ops.constant(np.array([[0.0, shift, 0.0]], np.float32)))
+    backbone = ov.Model([ops.result(emb)], [image], "backbone")
+    backbone.output(0).get_tensor().set_names({"embedding"})
+    return Engine(compose_head(backbone, *head), batch=4, hint="LATENCY", precision="f32")
+
+
+def test_the_accuracy_gate_judges_by_the_hold_out_head_when_there_is_one() -> None:
+    """A refitted head has seen its validation images and sits far from them; quantization error shows
+    near a boundary. Here the published head keeps every validation image in class 0 at both
+    precisions, while the hold-out head (fitted without them) loses all ten to the INT8 backbone's
+    error: judged by it, the gate fails with evidence; judged by the published model it would pass."""
+    published = (np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32), np.array([0.0, -100.0], np.float32))
+    holdout = (np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32), np.zeros(2, np.float32))
+    fp32, int8 = _tiny_classifier(published, 0.0), _tiny_classifier(published, 20.0)
+    images = np.zeros((10, 4, 4, 3), np.uint8)
+    images[..., 0] = 100  # B: class 0's evidence
+    images[..., 1] = np.arange(90, 100, dtype=np.uint8)[:, None, None]  # G: 90-99, within 20 of the hold-out boundary (100)
+    labels = np.zeros(10, np.int64)
+    fp32_probs, fp32_emb = fp32.infer(images)
+    by_published = fp32_probs.argmax(1)
+    by_holdout = holdout_predictions(holdout, fp32_emb)
+    assert by_published.tolist() == by_holdout.tolist() == [0] * 10  # FP32 is right either way
+
+    agreement, accuracy, metrics = int8_gates(int8, fp32_probs, by_holdout, images, images, labels, 0.99, 0.01, holdout_head=holdout)
+    assert agreement["passed"] and metrics["accuracy"] == 1.0  # the published INT8 model itself still gets them right
+    assert not accuracy["passed"] and accuracy["judged_by"] == "hold-out head"
+    assert (accuracy["lost"], accuracy["won"], accuracy["fp32_accuracy"], accuracy["int8_accuracy"]) == (10, 0, 1.0, 0.0)
+
+    agreement, accuracy, _ = int8_gates(int8, fp32_probs, by_published, images, images, labels, 0.99, 0.01)
+    assert accuracy["passed"] and accuracy["judged_by"] == "published model" and accuracy["lost"] == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from pathlib import Path
 
@@ -366,6 +367,10 @@ def test_a_refitted_heads_validation_figures_are_the_hold_out_heads() -> None:
     assert published == [0, 1, 1] and held_published == [0, 1, 0]  # only the head fitted on it learns the wrong label
     assert refitted["val_pred"] == held["val_pred"] == [0, 1, 0] and refitted["val_metrics"] == held["val_metrics"]
     assert refitted["val_metrics"]["accuracy"] == pytest.approx(2 / 3) and refitted["num_train"] == 13 and held["num_train"] == 10
+    # the refitted checkpoint keeps the hold-out head for the export's INT8 accuracy gate; the other's published head is it
+    assert np.array_equal(refitted["holdout_head"]["weight"].numpy(), held["state_dict"]["head.weight"].numpy())
+    assert np.array_equal(refitted["holdout_head"]["bias"].numpy(), held["state_dict"]["head.bias"].numpy())
+    assert "holdout_head" not in held
 
 
 @pytest.mark.slow
@@ -415,6 +420,10 @@ def test_a_refitted_head_learns_from_every_label_and_is_judged_on_samples_it_did
     assert meta["metrics"]["holdout"]["n"] == meta["metrics"]["published"]["n"] == len(val_ids)
     assert headline_metrics(meta)["balanced_accuracy"] == meta["metrics"]["holdout"]["balanced_accuracy"]
     assert sorted(int(k) for k in meta["holdout_predictions"]) == sorted(val_ids)
+    # ... and its INT8 accuracy gate judged both precisions by the hold-out head, on images that head had not seen
+    gate = json.loads((registry.get(first.version).path / "report.json").read_text())["gates"]["int8_accuracy"]
+    assert gate["judged_by"] == "hold-out head" and gate["n"] == len(val_ids)
+    assert gate["fp32_accuracy"] == pytest.approx(meta["metrics"]["holdout"]["accuracy"])
 
     # the next round is compared with the active model on the validation samples neither was fitted on:
     # the new labels' held-out ones, scored by the new hold-out head's predictions
