@@ -74,6 +74,7 @@ class Settings:
     images: str | None = None  # the pool images' root, a folder or an fsspec URL (edge_al.storage); None: home
     db_url: str | None = None  # the store (postgresql://...); None: the SQLite file db_path
     augment: str | None = None  # the workspace's train --augment (AUGMENTS) when a training names none; None: "none"
+    backbone_cache: Path | None = None  # built backbones shared by the workspaces of one machine (export.backbone)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -137,6 +138,7 @@ _SETTINGS_ENV: dict[str, Callable[[str], Any]] = {
     "IMAGES": str,
     "DB": str,
     "AUGMENT": str,
+    "BACKBONE_CACHE": str,
 }
 
 
@@ -156,6 +158,7 @@ def load_settings(home: str | Path | None = None, models_dir: str | Path | None 
         images=_images_root(env.get("IMAGES")),
         db_url=env.get("DB"),
         augment=_augment(env.get("AUGMENT")),
+        backbone_cache=Path(env["BACKBONE_CACHE"]).expanduser().resolve() if env.get("BACKBONE_CACHE") else None,
     )
 
 

@@ -50,7 +50,7 @@ from .quantize import OVERFLOW_FIX, nncf_output, quantize_int8
 from .quantize import quiet as _quiet
 from .train import IMAGENET_MEAN, IMAGENET_STD, build_model, predict
 
-__all__ = ["compose_head", "ensure_backbone", "head_arrays", "weights_digest"]
+__all__ = ["backbone_id", "compose_head", "ensure_backbone", "head_arrays", "weights_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,11 @@ def ensure_backbone(
     first ``parity_images`` check torch against the FP32 IR). A later call returns the folder
     as it is: the backbone, and so every embedding computed with it, does not change under a
     workspace's feet.
+
+    With ``settings.backbone_cache`` (``EDGE_AL_BACKBONE_CACHE``), a backbone built from the same
+    weights, size and calibration images by any workspace of the machine is copied instead of
+    built again (about a minute at 320 px on 2 cores): the folder ``<cache>/<arch>-<size>-<id>``
+    holds the IRs and meta.json; the id covers everything the IRs depend on.
     """
     target = backbone_dir(settings, arch, image_size)
     if (target / BACKBONE_META).is_file():
@@ -99,12 +104,19 @@ def ensure_backbone(
     if len(calibration_images) == 0:
         raise InvalidInput("The pool is empty: ingest images first (the backbone's INT8 calibration needs them).")
     started = time.time()
+    ident = backbone_id(arch, image_size, calibration_images)
+    shared = settings.backbone_cache / f"{arch}-{int(image_size)}-{ident}" if settings.backbone_cache else None
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        meta = _build(arch, image_size, calibration_images, staging, parity_images, batch, progress)
-        meta["build_s"] = round(time.time() - started, 1)
-        (staging / BACKBONE_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        if not (shared is not None and _copy_built(shared, staging, ident)):
+            meta = _build(arch, image_size, calibration_images, staging, parity_images, batch, progress)
+            meta["build_s"] = round(time.time() - started, 1)
+            (staging / BACKBONE_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+            if shared is not None:
+                _share(staging, shared)
+        elif progress:
+            log.info("backbone %s-%d (%s) copied from %s", arch, image_size, ident, shared.parent)
         try:
             os.rename(staging, target)
         except OSError:  # another process built it first: theirs stands
@@ -113,6 +125,51 @@ def ensure_backbone(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return Backbone.open(target)
+
+
+def backbone_id(arch: str, size: int, calibration: np.ndarray) -> str:
+    """What a backbone's IRs depend on: format, architecture, input size, weights and calibration images."""
+    calib_digest = hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest()
+    return hashlib.sha256(f"{BACKBONE_FORMAT}|{arch}|{size}|{weights_digest(arch)}|{calib_digest}".encode()).hexdigest()[:16]
+
+
+# What a shared backbone folder holds (the workspace's own files, features and gate samples, stay there).
+_SHARED_FILES = ("fp32.xml", "fp32.bin", "int8.xml", "int8.bin", BACKBONE_META)
+
+
+def _copy_built(shared: Path, staging: Path, ident: str) -> bool:
+    """Copy a shared backbone into ``staging``; False (build it) when there is none, or when it is
+    incomplete or another backbone's (its meta.json names another id)."""
+    try:
+        meta = json.loads((shared / BACKBONE_META).read_text(encoding="utf-8"))
+        if meta.get("id") != ident or meta.get("format") != BACKBONE_FORMAT:
+            log.warning("ignoring the shared backbone %s: it is not backbone %s", shared, ident)
+            return False
+        for name in _SHARED_FILES:
+            shutil.copy2(shared / name, staging / name)
+    except (OSError, ValueError) as exc:
+        if (shared / BACKBONE_META).exists():
+            log.warning("ignoring the shared backbone %s: %s", shared, exc)
+        for name in _SHARED_FILES:
+            (staging / name).unlink(missing_ok=True)
+        return False
+    return True
+
+
+def _share(built: Path, shared: Path) -> None:
+    """Copy a backbone just built into the machine's cache, atomically (a folder renamed into place);
+    a cache that cannot be written only costs the next workspace a build."""
+    try:
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{shared.name}-", dir=shared.parent))
+        try:
+            for name in _SHARED_FILES:
+                shutil.copy2(built / name, tmp / name)
+            os.rename(tmp, shared)
+        except OSError:  # another workspace shared it first (or the copy failed): nothing of ours stays
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        log.warning("could not share the backbone in %s: %s", shared.parent, exc)
 
 
 def _build(arch: str, size: int, calibration: np.ndarray, out: Path, parity_images: int, batch: int, progress: bool) -> dict[str, Any]:
@@ -151,7 +208,7 @@ def _build(arch: str, size: int, calibration: np.ndarray, out: Path, parity_imag
         ov.save_model(int8, str(out / "int8.xml"), compress_to_fp16=False)
     digest = weights_digest(arch)
     calib_digest = hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest()
-    ident = hashlib.sha256(f"{BACKBONE_FORMAT}|{arch}|{size}|{digest}|{calib_digest}".encode()).hexdigest()[:16]
+    ident = backbone_id(arch, size, calibration)
     if progress:
         log.info("backbone %s-%d built: parity %.2e, INT8 calibration %.1fs", arch, size, gate["max_rel_embedding_diff"], int8_s)
     return {

@@ -80,9 +80,24 @@ def module_db_url(request: pytest.FixtureRequest, db_backend: str) -> Iterator[s
     yield from _new_db(request, db_backend)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def backbone_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One machine-wide backbone cache for the session (``EDGE_AL_BACKBONE_CACHE``, also for the CLI
+    and the servers the tests start): a backbone of the same weights, size and calibration images is
+    built once, by the first test that needs it, and copied into every other workspace."""
+    path = tmp_path_factory.mktemp("backbone-cache")
+    before = os.environ.get("EDGE_AL_BACKBONE_CACHE")
+    os.environ["EDGE_AL_BACKBONE_CACHE"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("EDGE_AL_BACKBONE_CACHE", None)
+    else:
+        os.environ["EDGE_AL_BACKBONE_CACHE"] = before
+
+
 @pytest.fixture
-def settings(tmp_path: Path, db_url: str | None) -> Settings:
-    return Settings(home=tmp_path / "home", db_url=db_url)
+def settings(tmp_path: Path, db_url: str | None, backbone_cache: Path) -> Settings:
+    return Settings(home=tmp_path / "home", db_url=db_url, backbone_cache=backbone_cache)
 
 
 @pytest.fixture

@@ -106,6 +106,54 @@ def digits_workspace(settings, store, tmp_path: Path):  # type: ignore[no-untype
 HEAD_SIZE = 64  # px: the digits workspace's backbone input size in the head-round tests
 
 
+class _Built(Exception):
+    """Raised by a stand-in for the backbone build: proves a build was attempted."""
+
+
+def test_a_machine_wide_backbone_cache_builds_each_backbone_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_al.config import load_settings
+    from export import backbone as bb
+
+    monkeypatch.setenv("EDGE_AL_BACKBONE_CACHE", str(tmp_path / "cache"))
+    ws = [load_settings(home=tmp_path / f"ws{i}") for i in range(4)]
+    assert ws[0].backbone_cache == (tmp_path / "cache").resolve()
+    calib = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    builds: list[int] = []
+    real_build = bb._build
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        builds.append(1)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(bb, "_build", counted)
+    first = bb.ensure_backbone(ws[0], ARCH, 32, calib, parity_images=2, progress=False)
+    second = bb.ensure_backbone(ws[1], ARCH, 32, calib, parity_images=2, progress=False)
+    assert len(builds) == 1 and first.id == second.id == bb.backbone_id(ARCH, 32, calib)
+    assert second.path != first.path and second.path.parent.parent == ws[1].home
+    for name in ("fp32.xml", "fp32.bin", "int8.xml", "int8.bin", "meta.json"):
+        assert (second.path / name).read_bytes() == (first.path / name).read_bytes(), name
+
+    def no_build(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise _Built
+
+    monkeypatch.setattr(bb, "_build", no_build)
+    # other calibration images are another backbone: built, not copied
+    with pytest.raises(_Built):
+        bb.ensure_backbone(ws[2], ARCH, 32, calib[::-1].copy(), parity_images=2, progress=False)
+    # a shared folder that is not what its name says (another id inside, or a file missing) is ignored
+    shared = tmp_path / "cache" / f"{ARCH}-32-{first.id}"
+    meta = json.loads((shared / "meta.json").read_text())
+    (shared / "meta.json").write_text(json.dumps({**meta, "id": "0" * 16}))
+    with pytest.raises(_Built):
+        bb.ensure_backbone(ws[3], ARCH, 32, calib, parity_images=2, progress=False)
+    (shared / "meta.json").write_text(json.dumps(meta))
+    (shared / "int8.bin").unlink()
+    with pytest.raises(_Built):
+        bb.ensure_backbone(ws[3], ARCH, 32, calib, parity_images=2, progress=False)
+    assert not (ws[3].home / "backbones" / f"{ARCH}-32").exists()  # nothing half-copied left behind
+    assert [p.name for p in (ws[3].home / "backbones").iterdir()] == []
+
+
 @pytest.fixture
 def digits_backbone(digits_workspace):  # type: ignore[no-untyped-def]
     """(settings, store, registry, backbone): the digits workspace with its backbone built at HEAD_SIZE."""
