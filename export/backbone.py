@@ -104,13 +104,14 @@ def ensure_backbone(
     if len(calibration_images) == 0:
         raise InvalidInput("The pool is empty: ingest images first (the backbone's INT8 calibration needs them).")
     started = time.time()
-    ident = backbone_id(arch, image_size, calibration_images)
+    calib_digest = _calibration_digest(calibration_images)
+    ident = _ident(arch, image_size, calib_digest)
     shared = settings.backbone_cache / f"{arch}-{int(image_size)}-{ident}" if settings.backbone_cache else None
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         if not (shared is not None and _copy_built(shared, staging, ident)):
-            meta = _build(arch, image_size, calibration_images, staging, parity_images, batch, progress)
+            meta = _build(arch, image_size, calibration_images, staging, parity_images, batch, progress, ident, calib_digest)
             meta["build_s"] = round(time.time() - started, 1)
             (staging / BACKBONE_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
             if shared is not None:
@@ -129,7 +130,15 @@ def ensure_backbone(
 
 def backbone_id(arch: str, size: int, calibration: np.ndarray) -> str:
     """What a backbone's IRs depend on: format, architecture, input size, weights and calibration images."""
-    calib_digest = hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest()
+    return _ident(arch, size, _calibration_digest(calibration))
+
+
+def _calibration_digest(calibration: np.ndarray) -> str:
+    """SHA-256 of the calibration images' bytes (300 x 320 x 320 x 3 = 92 MB at the default: hashed once a build)."""
+    return hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest()
+
+
+def _ident(arch: str, size: int, calib_digest: str) -> str:
     return hashlib.sha256(f"{BACKBONE_FORMAT}|{arch}|{size}|{weights_digest(arch)}|{calib_digest}".encode()).hexdigest()[:16]
 
 
@@ -172,7 +181,9 @@ def _share(built: Path, shared: Path) -> None:
         log.warning("could not share the backbone in %s: %s", shared.parent, exc)
 
 
-def _build(arch: str, size: int, calibration: np.ndarray, out: Path, parity_images: int, batch: int, progress: bool) -> dict[str, Any]:
+def _build(
+    arch: str, size: int, calibration: np.ndarray, out: Path, parity_images: int, batch: int, progress: bool, ident: str, calib_digest: str
+) -> dict[str, Any]:
     model = build_model(arch, 2, "imagenet").eval()
     probe = calibration[:parity_images]
     _, torch_emb = predict(model, probe)
@@ -207,8 +218,6 @@ def _build(arch: str, size: int, calibration: np.ndarray, out: Path, parity_imag
         ov.save_model(reference, str(out / "fp32.xml"), compress_to_fp16=False)
         ov.save_model(int8, str(out / "int8.xml"), compress_to_fp16=False)
     digest = weights_digest(arch)
-    calib_digest = hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest()
-    ident = backbone_id(arch, size, calibration)
     if progress:
         log.info("backbone %s-%d built: parity %.2e, INT8 calibration %.1fs", arch, size, gate["max_rel_embedding_diff"], int8_s)
     return {
