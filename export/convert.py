@@ -250,6 +250,7 @@ class _Reference:
     emb: np.ndarray
     val_pred: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # top-1 on the validation images
     val_judged: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # the same by the accuracy gate's judge
+    holdout: tuple[np.ndarray, np.ndarray] | None = None  # the accuracy gate's judge when not the published head
 
 
 @dataclass
@@ -334,8 +335,8 @@ def _build_and_publish(b: _Build) -> tuple[ModelVersion, dict[str, Any]]:
     _check_parity(b)
     val_probs, val_emb = val_outputs(ref.f32, b.val_images)
     ref.val_pred = val_probs.argmax(1).astype(np.int64)
-    holdout = _holdout_head(b.checkpoint)
-    ref.val_judged = ref.val_pred if holdout is None or not len(b.val_images) else holdout_predictions(holdout, val_emb)
+    ref.holdout = _holdout_head(b.checkpoint)
+    ref.val_judged = ref.val_pred if ref.holdout is None or not len(b.val_images) else holdout_predictions(ref.holdout, val_emb)
     fp32_val = val_metrics(ref.f32, b.val_images, b.val_labels, ref.val_pred)
     b.report["metrics"] = {"torch": b.checkpoint.get("val_metrics", {}), "fp32": fp32_val}
     choice = _choose_precision(b, ref, fp32_val)  # 3. INT8 and its gates, or the fallback
@@ -530,7 +531,7 @@ def _int8_attempts(
         from .backbone import head_arrays
 
         sample_probs, _ = _sample_outputs(b, engine, "int8", *head_arrays(b.checkpoint["state_dict"]))
-    holdout = _holdout_head(b.checkpoint)
+    holdout = ref.holdout
     agreement, accuracy, metrics = int8_gates(engine, ref.probs, ref.val_judged, b.sample_images, b.val_images, b.val_labels,
                                               b.min_agreement, b.max_drop, sample_probs=sample_probs, holdout_head=holdout)  # fmt: skip
     attempts.append({"method": "quantize", "int8_agreement": agreement, "int8_accuracy": accuracy, "metrics": metrics})
