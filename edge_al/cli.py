@@ -507,12 +507,14 @@ def _add_train_args(p: argparse.ArgumentParser, retrain: bool = False) -> None:
     p.add_argument("--image-size", type=positive_int, default=None,
                    help=f"square model input size in pixels (default 320 for efficientnet_lite0, 128 otherwise{keep})")  # fmt: skip
     if retrain:
-        p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: train's, 15)")
+        p.add_argument("--epochs", type=positive_int, default=None,
+                       help="training epochs (default: train's, 15; 4 fine-tuning packaged pretrained weights)")  # fmt: skip
         p.add_argument("--batch-size", type=positive_int, default=None, help="training batch size (default: train's, 32)")
         p.add_argument("--balance", choices=["sampler", "loss", "none"], default=None,
                        help="class balancing for imbalanced sets (default: train's, sampler)")  # fmt: skip
     else:
-        p.add_argument("--epochs", type=positive_int, default=15, help="training epochs")
+        p.add_argument("--epochs", type=positive_int, default=None,
+                       help="training epochs (default 15; 4 fine-tuning packaged pretrained weights, from the frozen head)")  # fmt: skip
         p.add_argument("--batch-size", type=positive_int, default=32, help="training batch size")
         p.add_argument("--balance", choices=["sampler", "loss", "none"], default="sampler",
                        help="class balancing for imbalanced sets: a class-balanced sampler, a weighted loss, or none")  # fmt: skip

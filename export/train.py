@@ -378,6 +378,7 @@ def train(
     balance: str = "sampler",
     vflip: bool = False,
     init_state: dict[str, Any] | None = None,
+    linear_probe: bool = False,
     num_threads: int | None = None,
     progress: bool = True,
 ) -> TrainResult:
@@ -387,6 +388,13 @@ def train(
     ``checkpoint["val_metrics"]``). ``balance``: ``"sampler"`` (class-balanced
     WeightedRandomSampler), ``"loss"`` (class-weighted cross-entropy) or ``"none"``.
     ``init_state``: a checkpoint or state dict to warm-start from (overrides ``weights``).
+    ``linear_probe`` (with ``weights="imagenet"``): linear probing, then fine-tuning (Kumar et al.,
+    ICLR 2022). The new linear layer starts as the workspace head (``fit_linear_head``, standardized)
+    fitted on the pretrained backbone's frozen features of the training images, and BatchNorm keeps
+    the pretrained statistics (its scale and shift still train), so training starts from the frozen
+    head's predictions instead of a random layer's. Measured on magnetic_tile with every pool label
+    (group split 0, 320 px, 2 CPU cores; ``scripts/bench_finetune.py``, docs/benchmarks/finetune.md):
+    0.654 balanced accuracy after 6 epochs at lr 1e-4, the frozen head 0.637; at lr 3e-4, 0.595.
     Deterministic for a given ``seed`` on the same machine and thread count. ``num_threads``:
     torch intra-op threads for this call (None keeps the process setting; on a shared 2-core
     box, 1 is many times faster than 2 when other processes compete).
@@ -411,18 +419,26 @@ def train(
             _load_init(model, arch, init_state, label_names, source="init_state")
         elif str(weights) not in ("none", "imagenet", ""):
             _warm_start(model, arch, Path(weights), label_names)
+        probe = None
+        if linear_probe:
+            if init_state is not None or str(weights) != "imagenet":
+                raise InvalidInput("linear_probe starts from a head on the pretrained backbone's features: it needs weights='imagenet'.")
+            probe = _probe_head(model, images[train_idx], labels[train_idx], num_classes, balance)
+            model.head = probe  # type: ignore[assignment]
         history = _fit(
             model, images[train_idx], labels[train_idx], num_classes,
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
-            balance=balance, vflip=vflip, progress=progress, tqdm=tqdm,
+            balance=balance, vflip=vflip, progress=progress, tqdm=tqdm, freeze_bn=linear_probe,
         )  # fmt: skip
+        if probe is not None:
+            model.head = probe.folded()
     finally:
         torch.use_deterministic_algorithms(prev_det)
         torch.set_num_threads(prev_threads)
 
     model.eval()
     run = {"seed": int(seed), "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "balance": balance,
-           "weights": "init_state" if init_state is not None else str(weights)}  # fmt: skip
+           "weights": "init_state" if init_state is not None else str(weights), "linear_probe": bool(linear_probe)}  # fmt: skip
     checkpoint = {
         **_checkpoint(model, arch, label_names, image_size, run),
         "num_train": len(train_idx),
@@ -500,7 +516,11 @@ def _fit(
     vflip: bool,
     progress: bool,
     tqdm: Any,
+    freeze_bn: bool = False,
 ) -> list[dict[str, float]]:
+    """Train every parameter; ``freeze_bn``: BatchNorm layers normalise with their running statistics,
+    which stay as they were (their scale and shift train), instead of batch statistics re-estimated
+    afterwards."""
     n = len(images)
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     g = torch.Generator().manual_seed(seed)
@@ -530,6 +550,10 @@ def _fit(
     try:
         for epoch in range(epochs):
             model.train()
+            if freeze_bn:
+                for m in model.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
             order = torch.as_tensor(list(sampler), dtype=torch.long)
             loss_sum, correct, seen = 0.0, 0, 0
             for step in range(steps_per_epoch):
@@ -550,8 +574,48 @@ def _fit(
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.2f}")
     finally:
         bar.close()
-    _recalibrate_bn(model, x_all, bs)
+    if not freeze_bn:
+        _recalibrate_bn(model, x_all, bs)
     return history
+
+
+class _StandardizedLinear(nn.Module):
+    """``Linear((x - mean) / spread)`` with fixed statistics: the workspace head as a trainable layer.
+    Folded into raw-feature weights it is so steep that the backbone's first steps blow the loss up;
+    standardized, its gradients are the frozen head's own."""
+
+    mean: torch.Tensor
+    spread: torch.Tensor
+
+    def __init__(self, mean: np.ndarray, spread: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("spread", torch.as_tensor(spread, dtype=torch.float32))
+        self.linear = nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+            self.linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+        self.in_features, self.out_features = int(weight.shape[1]), int(weight.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear((x - self.mean) / self.spread)
+
+    @torch.no_grad()
+    def folded(self) -> nn.Linear:
+        """The same map as one Linear on raw features (what the checkpoint and the IR hold)."""
+        out = nn.Linear(self.in_features, self.out_features)
+        w = self.linear.weight / self.spread
+        out.weight.copy_(w)
+        out.bias.copy_(self.linear.bias - w @ self.mean)
+        return out
+
+
+def _probe_head(model: EmbeddingClassifier, images: np.ndarray, labels: np.ndarray, num_classes: int, balance: str) -> _StandardizedLinear:
+    """The workspace head fitted on the pretrained backbone's frozen features of ``images``, standardized with their statistics."""
+    _, features = predict(model, images)
+    mean, spread = feature_stats(features)
+    weight, bias = fit_linear_head(features, labels, num_classes, balance="none" if balance == "none" else "loss", stats=(mean, spread))
+    return _StandardizedLinear(mean, spread, weight * spread[None, :], bias + weight @ mean)
 
 
 @torch.no_grad()

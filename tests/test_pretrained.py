@@ -528,3 +528,68 @@ def test_a_head_retrain_rescores_the_pool_from_the_stored_embeddings_as_its_ir_w
     top2 = np.sort(ir_probs, axis=1)[:, -2:]
     decided = top2[:, 1] - top2[:, 0] > 2e-2
     assert decided.mean() > 0.9 and np.array_equal(head_probs[decided].argmax(1), ir_probs[decided].argmax(1))
+
+
+def _digit_batch(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 [n, size, size, 3] BGR digits of classes 0-2 and their labels."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    keep = np.flatnonzero(d.target < 3)[:n]
+    gray = (d.images[keep] * (255 / 16)).astype(np.uint8)
+    big = gray.repeat(size // 8, axis=1).repeat(size // 8, axis=2)
+    return np.ascontiguousarray(np.repeat(big[..., None], 3, axis=3)), d.target[keep].astype(np.int64)
+
+
+def _bn_stats(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+
+
+def test_fine_tuning_starts_from_the_frozen_head_and_keeps_batchnorm_statistics() -> None:
+    """Linear probing, then fine-tuning: the new layer starts as the workspace head on the frozen
+    features (with no step taken, the model predicts what that head does), BatchNorm keeps the
+    pretrained statistics, and the head is folded back into one Linear on raw features."""
+    from export.train import train
+
+    images, labels = _digit_batch(48, 64)
+    names = ["d0", "d1", "d2"]
+    pretrained = build_model(ARCH, 3, "imagenet")
+    _, feats = predict(pretrained, images)
+    w, b = fit_linear_head(feats, labels, 3, stats=feature_stats(feats))
+    logits = feats.astype(np.float64) @ w.T + b
+    head_probs = np.exp(logits - logits.max(1, keepdims=True))
+    head_probs /= head_probs.sum(1, keepdims=True)
+
+    kw = {"arch": ARCH, "weights": "imagenet", "image_size": 64, "epochs": 1, "batch_size": 16, "progress": False}
+    still = train(images, labels, names, lr=1e-12, linear_probe=True, **kw)  # one epoch of steps that change nothing
+    probs, _ = predict(still.model, images)
+    assert isinstance(still.model.head, torch.nn.Linear) and still.checkpoint["linear_probe"] is True
+    assert np.abs(probs - head_probs).max() < 1e-3 and (probs.argmax(1) == head_probs.argmax(1)).all()
+    # a random start (as before) predicts something else
+    rand_probs, _ = predict(train(images, labels, names, lr=1e-12, **kw).model, images)
+    assert np.abs(rand_probs - head_probs).max() > 0.1
+
+    moved = train(images, labels, names, lr=1e-3, linear_probe=True, **kw)
+    before, after = pretrained.state_dict(), moved.model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in _bn_stats(pretrained).items())  # frozen statistics
+    assert not torch.equal(before["backbone._conv_stem.weight"], after["backbone._conv_stem.weight"])  # every layer trains
+    recalibrated = train(images, labels, names, lr=1e-3, **kw).model.state_dict()
+    assert not all(torch.equal(v, recalibrated[k]) for k, v in _bn_stats(pretrained).items())
+    with pytest.raises(InvalidInput, match="linear_probe"):
+        train(images, labels, names, **{**kw, "weights": "none"}, linear_probe=True)
+
+
+@pytest.mark.slow
+def test_finetune_mode_on_packaged_weights_starts_from_the_frozen_head(digits_workspace) -> None:  # type: ignore[no-untyped-def]
+    from export.workflow import FINETUNE_EPOCHS, FINETUNE_LR
+
+    settings, store = digits_workspace
+    for sample in store.samples(store.sample_ids()[:40].tolist()):
+        store.add_annotation(sample.id, "correct", Path(sample.path).parent.name, "test", None)
+    ck = load_checkpoint(train_from_store(settings, store, arch=ARCH, image_size=64, mode="finetune", progress=False))
+    assert ck["linear_probe"] is True and ck["epochs"] == FINETUNE_EPOCHS and ck["lr"] == FINETUNE_LR
+    assert ck.get("mode") != "head" and "backbone._conv_stem.weight" in ck["state_dict"]
+    # from scratch there is no frozen head to start from: a random layer, the old defaults
+    scratch = load_checkpoint(train_from_store(settings, store, arch=ARCH, image_size=64, mode="finetune", epochs=1, weights="none",
+                                               progress=False))  # fmt: skip
+    assert scratch["linear_probe"] is False and scratch["lr"] == 1e-3

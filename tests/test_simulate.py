@@ -66,6 +66,8 @@ def test_config_validation(tmp_path: Path) -> None:
         SimConfig(data=tmp_path, out=tmp_path, strategies=("random", "bogus")).validate()
     with pytest.raises(InvalidInput, match="batch"):
         SimConfig(data=tmp_path, out=tmp_path, batch=0).validate()
+    with pytest.raises(InvalidInput, match="reference_mode"):
+        SimConfig(data=tmp_path, out=tmp_path, reference_mode="tune").validate()
 
 
 def test_labels_to_reach_interpolates_the_mean_curve() -> None:
@@ -145,6 +147,7 @@ def test_simulation_end_to_end_on_a_tiny_digits_pool(tmp_path: Path) -> None:
     cfg = SimConfig(
         data=data, out=tmp_path / "out", strategies=("random", "hybrid"), seeds=2, initial=10, batch=5, rounds=2,
         image_size=32, epochs=1, calibration_size=16, sample_size=16, reference_seeds=1, progress=False, exporter="torchscript",
+        reference_mode="finetune", reference_epochs=1,
     )  # fmt: skip
     results = run_simulation(cfg)
     out = tmp_path / "out"
@@ -183,6 +186,9 @@ def test_simulation_end_to_end_on_a_tiny_digits_pool(tmp_path: Path) -> None:
     assert results["initial_sets"]["0"] != results["initial_sets"]["1"]
 
     assert len(results["references"]) == 1 and math.isfinite(results["references"][0]["balanced_accuracy"])
+    # the reference fine-tuned every layer (its own IR, not a head on the rounds' backbone), and says so
+    assert results["references"][0]["mode"] == "finetune" and results["references"][0]["epochs"] == 1
+    assert ", mode finetune, 1 epochs, " in (out / "summary.md").read_text()
     sm = results["summary"]
     assert set(sm["strategies"]) == {"random", "hybrid", COLD_ROW}
     base = results["baselines"]

@@ -96,7 +96,7 @@ class SimConfig:
     augment: str | None = None  # none | flips (export.workflow.train_from_store)
     cold_start: bool = True  # a row that starts from a typical-and-diverse initial set instead of a random one
     train_batch_size: int = 32
-    lr: float = 1e-3
+    lr: float | None = None  # export.workflow.train_from_store's: 1e-4 fine-tuning packaged weights, else 1e-3
     # the production export's sizes: a head-only round reuses the backbone's INT8 calibration, and the
     # agreement gate needs ~200 samples to resolve 99% (one flip in 100 is already 1%)
     calibration_size: int = 300
@@ -108,6 +108,7 @@ class SimConfig:
     reference: bool = True
     reference_seeds: int | None = None
     reference_epochs: int | None = None
+    reference_mode: str | None = None  # the reference's training mode (default: mode)
     work: Path | None = None
     keep_work: bool = False
     device: str = "CPU"
@@ -135,6 +136,9 @@ class SimConfig:
                 raise InvalidInput(f"The '{name}' parameter must be an int >= {lo}. Got {value!r} instead.")
         if not 0.0 < self.test_fraction < 1.0:
             raise InvalidInput(f"The 'test_fraction' parameter must be a float in (0, 1). Got {self.test_fraction!r} instead.")
+        for name, mode in (("mode", self.mode), ("reference_mode", self.reference_mode)):
+            if mode not in (None, "auto", "head", "finetune"):
+                raise InvalidInput(f"The '{name}' parameter must be one of auto, head, finetune. Got {mode!r} instead.")
         return self
 
     @property
@@ -328,7 +332,16 @@ def _gate_figures(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train_export_score(
-    wf: Any, ws: SimHome, cfg: SimConfig, seed: int, *, init: Path | None, epochs: int, tag: str, score: bool = True
+    wf: Any,
+    ws: SimHome,
+    cfg: SimConfig,
+    seed: int,
+    *,
+    init: Path | None,
+    epochs: int | None,
+    tag: str,
+    score: bool = True,
+    mode: str | None = None,
 ) -> RoundResult:
     """train_from_store -> export_from_store (gates) -> promote -> score_pool."""
     from edge_al.scoring import score_pool
@@ -338,7 +351,7 @@ def _train_export_score(
     ckpt_path = ws.settings.checkpoints_dir / f"{tag}.pt"
     ckpt = wf.train_from_store(
         ws.settings, ws.store, arch=cfg.arch, weights=cfg.weights, image_size=cfg.image_size, epochs=epochs, seed=seed,
-        batch_size=cfg.train_batch_size, lr=cfg.lr, out=ckpt_path, init=init, mode=cfg.mode, augment=cfg.augment, progress=False,
+        batch_size=cfg.train_batch_size, lr=cfg.lr, out=ckpt_path, init=init, mode=mode or cfg.mode, augment=cfg.augment, progress=False,
     )  # fmt: skip
     timings["train_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -681,9 +694,13 @@ class _Simulation:
         self.bar.set_description(f"reference seed {seed} (all {len(pool_ids)} labels)")
         ws = clone_workspace(self.data.base, self.work / f"s{seed}" / "full", self.shared_cache)
         _reveal(ws, pool_ids.tolist(), self.data.oracle)
-        res = _train_export_score(self.wf, ws, cfg, seed, init=None, epochs=cfg.reference_epochs or cfg.epochs, tag="full", score=False)
+        other_mode = cfg.reference_mode not in (None, cfg.mode)
+        # another mode than the rounds' trains for its own default epochs (export.workflow.train_from_store)
+        epochs = cfg.reference_epochs or (None if other_mode else cfg.epochs)
+        res = _train_export_score(self.wf, ws, cfg, seed, init=None, epochs=epochs, tag="full", score=False, mode=cfg.reference_mode)
         m = self.evaluate(ws.registry.get(res.version))
-        self.references.append({"seed": seed, "labels": len(pool_ids), **m, "precision": res.precision, **res.timings})
+        self.references.append({"seed": seed, "labels": len(pool_ids), **m, "precision": res.precision, "mode": cfg.reference_mode or cfg.mode or "auto",
+                                "epochs": epochs, **res.timings})  # fmt: skip
         self.say(f"reference seed {seed}: balanced accuracy {m['balanced_accuracy']:.3f}, accuracy {m['accuracy']:.3f}")
         self.bar.update(1)
         self.done_with(ws)
@@ -1042,6 +1059,13 @@ def _agreement_line(gates: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _reference_how(ref: dict[str, Any]) -> str:
+    """ ", mode finetune, 4 epochs, INT8" for a reference trained otherwise than the rounds' default; "" for older results."""
+    if ref.get("mode") in (None, "auto", "head"):
+        return ""
+    return f", mode {ref['mode']}, {ref['epochs'] or 'default'} epochs, {ref.get('precision', '?').upper()}"
+
+
 def _summary_tables(results: dict[str, Any]) -> list[str]:
     """The reference, each strategy against random, the frozen-feature baseline and the curve shapes."""
     sm = results["summary"]
@@ -1049,7 +1073,7 @@ def _summary_tables(results: dict[str, Any]) -> list[str]:
     if sm["reference_balanced_accuracy"] is not None:
         refs = results["references"]
         lines += [
-            f"Full-data reference ({len(refs)} seed(s), all {refs[0]['labels']} pool labels): balanced accuracy "
+            f"Full-data reference ({len(refs)} seed(s), all {refs[0]['labels']} pool labels{_reference_how(refs[0])}): balanced accuracy "
             f"**{sm['reference_balanced_accuracy']:.3f}** (accuracy {sm['reference_accuracy']:.3f}); "
             f"95% of it: {sm['target_balanced_accuracy']:.3f}.",
             "",

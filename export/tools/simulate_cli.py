@@ -62,7 +62,7 @@ def register(sub: Any) -> None:
                         "average each image's four flips (edge-al train --augment)")  # fmt: skip
     p.add_argument("--no-cold-start", action="store_true", help="skip the row that starts from a typical-and-diverse initial set")
     p.add_argument("--train-batch-size", type=positive_int, default=32, help="training batch size")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: train's, 1e-4 fine-tuning packaged weights, else 1e-3)")
     p.add_argument("--calibration-size", type=positive_int, default=300, help="pool images for INT8 calibration (default 300)")
     p.add_argument("--sample-size", type=positive_int, default=200, help="pool images for the parity/agreement gates (default 200)")
     p.add_argument(
@@ -73,7 +73,10 @@ def register(sub: Any) -> None:
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo", help="torch.onnx exporter (default dynamo)")
     p.add_argument("--no-reference", action="store_true", help="skip the full-data reference models")
     p.add_argument("--reference-seeds", type=positive_int, default=None, help="reference models for the first N seeds only")
-    p.add_argument("--reference-epochs", type=positive_int, default=None, help="epochs of the reference (default: --epochs)")
+    p.add_argument("--reference-epochs", type=positive_int, default=None,
+                   help="epochs of the reference (default: --epochs; train's default with another --reference-mode)")  # fmt: skip
+    p.add_argument("--reference-mode", choices=["auto", "head", "finetune"], default=None,
+                   help="training mode of the reference (default: --mode); finetune: every layer, from the frozen head (minutes an epoch on a CPU)")  # fmt: skip
     p.add_argument("--out", required=True, type=Path, help="report folder")
     p.add_argument("--work", type=Path, default=None, help="workspaces (default OUT/work; removed at the end)")
     p.add_argument("--keep-work", action="store_true", help="keep the per-strategy workspaces")
@@ -96,7 +99,7 @@ def cmd_simulate(ctx: Any) -> int:
         image_size=a.image_size, epochs=a.epochs, warm_epochs=a.warm_epochs, warm_start=not a.no_warm_start, arch=a.arch,
         weights=a.weights, mode=a.mode, augment=a.augment, cold_start=not a.no_cold_start, train_batch_size=a.train_batch_size, lr=a.lr, calibration_size=a.calibration_size,
         sample_size=a.sample_size, reference=not a.no_reference, reference_seeds=a.reference_seeds,
-        reference_epochs=a.reference_epochs, work=a.work, keep_work=a.keep_work, device=a.device,
+        reference_epochs=a.reference_epochs, reference_mode=a.reference_mode, work=a.work, keep_work=a.keep_work, device=a.device,
         accuracy_control=a.accuracy_control, exporter=a.exporter,
         progress=not ctx.json and not a.quiet,
     )  # fmt: skip
