@@ -45,6 +45,7 @@ from export.train import (
     IMAGENET_STD,
     _augment,
     _recalibrate_bn,
+    _StandardizedLinear,
     build_model,
     feature_stats,
     fit_linear_head,
@@ -56,18 +57,6 @@ from export.train import (
 def load_images(paths: list[Path], size: int) -> np.ndarray:
     """uint8 [N, size, size, 3] BGR, decoded and squashed as edge-al's image cache does."""
     return np.stack([resize_to(decode(p.read_bytes()), (size, size)) for p in paths])
-
-
-class Standardize(torch.nn.Module):
-    """``(x - mean) / spread`` with fixed (pool) statistics."""
-
-    def __init__(self, mean: np.ndarray, spread: np.ndarray) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
-        self.register_buffer("spread", torch.as_tensor(spread, dtype=torch.float32))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.spread
 
 
 def evaluate(model: torch.nn.Module, train_x: torch.Tensor, test_images: np.ndarray, test_y: np.ndarray, bs: int, bn: str) -> float:
@@ -188,11 +177,10 @@ def main() -> None:
     # The fine-tuned network's last layer sees standardized features, as the frozen head does: the head
     # folded into raw-feature weights is so steep that the backbone's first steps blow its loss up.
     linear = torch.nn.Linear(len(mean), len(classes))
+    start_w, start_b = linear.weight.detach().numpy(), linear.bias.detach().numpy()
     if args.init == "probe":
-        with torch.no_grad():
-            linear.weight.copy_(torch.as_tensor(w * spread[None, :], dtype=torch.float32))
-            linear.bias.copy_(torch.as_tensor(b + w @ mean, dtype=torch.float32))
-    model.head = torch.nn.Sequential(Standardize(mean, spread), linear)
+        start_w, start_b = w * spread[None, :], b + w @ mean
+    model.head = _StandardizedLinear(mean, spread, start_w, start_b)  # what `train(linear_probe=True)` trains
     if args.init == "probe":
         start = evaluate(model, to_tensor(pool_images[chosen]), test_images, test_y, args.batch_size, args.bn)
         print(f"fine-tune start (the probe, BN {args.bn}): {start:.3f}", flush=True)

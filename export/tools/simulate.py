@@ -136,9 +136,11 @@ class SimConfig:
                 raise InvalidInput(f"The '{name}' parameter must be an int >= {lo}. Got {value!r} instead.")
         if not 0.0 < self.test_fraction < 1.0:
             raise InvalidInput(f"The 'test_fraction' parameter must be a float in (0, 1). Got {self.test_fraction!r} instead.")
+        from export.workflow import MODES
+
         for name, mode in (("mode", self.mode), ("reference_mode", self.reference_mode)):
-            if mode not in (None, "auto", "head", "finetune"):
-                raise InvalidInput(f"The '{name}' parameter must be one of auto, head, finetune. Got {mode!r} instead.")
+            if mode not in (None, *MODES):
+                raise InvalidInput(f"The '{name}' parameter must be one of {', '.join(MODES)}. Got {mode!r} instead.")
         return self
 
     @property
