@@ -394,7 +394,9 @@ def train(
     the pretrained statistics (its scale and shift still train), so training starts from the frozen
     head's predictions instead of a random layer's. Measured on magnetic_tile with every pool label
     (group split 0, 320 px, 2 CPU cores; ``scripts/bench_finetune.py``, docs/benchmarks/finetune.md):
-    0.654 balanced accuracy after 6 epochs at lr 1e-4, the frozen head 0.637; at lr 3e-4, 0.595.
+    0.654 balanced accuracy after 6 epochs at lr 1e-4, the frozen head 0.637; at lr 3e-4, 0.595. Through
+    the product (``simulate --reference-mode finetune``: 20% held out, 4 epochs) it scored 0.601, below
+    the frozen head's 0.630, so rounds keep the head.
     Deterministic for a given ``seed`` on the same machine and thread count. ``num_threads``:
     torch intra-op threads for this call (None keeps the process setting; on a shared 2-core
     box, 1 is many times faster than 2 when other processes compete).
