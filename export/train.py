@@ -14,11 +14,12 @@ A checkpoint is a plain dict (tensors, strings, numbers, lists), loadable with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -647,12 +648,20 @@ def _recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
 
 # -- a head on frozen features ------------------------------------------------------------------
 # L2 strength on the mean loss over standardized features (each feature centred and scaled by its
-# spread in the pool): the equivalent of scikit-learn's C = 1 / (2 * HEAD_ALPHA * n) on
-# StandardScaler'd features. Measured on magnetic_tile (5 group splits) and digits at 320 px
-# (docs/benchmarks/features.md): standardized at 0.3 gives magnetic_tile 0.540 with every label and
-# 0.392 with 200 (raw features at 0.01, the previous head: 0.480 and 0.370); digits 0.937 / 0.885
-# (raw: 0.907 / 0.863).
+# spread in the pool): the equivalent of scikit-learn's C = 1 / (2 * alpha * n) on StandardScaler'd
+# features. HEAD_ALPHA is the fixed strength of a caller that names none (measured on magnetic_tile,
+# 5 group splits, and digits at 320 px, docs/benchmarks/features.md: standardized at 0.3 gives
+# magnetic_tile 0.540 with every label and 0.392 with 200; raw features at 0.01, the head before
+# it, 0.480 and 0.370). The best strength differs by data set and by label count (magnetic_tile's
+# textures want 10-30 at 50 labels and 1 with every label, digits 0.1 or less at every count).
+# ``choose_head_alpha`` picks it from HEAD_ALPHAS by cross-validation on the labels; measured
+# through the active-learning loop it did not beat the fixed strength overall, so it is an option
+# (``train_head(alpha="auto")``, ``scripts/sim_features.py --alpha auto``), not the default
+# (docs/benchmarks/features.md, eleventh session).
 HEAD_ALPHA = 0.3
+HEAD_ALPHAS = (30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 0.03)  # strongest first: each fit starts from the previous one
+HEAD_CV_FOLDS = 3
+HEAD_CV_MAX_ROWS = 2000
 # A feature's spread is floored at this fraction of the median spread: a feature that is (nearly)
 # constant over the reference samples must not be blown up by the standardization.
 MIN_SPREAD = 0.05
@@ -667,6 +676,66 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean, spread = x.mean(0), x.std(0)
     floor = MIN_SPREAD * float(np.median(spread)) if np.any(spread > 0) else 1.0
     return mean, np.maximum(spread, max(floor, 1e-12))
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Torch on one intra-op thread for the head's fits: their tensors are small (N x D x C), so a
+    second thread only adds hand-offs, and on a busy box those waits dominate. Measured on 2 vCPUs with
+    two other processes busy: a 50-label ``choose_head_alpha`` took 100 s on torch's default 2
+    threads and 1.3 s on one (``torch.set_num_threads`` is process-wide; restored on exit)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _sample_weights(labels: np.ndarray, num_classes: int, balance: str) -> np.ndarray:
+    """``N / (K * count[y])`` per sample (``class_weight="balanced"``), or ones for ``balance="none"``."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    if balance == "none":
+        return np.ones(len(labels))
+    return len(labels) / ((counts > 0).sum() * counts[labels])
+
+
+def _fit_standardized(
+    z: torch.Tensor,
+    labels: np.ndarray,
+    num_classes: int,
+    alpha: float,
+    balance: str,
+    max_iter: int,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weight f64 [C, D], bias f64 [C])`` minimising the weighted mean cross-entropy on float64
+    standardized ``z`` plus ``alpha ||W||^2`` (L-BFGS from ``init`` or zeros); absent classes' bias
+    is -1e4."""
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    w_t = torch.as_tensor(_sample_weights(np.asarray(labels), num_classes, balance))
+    present = np.bincount(labels, minlength=num_classes) > 0
+    weight = (init[0].clone() if init else torch.zeros(num_classes, z.shape[1], dtype=torch.float64)).requires_grad_(True)
+    bias = torch.zeros(num_classes, dtype=torch.float64) if init is None else torch.where(torch.as_tensor(present), init[1], 0.0)
+    bias.requires_grad_(True)
+    mask = torch.as_tensor(np.where(present, 0.0, -1e4))
+    opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-7, history_size=20,
+                            line_search_fn="strong_wolfe")  # fmt: skip
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        logits = z @ weight.T + bias + mask
+        loss = (F.cross_entropy(logits, y, reduction="none") * w_t).mean() + alpha * (weight * weight).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return weight.detach(), (bias + mask).detach()
+
+
+def _standardize(features: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    mean, spread = feature_stats(features) if stats is None else (np.asarray(stats[0], np.float64), np.asarray(stats[1], np.float64))
+    return torch.as_tensor((np.asarray(features, dtype=np.float64) - mean) / spread), mean, spread
 
 
 def fit_linear_head(
@@ -689,33 +758,120 @@ def fit_linear_head(
     (or ``"sampler"``) weighs samples ``N / (K * count[y])`` like ``class_weight="balanced"``.
     Deterministic: no sampling. Classes without samples get a large negative bias.
     """
-    mean, spread = feature_stats(features) if stats is None else (np.asarray(stats[0], np.float64), np.asarray(stats[1], np.float64))
-    x = torch.as_tensor((np.asarray(features, dtype=np.float64) - mean) / spread)
-    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    present = counts > 0
-    sample_w = np.ones(len(labels))
-    if balance != "none":
-        sample_w = len(labels) / (present.sum() * counts[labels])
-    w_t = torch.as_tensor(sample_w)
-    weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    mask = torch.as_tensor(np.where(present, 0.0, -1e4))
-    opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-7, history_size=20,
-                            line_search_fn="strong_wolfe")  # fmt: skip
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        logits = x @ weight.T + bias + mask
-        loss = (F.cross_entropy(logits, y, reduction="none") * w_t).mean() + alpha * (weight * weight).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        w = weight.numpy() / spread  # W z + b = (W / s) x + (b - (W / s) m)
-        b = bias.numpy() + mask.numpy() - w @ mean
+    z, mean, spread = _standardize(features, stats)
+    with _one_thread():
+        weight, bias = _fit_standardized(z, np.asarray(labels, dtype=np.int64), num_classes, alpha, balance, max_iter)
+    w = weight.numpy() / spread  # W z + b = (W / s) x + (b - (W / s) m)
+    b = bias.numpy() - w @ mean
     return w.astype(np.float32), b.astype(np.float32)
+
+
+def cv_folds(labels: np.ndarray, folds: int = HEAD_CV_FOLDS, features: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """int64 [N] fold of each row, -1 for rows never held out.
+
+    Rows are dealt to folds class by class, in a shuffled order (``seed``), so every fold holds a
+    share of each class. With ``features`` (standardized), each row is first tied to its nearest
+    row of the same class (cosine), and the connected rows go to one fold together: near-duplicates
+    (frames of one part, one defect shot twice) on both sides of a fold make a weak prior look
+    better than it is. On magnetic_tile with every label, folds of single rows chose alpha 0.03 (test
+    balanced accuracy 0.500 over 5 group splits), tied rows chose 1 (0.543; fixed 0.3: 0.530).
+    A class with fewer than 2 such units stays in every training fold (holding its only unit out
+    would only test an absent class)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    unit = np.arange(len(labels))
+    if features is not None and len(labels) > 1:
+        x = np.asarray(features, dtype=np.float64)
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        parent = np.arange(len(labels))
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = int(parent[i])
+            return i
+
+        for c in np.unique(labels):
+            rows = np.flatnonzero(labels == c)
+            if len(rows) < 2:
+                continue
+            sim = x[rows] @ x[rows].T
+            np.fill_diagonal(sim, -np.inf)
+            for i, j in zip(rows, rows[sim.argmax(1)], strict=True):
+                parent[root(int(i))] = root(int(j))
+        unit = np.array([root(i) for i in range(len(labels))])
+    fold = np.full(len(labels), -1, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    for c in np.unique(labels):
+        units = np.unique(unit[labels == c])
+        if len(units) >= 2:
+            for k, u in enumerate(rng.permutation(units)):
+                fold[unit == u] = k % folds
+    return fold
+
+
+def choose_head_alpha(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    stats: tuple[np.ndarray, np.ndarray] | None = None,
+    balance: str = "loss",
+    alphas: Sequence[float] = HEAD_ALPHAS,
+    folds: int = HEAD_CV_FOLDS,
+    max_iter: int = 200,
+) -> tuple[float, dict[float, float]]:
+    """The L2 strength for :func:`fit_linear_head` with the lowest cross-validated, class-balanced
+    log-loss on these labels: ``(alpha, {alpha: cv log-loss})``.
+
+    ``folds``-fold cross-validation over ``cv_folds`` with near-duplicates kept together (fixed seed:
+    the same labels give the same choice; above ``HEAD_CV_MAX_ROWS`` labels, on a fixed uniform draw
+    of that many, whose choice errs to the strong side for the whole set); each held-out row's log-probability of its label is weighted by ``1 / count`` of its
+    class among the held-out rows, so every class counts alike, as in balanced accuracy. The
+    log-loss is smooth where a few dozen held-out labels make accuracy jump in steps. Each fold fits
+    ``alphas`` strongest first, each fit starting from the previous one, and stops once the
+    log-loss has risen twice running (the losses returned are those computed). Ties go to the
+    stronger strength. Fewer than 2 classes with 2 rows each: nothing to validate, ``(HEAD_ALPHA, {})``.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    features = np.asarray(features)
+    if len(labels) > HEAD_CV_MAX_ROWS:  # a uniform draw: cost bounded, classes in proportion
+        keep = np.sort(np.random.default_rng(0).choice(len(labels), HEAD_CV_MAX_ROWS, replace=False))
+        features, labels = features[keep], labels[keep]
+    z, _, _ = _standardize(features, stats)
+    fold = cv_folds(labels, folds, z.numpy())
+    held = fold >= 0
+    if len(np.unique(labels[held])) < 2:
+        return HEAD_ALPHA, {}
+    order = sorted((float(a) for a in alphas), reverse=True)
+    w = 1.0 / np.bincount(labels[held], minlength=num_classes)[labels[held]]
+    parts = [(fold == k, fold != k) for k in range(folds) if (fold == k).any()]
+    fits: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(parts)
+    losses: dict[float, float] = {}
+    for a in order:
+        logp = np.zeros(len(labels))
+        for i, (val, train_rows) in enumerate(parts):
+            with _one_thread():
+                fits[i] = _fit_standardized(z[train_rows], labels[train_rows], num_classes, a, balance, max_iter, fits[i])
+            weight, bias = fits[i]  # type: ignore[misc]
+            logits = (z[val] @ weight.T + bias).numpy()
+            logits -= logits.max(1, keepdims=True)
+            logp[val] = (logits - np.log(np.exp(logits).sum(1, keepdims=True)))[np.arange(val.sum()), labels[val]]
+        losses[a] = float(-(w * logp[held]).sum() / w.sum())
+        if len(losses) >= 3 and losses[a] > list(losses.values())[-2] > min(losses.values()):
+            break  # worse twice running: the loss over log(alpha) has passed its minimum
+    best = min(losses, key=lambda a: (losses[a], -a))
+    return best, losses
+
+
+def _resolve_alpha(
+    alpha: float | str, features: np.ndarray, labels: np.ndarray, num_classes: int, stats: tuple[np.ndarray, np.ndarray], balance: str
+) -> tuple[float, dict[float, float]]:
+    """``train_head``'s ``alpha``: a number > 0 as given, or ``"auto"``'s cross-validated choice (with each strength's log-loss)."""
+    if alpha == "auto":
+        return choose_head_alpha(features, labels, num_classes, stats=stats, balance=balance)
+    if isinstance(alpha, str) or isinstance(alpha, bool) or not float(alpha) > 0:
+        raise InvalidInput(f"The 'alpha' parameter must be 'auto' or a number > 0. Got {alpha!r} instead.")
+    return float(alpha), {}
 
 
 def train_head(
@@ -727,7 +883,7 @@ def train_head(
     image_size: int,
     backbone_id: str,
     val_mask: np.ndarray | None = None,
-    alpha: float = HEAD_ALPHA,
+    alpha: float | str = HEAD_ALPHA,
     balance: str = "loss",
     seed: int = 0,
     pool_features: np.ndarray | None = None,
@@ -753,6 +909,13 @@ def train_head(
     judges both precisions by the hold-out head (``checkpoint["holdout_head"]``: weight, bias), on
     the images that head has not seen. ``refit=False``: the published head is the hold-out head (as
     before this option).
+
+    ``alpha``: the head's L2 strength (``fit_linear_head``; default ``HEAD_ALPHA``), or ``"auto"``:
+    the strength of ``HEAD_ALPHAS`` with the lowest cross-validated log-loss on the training rows
+    (``choose_head_alpha``, on the images themselves, not their views); the refitted head keeps
+    it. The checkpoint records ``head_alpha`` and ``head_alpha_cv`` (each strength's log-loss).
+    ``"auto"`` is measured, not the default: on magnetic_tile's rounds it gained at 50-110 labels
+    and lost at 170-200 (docs/benchmarks/features.md).
 
     ``views``: more float32 [N, D] embeddings of the same images, row for row (e.g. flipped:
     ``edge_al.features.VIEWS``); the head is fitted on the training rows of each view as well, with
@@ -787,6 +950,7 @@ def train_head(
     if test_time_views and not views:
         raise InvalidInput("Test-time views need the views' features: pass 'views' (e.g. the flipped images' embeddings).")
     stats = feature_stats(reference)
+    alpha, alpha_cv = _resolve_alpha(alpha, features[train_idx], labels[train_idx], len(label_names), stats, balance)
 
     def fit(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         fit_x = np.concatenate([features[rows], *(np.asarray(v)[rows] for v in views.values())])
@@ -818,7 +982,8 @@ def train_head(
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "label_names": list(label_names), "image_size": int(image_size), "input": "uint8 NHWC BGR",
         "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "embedding_dim": model.embedding_dim,
-        "seed": int(seed), "epochs": 0, "batch_size": len(train_idx), "lr": 0.0, "head_alpha": float(alpha), "balance": balance,
+        "seed": int(seed), "epochs": 0, "batch_size": len(train_idx), "lr": 0.0, "head_alpha": alpha, "balance": balance,
+        "head_alpha_cv": {f"{a:g}": round(v, 5) for a, v in alpha_cv.items()},
         "head_standardized": True, "head_stats_n": len(reference), "head_views": ["", *views],
         "test_views": ["", *views] if test_time_views else [""],
         "weights": "imagenet", "num_train": len(fit_idx), "num_val": int(val_mask.sum()), "refit": refitted,

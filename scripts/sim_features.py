@@ -46,8 +46,8 @@ from edge_al.images import decode, resize_to
 from edge_al.lifecycle import balanced_accuracy
 from export.efficientnet_lite import LITE_WEIGHTS, efficientnet_lite, load_imagenet
 from export.tools.machine import cpu_line
-from export.tools.simulate import read_dataset, read_groups, split_dataset
-from export.train import feature_stats, fit_linear_head, to_tensor
+from export.tools.simulate import labels_to_reach, read_dataset, read_groups, split_dataset
+from export.train import HEAD_ALPHA, choose_head_alpha, feature_stats, fit_linear_head, to_tensor
 from export.workflow import val_mask_for
 
 # --flips: the cache key of each view of edge_al.features.VIEWS (the views `train --augment flips` uses)
@@ -112,7 +112,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def run_loop(x: np.ndarray, y: np.ndarray, pool: np.ndarray, test: np.ndarray, init: np.ndarray, strategy: str, params: dict,
-             batch: int, rounds: int, seed: int, holdout: float = 0.0, shas: list[str] | None = None) -> list[float]:  # fmt: skip
+             batch: int, rounds: int, seed: int, holdout: float = 0.0, shas: list[str] | None = None,
+             alpha: str = str(HEAD_ALPHA)) -> list[float]:  # fmt: skip
     """Balanced accuracy on ``test`` after each round (round 0 = the initial set). ``holdout`` > 0:
     the head is fitted without the labels ``export.workflow.val_mask_for`` holds out (by the images'
     ``shas``), as the product did before it refitted on every label."""
@@ -125,7 +126,8 @@ def run_loop(x: np.ndarray, y: np.ndarray, pool: np.ndarray, test: np.ndarray, i
         if holdout > 0:
             assert shas is not None
             fit = fit[~val_mask_for([shas[i] for i in fit], y[fit].tolist(), holdout)]
-        w, b = fit_linear_head(x[fit], y[fit], classes, stats=stats)
+        a = choose_head_alpha(x[fit], y[fit], classes, stats=stats)[0] if alpha == "auto" else float(alpha)
+        w, b = fit_linear_head(x[fit], y[fit], classes, alpha=a, stats=stats)
         curve.append(balanced_accuracy(y[test], (x[test] @ w.T + b).argmax(1)))
         if rnd == rounds:
             break
@@ -153,6 +155,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--holdout", type=float, default=0.0, help="fit each head without this fraction of the labels "
                     "(export.workflow.val_mask_for, by content hash): the product before its head was refitted on every label")  # fmt: skip
+    ap.add_argument("--alpha", default=str(HEAD_ALPHA), help="the head's L2 strength (default: the product's HEAD_ALPHA), "
+                    "or auto: cross-validated on each round's labels (export.train.choose_head_alpha)")  # fmt: skip
     ap.add_argument("--flips", default="", help="instead of strategies: the head with flipped views at these comma-separated "
                     "budgets (0: every pool image), e.g. 50,200,0; needs the flipped images' features (cached beside x)")  # fmt: skip
     args = ap.parse_args()
@@ -191,16 +195,22 @@ def main() -> None:
             while len(np.unique(y[pool[init]])) < 2:
                 init = rng.choice(len(pool), args.initial, replace=False)
             for label, name, params in strategies:
-                curves[label].append(run_loop(x, y, pool, test, init, name, params, args.batch, args.rounds, seed, args.holdout, shas))
+                curves[label].append(
+                    run_loop(x, y, pool, test, init, name, params, args.batch, args.rounds, seed, args.holdout, shas, args.alpha)
+                )
     budgets = [args.initial + r * args.batch for r in range(args.rounds + 1)]
     print(
-        f"{args.data.name}, {args.size} px, splits {args.splits}, {args.seeds} seeds each, holdout {args.holdout:g}; {cpu_line()}; {time.time() - t:.0f} s"
+        f"{args.data.name}, {args.size} px, splits {args.splits}, {args.seeds} seeds each, holdout {args.holdout:g}, alpha {args.alpha}; {cpu_line()}; {time.time() - t:.0f} s"
     )
-    print(f"{'strategy':34s} " + " ".join(f"{b:>6d}" for b in budgets) + "    AULC   final +- SE")
+    # the issue's ratio: labels at which the mean curve first reaches random's final, over random's final budget
+    target = float(np.mean(curves["random"], axis=0)[-1]) if "random" in curves else None
+    print(f"{'strategy':34s} " + " ".join(f"{b:>6d}" for b in budgets) + "    AULC   final +- SE   to random's final")
     for label, c in curves.items():
         a = np.array(c)
         mean, se = a.mean(0), a.std(0, ddof=1) / np.sqrt(len(a)) if len(a) > 1 else np.zeros(a.shape[1])
-        print(f"{label:34s} " + " ".join(f"{v:6.3f}" for v in mean) + f"   {mean.mean():.3f}   {mean[-1]:.3f} +- {se[-1]:.3f}")
+        reach = None if target is None else labels_to_reach(np.array(budgets), mean, target)
+        ratio = "" if target is None else "not reached" if reach is None else f"{reach:.0f} ({reach / budgets[-1]:.2f}x)"
+        print(f"{label:34s} " + " ".join(f"{v:6.3f}" for v in mean) + f"   {mean.mean():.3f}   {mean[-1]:.3f} +- {se[-1]:.3f}   {ratio}")
 
 
 if __name__ == "__main__":

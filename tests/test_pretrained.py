@@ -21,7 +21,18 @@ from edge_al.selection import select_next
 from export import efficientnet_lite
 from export.convert import ExportGateWarning
 from export.efficientnet_lite import EfficientNetLite, imagenet_weights_file, load_imagenet
-from export.train import build_model, feature_stats, fit_linear_head, load_checkpoint, predict
+from export.train import (
+    HEAD_ALPHA,
+    HEAD_ALPHAS,
+    build_model,
+    choose_head_alpha,
+    cv_folds,
+    feature_stats,
+    fit_linear_head,
+    load_checkpoint,
+    predict,
+    train_head,
+)
 from export.workflow import export_from_store, train_from_store
 from tests.helpers import int8_weight_range, write_digit_images
 
@@ -92,6 +103,64 @@ def test_linear_head_standardizes_features_and_folds_it_into_raw_weights() -> No
     xc[:, 5] = 0.0
     wc, _ = fit_linear_head(xc.astype(np.float32), y, 3)
     assert np.all(np.isfinite(wc)) and np.abs(wc[:, 5]).max() <= np.abs(wc[:, :5]).max()
+
+
+def test_cross_validation_folds_deal_each_class_and_keep_singletons_in_training() -> None:
+    y = np.array([0] * 7 + [1] * 3 + [2])
+    fold = cv_folds(y, 3)
+    assert fold[-1] == -1  # one row: never held out
+    for c, n in ((0, 7), (1, 3)):
+        assert sorted(np.bincount(fold[y == c], minlength=3).tolist()) == sorted([n // 3 + (k < n % 3) for k in range(3)])
+    assert np.array_equal(fold, cv_folds(y, 3))
+    # with features, each row's nearest row of its class goes to the same fold: two tight pairs of
+    # near-duplicates per class are two units, never split
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (4, 16))
+    x = np.repeat(centres, 2, axis=0) + rng.normal(0, 0.01, (8, 16))
+    yd = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    fd = cv_folds(yd, 2, x)
+    assert all(fd[2 * k] == fd[2 * k + 1] for k in range(4)) and set(fd[yd == 0]) == set(fd[yd == 1]) == {0, 1}
+    # classes whose rows all tie into one unit each cannot be validated: nothing is held out
+    line = np.outer(np.arange(5), [1e-3, 0, 0, 0]) + rng.normal(0, 1, (1, 4))
+    assert (cv_folds(np.array([0, 0, 1, 1, 1]), 2, line) == -1).all()
+
+
+def test_the_head_chooses_a_strong_l2_for_few_noisy_labels_and_a_weak_one_for_many_clean_ones() -> None:
+    """``choose_head_alpha`` follows the data: few labels in many dimensions, half of them drawn at
+    random (what a weak prior fits is noise), need a strong prior; many labels that a linear rule
+    separates exactly need a weak one."""
+    rng = np.random.default_rng(3)
+    means = rng.normal(0, 0.35, (3, 300))
+    y_true = np.repeat(np.arange(3), 12)
+    x_noisy = (means[y_true] + rng.normal(0, 1, (36, 300))).astype(np.float32)
+    y_noisy = np.where(rng.random(36) < 0.5, rng.integers(0, 3, 36), y_true)
+    strong, losses = choose_head_alpha(x_noisy, y_noisy, 3)
+    assert strong >= 3 and losses[strong] == min(losses.values())
+    # strongest first, stopped once the loss rose twice running: the weak end was never fitted
+    assert list(losses) == sorted(HEAD_ALPHAS, reverse=True)[: len(losses)] and min(HEAD_ALPHAS) not in losses
+    assert all(losses[a] > losses[strong] for a in list(losses)[-2:])
+    x_clean = rng.normal(0, 1, (300, 5)).astype(np.float32)
+    y_clean = x_clean[:, :3].argmax(1)
+    weak, losses = choose_head_alpha(x_clean, y_clean, 3)
+    assert weak <= 0.3 and losses[weak] < losses[max(HEAD_ALPHAS)] and set(losses) == set(HEAD_ALPHAS)
+    # labels that leave nothing to validate keep the fixed strength
+    assert choose_head_alpha(x_clean[:3], np.array([0, 1, 2]), 3) == (HEAD_ALPHA, {})
+
+
+def test_a_head_asked_for_auto_records_the_cross_validated_strength() -> None:
+    rng = np.random.default_rng(5)
+    y_true = np.repeat(np.arange(3), 12)
+    x = (rng.normal(0, 0.35, (3, 1280))[y_true] + rng.normal(0, 1, (36, 1280))).astype(np.float32)
+    y = np.where(rng.random(36) < 0.5, rng.integers(0, 3, 36), y_true)
+    common = {"arch": ARCH, "image_size": 64, "backbone_id": "synthetic"}
+    ck = train_head(x, y, ["a", "b", "c"], alpha="auto", **common).checkpoint
+    alpha, losses = choose_head_alpha(x, y, 3, stats=feature_stats(x))
+    assert ck["head_alpha"] == alpha != HEAD_ALPHA and ck["head_alpha_cv"] == {f"{a:g}": round(v, 5) for a, v in losses.items()}
+    w, _ = fit_linear_head(x, y, 3, alpha=alpha, stats=feature_stats(x))
+    assert np.allclose(ck["state_dict"]["head.weight"].numpy(), w, atol=1e-5)
+    for bad in ("strong", 0, -1.0, True):
+        with pytest.raises(InvalidInput, match="'alpha'"):
+            train_head(x, y, ["a", "b", "c"], alpha=bad, **common)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -396,7 +465,6 @@ def test_test_time_flips_publish_one_ir_that_averages_the_four_views(digits_work
 def test_a_refitted_heads_validation_figures_are_the_hold_out_heads() -> None:
     """A validation sample whose label its features contradict: the refitted head, fitted on it, learns
     its label; the validation figures must come from the head that did not see it."""
-    from export.train import train_head
 
     rng = np.random.default_rng(0)
     mu = np.zeros(1280)
@@ -448,6 +516,7 @@ def test_a_refitted_head_learns_from_every_label_and_is_judged_on_samples_it_did
     y = np.array([names.index(truth[int(i)]) for i in loaded])
     is_val = np.isin(loaded, val_ids)
     stats = feature_stats(np.concatenate([pool_feats, feats[~is_val]]))
+    assert refitted["head_alpha"] == held["head_alpha"] == HEAD_ALPHA and refitted["head_alpha_cv"] == {}
     w_all, _ = fit_linear_head(feats, y, len(names), stats=stats)
     w_held, b_held = fit_linear_head(feats[~is_val], y[~is_val], len(names), stats=stats)
     assert np.allclose(refitted["state_dict"]["head.weight"].numpy(), w_all, atol=1e-4)
