@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -520,10 +520,12 @@ def _fit(
     progress: bool,
     tqdm: Any,
     freeze_bn: bool = False,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
     """Train every parameter; ``freeze_bn``: BatchNorm layers normalise with their running statistics,
     which stay as they were (their scale and shift train), instead of batch statistics re-estimated
-    afterwards."""
+    afterwards. ``on_epoch`` is called with each epoch's history entry as it ends (the fine-tuning
+    benchmark evaluates there)."""
     n = len(images)
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     g = torch.Generator().manual_seed(seed)
@@ -575,6 +577,8 @@ def _fit(
                 bar.update(1)
             history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": correct / seen})
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.2f}")
+            if on_epoch is not None:
+                on_epoch(history[-1])
     finally:
         bar.close()
     if not freeze_bn:

@@ -34,16 +34,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from edge_al.images import decode, resize_to
 from edge_al.lifecycle import balanced_accuracy
 from export.tools.machine import cpu_line
 from export.tools.simulate import read_dataset, read_groups, split_dataset
 from export.train import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    _augment,
+    EmbeddingClassifier,
+    _fit,
     _recalibrate_bn,
     _StandardizedLinear,
     build_model,
@@ -71,56 +70,30 @@ def evaluate(model: torch.nn.Module, train_x: torch.Tensor, test_images: np.ndar
 
 
 def fine_tune(
-    model: torch.nn.Module,
-    x_all: torch.Tensor,
+    model: EmbeddingClassifier,
+    images: np.ndarray,
     y: np.ndarray,
-    counts: np.ndarray,
+    num_classes: int,
     args: argparse.Namespace,
     evaluate_now: Callable[[], float],
 ) -> list[dict[str, float]]:
-    """Train every layer (``export.train``'s augmentation, AdamW, one-cycle); the test figure every ``--eval-every`` epochs."""
-    y_all = torch.as_tensor(y)
-    g = torch.Generator().manual_seed(args.seed)
-    n, bs = len(y), min(args.batch_size, len(y))
-    steps = max(1, n // bs)
-    if args.balance == "sampler":
-        sampler = torch.utils.data.WeightedRandomSampler((1.0 / counts[y]).tolist(), n, replacement=True, generator=g)
-    else:
-        sampler = torch.utils.data.RandomSampler(range(n), generator=g)
-    loss_weight = None
-    if args.balance == "loss":
-        cw = np.where(counts > 0, n / (np.count_nonzero(counts) * np.maximum(counts, 1)), 0.0)
-        loss_weight = torch.as_tensor(cw, dtype=torch.float32)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps,
-                                                pct_start=min(0.3, 1.0 / args.epochs + 0.05))  # fmt: skip
-    m_t = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    s_t = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    curve = []
+    """Train every layer with ``export.train``'s loop (its augmentation with vertical flips, AdamW,
+    one-cycle); the test figure every ``--eval-every`` epochs."""
+    curve: list[dict[str, float]] = []
     t = time.time()
-    for epoch in range(1, args.epochs + 1):
-        model.train()
-        if args.bn == "frozen":
-            for mod in model.modules():
-                if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-                    mod.eval()
-        order = torch.as_tensor(list(sampler), dtype=torch.long)
-        loss_sum = 0.0
-        for step in range(steps):
-            idx = order[step * bs : (step + 1) * bs]
-            logits, _ = model.forward_logits(_augment(x_all[idx], g, m_t, s_t, vflip=True))
-            loss = F.cross_entropy(logits, y_all[idx], weight=loss_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += float(loss.detach())
-        line = f"epoch {epoch}: loss {loss_sum / steps:.3f}, {time.time() - t:.0f} s"
+
+    def report(entry: dict[str, float]) -> None:
+        epoch = int(entry["epoch"])
+        line = f"epoch {epoch}: loss {entry['loss']:.3f}, {time.time() - t:.0f} s"
         if epoch % args.eval_every == 0 or epoch == args.epochs:
             ba = evaluate_now()
             curve.append({"epoch": epoch, "balanced_accuracy": ba})
             line += f", test balanced accuracy {ba:.3f}"
         print(line, flush=True)
+
+    _fit(model, images, y, num_classes, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+         weight_decay=args.weight_decay, seed=args.seed, balance=args.balance, vflip=True, progress=False, tqdm=tqdm,
+         freeze_bn=args.bn == "frozen", on_epoch=report)  # fmt: skip
     return curve
 
 
@@ -167,7 +140,6 @@ def main() -> None:
     _, pool_feats = predict(model, pool_images)
     _, test_feats = predict(model, test_images)
     y = pool_y[chosen]
-    counts = np.bincount(y, minlength=len(classes)).astype(np.float64)
     # the workspace head: standardized with the pool's statistics, folded back into raw-feature weights
     mean, spread = feature_stats(pool_feats)
     w, b = fit_linear_head(pool_feats[chosen], y, len(classes), balance=args.balance, stats=(mean, spread))
@@ -187,7 +159,8 @@ def main() -> None:
 
     x_all = to_tensor(pool_images[chosen])
     t = time.time()
-    curve = fine_tune(model, x_all, y, counts, args, lambda: evaluate(model, x_all, test_images, test_y, args.batch_size, args.bn))
+    curve = fine_tune(model, pool_images[chosen], y, len(classes), args,
+                      lambda: evaluate(model, x_all, test_images, test_y, args.batch_size, args.bn))  # fmt: skip
     result = {"data": args.data.name, "split": args.split, "labels": len(y), "size": args.size, "epochs": args.epochs,
               "lr": args.lr, "balance": args.balance, "init": args.init, "bn": args.bn, "frozen_head": frozen, "curve": curve,
               "finetune_s": round(time.time() - t, 1), "total_s": round(time.time() - t0, 1), "machine": cpu_line()}  # fmt: skip

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -72,8 +73,8 @@ def main() -> None:
                 y = np.repeat(np.arange(6), n // 6 + 1)[:n]
                 x = (rng.normal(0, 0.3, (6, 1280))[y] + rng.normal(0, 1, (n, 1280))).astype(np.float32)
                 stats = train.feature_stats(x)
-                fit = [_time(lambda: train.fit_linear_head(x, y, 6, stats=stats), t) for t in (None, 1)]
-                cv = [_time(lambda: train.choose_head_alpha(x, y, 6, stats=stats), t) for t in (None, 1)]
+                fit = [_time(partial(train.fit_linear_head, x, y, 6, stats=stats), t) for t in (None, 1)]
+                cv = [_time(partial(train.choose_head_alpha, x, y, 6, stats=stats), t) for t in (None, 1)]
                 print(f"{busy:>6d} {n:>6d} {fit[0]:>11.2f}s {fit[1]:>11.2f}s {cv[0]:>10.2f}s {cv[1]:>10.2f}s", flush=True)
         finally:
             stop.set()
