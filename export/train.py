@@ -827,14 +827,15 @@ def choose_head_alpha(
     """The L2 strength for :func:`fit_linear_head` with the lowest cross-validated, class-balanced
     log-loss on these labels: ``(alpha, {alpha: cv log-loss})``.
 
-    ``folds``-fold cross-validation over ``cv_folds`` with near-duplicates kept together (fixed seed:
-    the same labels give the same choice; above ``HEAD_CV_MAX_ROWS`` labels, on a fixed uniform draw
-    of that many, whose choice errs to the strong side for the whole set); each held-out row's log-probability of its label is weighted by ``1 / count`` of its
-    class among the held-out rows, so every class counts alike, as in balanced accuracy. The
-    log-loss is smooth where a few dozen held-out labels make accuracy jump in steps. Each fold fits
-    ``alphas`` strongest first, each fit starting from the previous one, and stops once the
-    log-loss has risen twice running (the losses returned are those computed). Ties go to the
-    stronger strength. Fewer than 2 classes with 2 rows each: nothing to validate, ``(HEAD_ALPHA, {})``.
+    ``folds``-fold cross-validation over ``cv_folds`` with near-duplicates kept together (fixed
+    seed: the same labels give the same choice; above ``HEAD_CV_MAX_ROWS`` labels, on a fixed
+    uniform draw of that many, whose choice errs to the strong side for the whole set). Each
+    held-out row's log-probability of its label is weighted by ``1 / count`` of its class among the
+    held-out rows, so every class counts alike, as in balanced accuracy. The log-loss is smooth
+    where a few dozen held-out labels make accuracy jump in steps. Each fold fits ``alphas``
+    strongest first, each fit starting from the previous one, and stops once the log-loss has risen
+    twice running (the losses returned are those computed). Ties go to the stronger strength.
+    Fewer than 2 classes with 2 units each (``cv_folds``): nothing to validate, ``(HEAD_ALPHA, {})``.
     """
     labels = np.asarray(labels, dtype=np.int64)
     features = np.asarray(features)
