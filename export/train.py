@@ -852,18 +852,17 @@ def choose_head_alpha(
     parts = [(fold == k, fold != k) for k in range(folds) if (fold == k).any()]
     fits: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(parts)
     losses: dict[float, float] = {}
-    for a in order:
-        logp = np.zeros(len(labels))
-        for i, (val, train_rows) in enumerate(parts):
-            with _one_thread():
-                fits[i] = _fit_standardized(z[train_rows], labels[train_rows], num_classes, a, balance, max_iter, fits[i])
-            weight, bias = fits[i]  # type: ignore[misc]
-            logits = (z[val] @ weight.T + bias).numpy()
-            logits -= logits.max(1, keepdims=True)
-            logp[val] = (logits - np.log(np.exp(logits).sum(1, keepdims=True)))[np.arange(val.sum()), labels[val]]
-        losses[a] = float(-(w * logp[held]).sum() / w.sum())
-        if len(losses) >= 3 and losses[a] > list(losses.values())[-2] > min(losses.values()):
-            break  # worse twice running: the loss over log(alpha) has passed its minimum
+    with _one_thread():
+        for a in order:
+            logp = np.zeros(len(labels))
+            for i, (val, train_rows) in enumerate(parts):
+                weight, bias = fits[i] = _fit_standardized(z[train_rows], labels[train_rows], num_classes, a, balance, max_iter, fits[i])
+                logits = (z[val] @ weight.T + bias).numpy()
+                logits -= logits.max(1, keepdims=True)
+                logp[val] = (logits - np.log(np.exp(logits).sum(1, keepdims=True)))[np.arange(val.sum()), labels[val]]
+            losses[a] = float(-(w * logp[held]).sum() / w.sum())
+            if len(losses) >= 3 and losses[a] > list(losses.values())[-2] > min(losses.values()):
+                break  # worse twice running: the loss over log(alpha) has passed its minimum
     best = min(losses, key=lambda a: (losses[a], -a))
     return best, losses
 

@@ -15,6 +15,7 @@ spin on every core (a ratio measured in the same run; name the CPU when you quot
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import time
 from functools import partial
@@ -38,21 +39,13 @@ def _time(fn, threads: int | None) -> float:  # type: ignore[no-untyped-def]
     process default) or on."""
     guard = train._one_thread
     if threads is None:
-        train._one_thread = _no_guard  # type: ignore[assignment]
+        train._one_thread = contextlib.nullcontext  # type: ignore[assignment]
     try:
         t = time.perf_counter()
         fn()
         return time.perf_counter() - t
     finally:
         train._one_thread = guard
-
-
-class _no_guard:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def main() -> None:
