@@ -867,8 +867,13 @@ def choose_head_alpha(
     return best, losses
 
 
-def _resolve_alpha(
-    alpha: float | str, features: np.ndarray, labels: np.ndarray, num_classes: int, stats: tuple[np.ndarray, np.ndarray], balance: str
+def resolve_head_alpha(
+    alpha: float | str,
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    stats: tuple[np.ndarray, np.ndarray],
+    balance: str = "loss",
 ) -> tuple[float, dict[float, float]]:
     """``train_head``'s ``alpha``: a number > 0 as given, or ``"auto"``'s cross-validated choice (with each strength's log-loss)."""
     if alpha == "auto":
@@ -954,7 +959,7 @@ def train_head(
     if test_time_views and not views:
         raise InvalidInput("Test-time views need the views' features: pass 'views' (e.g. the flipped images' embeddings).")
     stats = feature_stats(reference)
-    alpha, alpha_cv = _resolve_alpha(alpha, features[train_idx], labels[train_idx], len(label_names), stats, balance)
+    alpha, alpha_cv = resolve_head_alpha(alpha, features[train_idx], labels[train_idx], len(label_names), stats, balance)
 
     def fit(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         fit_x = np.concatenate([features[rows], *(np.asarray(v)[rows] for v in views.values())])

@@ -58,7 +58,7 @@ def load_images(paths: list[Path], size: int) -> np.ndarray:
     return np.stack([resize_to(decode(p.read_bytes()), (size, size)) for p in paths])
 
 
-def evaluate(model: torch.nn.Module, train_x: torch.Tensor, test_images: np.ndarray, test_y: np.ndarray, bs: int, bn: str) -> float:
+def evaluate(model: EmbeddingClassifier, train_x: torch.Tensor, test_images: np.ndarray, test_y: np.ndarray, bs: int, bn: str) -> float:
     """Balanced accuracy on the test set; with ``bn="train"`` of a copy of ``model`` with re-estimated
     BatchNorm statistics (as ``export.train`` does after training)."""
     m = model
@@ -152,7 +152,7 @@ def main() -> None:
     start_w, start_b = linear.weight.detach().numpy(), linear.bias.detach().numpy()
     if args.init == "probe":
         start_w, start_b = w * spread[None, :], b + w @ mean
-    model.head = _StandardizedLinear(mean, spread, start_w, start_b)  # what `train(linear_probe=True)` trains
+    model.head = _StandardizedLinear(mean, spread, start_w, start_b)  # type: ignore[assignment]  # what `train(linear_probe=True)` trains
     if args.init == "probe":
         start = evaluate(model, to_tensor(pool_images[chosen]), test_images, test_y, args.batch_size, args.bn)
         print(f"fine-tune start (the probe, BN {args.bn}): {start:.3f}", flush=True)

@@ -47,7 +47,7 @@ from edge_al.lifecycle import balanced_accuracy
 from export.efficientnet_lite import LITE_WEIGHTS, efficientnet_lite, load_imagenet
 from export.tools.machine import cpu_line
 from export.tools.simulate import labels_to_reach, read_dataset, read_groups, split_dataset
-from export.train import HEAD_ALPHA, choose_head_alpha, feature_stats, fit_linear_head, to_tensor
+from export.train import HEAD_ALPHA, feature_stats, fit_linear_head, resolve_head_alpha, to_tensor
 from export.workflow import val_mask_for
 
 # --flips: the cache key of each view of edge_al.features.VIEWS (the views `train --augment flips` uses)
@@ -106,6 +106,11 @@ def parse_strategy(text: str) -> tuple[str, str, dict]:
     return label, name if has_label else label, json.loads(params) if has_params else {}
 
 
+def head_alpha_arg(value: str) -> float | str:
+    """``--alpha``: "auto" or a number; ``export.train.resolve_head_alpha`` (the product's rule) refuses the rest."""
+    return value if value == "auto" else float(value)
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(logits - logits.max(1, keepdims=True))
     return (e / e.sum(1, keepdims=True)).astype(np.float32)
@@ -113,7 +118,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def run_loop(x: np.ndarray, y: np.ndarray, pool: np.ndarray, test: np.ndarray, init: np.ndarray, strategy: str, params: dict,
              batch: int, rounds: int, seed: int, holdout: float = 0.0, shas: list[str] | None = None,
-             alpha: str = str(HEAD_ALPHA)) -> list[float]:  # fmt: skip
+             alpha: float | str = HEAD_ALPHA) -> list[float]:  # fmt: skip
     """Balanced accuracy on ``test`` after each round (round 0 = the initial set). ``holdout`` > 0:
     the head is fitted without the labels ``export.workflow.val_mask_for`` holds out (by the images'
     ``shas``), as the product did before it refitted on every label."""
@@ -126,7 +131,7 @@ def run_loop(x: np.ndarray, y: np.ndarray, pool: np.ndarray, test: np.ndarray, i
         if holdout > 0:
             assert shas is not None
             fit = fit[~val_mask_for([shas[i] for i in fit], y[fit].tolist(), holdout)]
-        a = choose_head_alpha(x[fit], y[fit], classes, stats=stats)[0] if alpha == "auto" else float(alpha)
+        a = resolve_head_alpha(alpha, x[fit], y[fit], classes, stats)[0]  # a number as given, or auto's CV choice
         w, b = fit_linear_head(x[fit], y[fit], classes, alpha=a, stats=stats)
         curve.append(balanced_accuracy(y[test], (x[test] @ w.T + b).argmax(1)))
         if rnd == rounds:
@@ -155,7 +160,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--holdout", type=float, default=0.0, help="fit each head without this fraction of the labels "
                     "(export.workflow.val_mask_for, by content hash): the product before its head was refitted on every label")  # fmt: skip
-    ap.add_argument("--alpha", default=str(HEAD_ALPHA), help="the head's L2 strength (default: the product's HEAD_ALPHA), "
+    ap.add_argument("--alpha", type=head_alpha_arg, default=HEAD_ALPHA, help="the head's L2 strength (default: the product's HEAD_ALPHA), "
                     "or auto: cross-validated on each round's labels (export.train.choose_head_alpha)")  # fmt: skip
     ap.add_argument("--flips", default="", help="instead of strategies: the head with flipped views at these comma-separated "
                     "budgets (0: every pool image), e.g. 50,200,0; needs the flipped images' features (cached beside x)")  # fmt: skip
