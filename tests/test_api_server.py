@@ -83,9 +83,17 @@ class Server:
 
 
 def _start(
-    root: Path, *, score: bool, with_worker: bool, n: int = 40, env: dict[str, str] | None = None, db_url: str | None = None
+    root: Path,
+    *,
+    score: bool,
+    with_worker: bool,
+    n: int = 40,
+    env: dict[str, str] | None = None,
+    db_url: str | None = None,
+    wsgi: str = "waitress",
 ) -> Server:
-    """``edge-al serve`` on a new workspace; its store on ``db_url`` (``EDGE_AL_DB``) when given."""
+    """``edge-al serve`` on a new workspace; its store on ``db_url`` (``EDGE_AL_DB``) when given.
+    ``wsgi="gunicorn"``: the README's gunicorn command instead (one gthread worker, no job worker)."""
     settings, pairs = build_workspace(root, n=n, score=score, db_url=db_url)
     env = {**(env or {}), **({"EDGE_AL_DB": db_url} if db_url else {})}
     store = open_store(settings)
@@ -95,7 +103,12 @@ def _start(
     port = free_port()
     log = root / "server.log"
     cmd = [sys.executable, "-m", "edge_al", "--home", str(settings.home), "serve", "--port", str(port), "--threads", "8"]
-    if with_worker:
+    if wsgi == "gunicorn":
+        assert not with_worker, "gunicorn runs the API only (the README starts `edge-al worker` beside it)"
+        cmd = [sys.executable, "-m", "gunicorn", "--workers", "1", "--threads", "8", "--bind", f"127.0.0.1:{port}", "--timeout", "120",
+               "edge_al.api:create_app()"]  # fmt: skip
+        env["EDGE_AL_HOME"] = str(settings.home)
+    elif with_worker:
         cmd.append("--with-worker")
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, stdout=out, stderr=subprocess.STDOUT)
