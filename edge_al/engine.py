@@ -7,7 +7,8 @@ requests and inference precision the runtime chose are read back and reported.
 Two ways in:
 - ``Engine.stream(batches)``: the calling thread is the single producer that owns an
   ``AsyncInferQueue``; results come back in input order. Used by pool scoring.
-- ``Engine.infer(images)``: synchronous, serialised by a lock, for small calls (gates, tests);
+- ``Engine.infer(images)``: synchronous, serialised by a lock (gates, feature caches, tests; a call of
+  more than one batch runs on every stream through ``stream``);
   ``Engine.predict(images)`` is the same call returning a typed ``Predictions`` (label names,
   top-k, uncertainty, the model version: ``edge_al.results``).
 The build side (``export``) builds models in memory and gates them through this same ``Engine``
@@ -253,10 +254,19 @@ class Engine:
         return out
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Synchronous inference of any number of images: (probs f32 [N, C], embedding f32 [N, D])."""
+        """Synchronous inference of any number of images: (probs f32 [N, C], embedding f32 [N, D]).
+
+        More than one batch goes through :meth:`stream`, so every stream of the compiled model
+        works on it (one infer request keeps one stream busy: half the CPU on a 2-stream box);
+        the results are the same, bit for bit (the same compiled model and batch shape)."""
         self._check(images)
         probs, embs = [], []
         with self._lock:
+            if images.shape[0] > self.batch and self.nireq > 1:
+                for _, p, e in self.stream((i, images[i : i + self.batch]) for i in range(0, images.shape[0], self.batch)):
+                    probs.append(p)
+                    embs.append(e)
+                return np.concatenate(probs), np.concatenate(embs)
             for i in range(0, images.shape[0], self.batch):
                 part = images[i : i + self.batch]
                 self._request.infer({0: self._padded(part)})

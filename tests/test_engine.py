@@ -52,3 +52,21 @@ def test_infer_and_stream_agree_with_padding(registry: Registry) -> None:
     np.testing.assert_allclose(np.concatenate([e for _, _, e in out]), emb, atol=1e-5)
     with pytest.raises(InvalidInput, match="uint8"):
         eng.infer(imgs.astype(np.float32))
+
+
+def test_infer_of_several_batches_runs_on_every_stream_with_the_same_results(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call of more than one batch goes through the async queue (every stream busy: 2x on a
+    2-stream CPU, `edge-al embed` 36 -> 78 img/s at 320 px), and answers bit for bit as the single
+    infer request does batch by batch."""
+    mv = publish_tiny(registry, ["a", "b", "c"], size=32, dim=16)
+    eng = Engine(mv.xml, device="CPU", batch=2, precision="f32", nireq=2)
+    imgs = np.random.default_rng(1).integers(0, 255, (9, 32, 32, 3), dtype=np.uint8)
+    parts = [eng.infer(imgs[i : i + 2]) for i in range(0, 9, 2)]  # one batch a call: the single request
+    calls = []
+    real = eng.stream
+    monkeypatch.setattr(eng, "stream", lambda batches, nireq=None: (calls.append(nireq), real(batches, nireq))[1])
+    probs, emb = eng.infer(imgs)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(probs, np.concatenate([p for p, _ in parts]))
+    np.testing.assert_array_equal(emb, np.concatenate([e for _, e in parts]))
+    assert eng.infer(imgs[:2])[0].shape == (2, 3) and len(calls) == 1  # one batch: no queue
