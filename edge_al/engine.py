@@ -260,21 +260,20 @@ class Engine:
         works on it (one infer request keeps one stream busy: half the CPU on a 2-stream box);
         the results are the same, bit for bit (the same compiled model and batch shape)."""
         self._check(images)
-        probs, embs = [], []
+        batches = [(i, images[i : i + self.batch]) for i in range(0, images.shape[0], self.batch)]
         with self._lock:
-            if images.shape[0] > self.batch and self.nireq > 1:
-                for _, p, e in self.stream((i, images[i : i + self.batch]) for i in range(0, images.shape[0], self.batch)):
-                    probs.append(p)
-                    embs.append(e)
-                return np.concatenate(probs), np.concatenate(embs)
-            for i in range(0, images.shape[0], self.batch):
-                part = images[i : i + self.batch]
-                self._request.infer({0: self._padded(part)})
-                probs.append(_output_rows(self._request, self._probs_port, len(part)))
-                embs.append(_output_rows(self._request, self._emb_port, len(part)))
-        if not probs:
+            if len(batches) > 1 and self.nireq > 1:
+                outs = [(p, e) for _, p, e in self.stream(batches)]
+            else:
+                outs = [self._infer_one(part) for _, part in batches]
+        if not outs:
             return np.zeros((0, self.num_classes), np.float32), np.zeros((0, self.embedding_dim), np.float32)
-        return np.concatenate(probs), np.concatenate(embs)
+        return np.concatenate([p for p, _ in outs]), np.concatenate([e for _, e in outs])
+
+    def _infer_one(self, part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One batch (``len(part) <= batch``) on the engine's own infer request; the caller holds the lock."""
+        self._request.infer({0: self._padded(part)})
+        return _output_rows(self._request, self._probs_port, len(part)), _output_rows(self._request, self._emb_port, len(part))
 
     def predict(self, images: np.ndarray) -> Predictions:
         """``infer`` as a typed result: u8 [N, H, W, 3] BGR in, ``Predictions`` (probs f32 [N, C],

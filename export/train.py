@@ -56,6 +56,7 @@ __all__ = [
     "load_checkpoint",
     "model_from_checkpoint",
     "predict",
+    "resolve_head_alpha",
     "save_checkpoint",
     "to_tensor",
     "train",

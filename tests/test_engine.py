@@ -56,7 +56,7 @@ def test_infer_and_stream_agree_with_padding(registry: Registry) -> None:
 
 def test_infer_of_several_batches_runs_on_every_stream_with_the_same_results(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
     """A call of more than one batch goes through the async queue (every stream busy: 2x on a
-    2-stream CPU, `edge-al embed` 36 -> 78 img/s at 320 px), and answers bit for bit as the single
+    2-stream CPU, the feature cache's embeddings 36 -> 72 img/s at 320 px, docs/benchmarks/embed.md), and answers bit for bit as the single
     infer request does batch by batch."""
     mv = publish_tiny(registry, ["a", "b", "c"], size=32, dim=16)
     eng = Engine(mv.xml, device="CPU", batch=2, precision="f32", nireq=2)
